@@ -1,0 +1,17 @@
+"""Errors the catalog raises; each message says what happened and what to do."""
+
+
+class CatalogError(Exception):
+    """Base class for catalog errors."""
+
+
+class CatalogUnavailable(CatalogError):
+    """The catalog database cannot be reached or migrated."""
+
+
+class PortRangeExhausted(CatalogError):
+    """Every port of the configured NBD range is leased."""
+
+
+class UnknownRecord(CatalogError):
+    """A row the caller named does not exist."""

@@ -1,0 +1,59 @@
+"""Shared fixtures: catalogs on SQLite and on the real MariaDB, and one Prefect test backend per session."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+# Prefect reads PREFECT_HOME when first imported: keep every test run's Prefect state out of the user's home.
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="vmferry-prefect-home-"))
+os.environ.pop("PREFECT_API_URL", None)  # unset, never "": an empty URL breaks Prefect's event worker
+
+import pytest
+
+from tests.databases import CATALOG_BACKENDS, fresh_catalog_url
+
+
+@pytest.fixture(params=CATALOG_BACKENDS)
+def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A URL of an empty, migrated catalog on each backend (SQLite file, then a fresh MariaDB database)."""
+    with fresh_catalog_url(request.param, tmp_path) as url:
+        yield url
+
+
+@pytest.fixture
+def catalog(catalog_url: str):
+    from catalog.db import open_catalog
+
+    opened = open_catalog(catalog_url)
+    yield opened
+    opened.dispose()
+
+
+@pytest.fixture
+def configured_catalog(catalog_url: str, monkeypatch: pytest.MonkeyPatch):
+    """The catalog that flows and tasks will open through the settings (VMFERRY_CATALOG_URL)."""
+    import catalog as catalog_package
+
+    monkeypatch.setenv("VMFERRY_CATALOG_URL", catalog_url)
+    yield catalog_package.default_catalog()
+    opened = catalog_package._opened.pop(catalog_url, None)
+    if opened is not None:
+        opened.dispose()
+
+
+@pytest.fixture(scope="session")
+def prefect_backend() -> Iterator[None]:
+    """One Prefect test server per session, with heartbeats and server services off (0.2 s per flow run)."""
+    import prefect.settings as ps
+    from prefect.testing.utilities import prefect_test_harness
+
+    off = ["SERVER_ANALYTICS_ENABLED", "LOGGING_TO_API_ENABLED"] + [
+        f"API_SERVICES_{name}_ENABLED"
+        for name in ("SCHEDULER", "LATE_RUNS", "FOREMAN", "TRIGGERS", "EVENT_PERSISTER", "TASK_RUN_RECORDER")
+    ]
+    updates = {ps.PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None, **{getattr(ps, "PREFECT_" + n): False for n in off}}
+    with ps.temporary_settings(updates), prefect_test_harness(server_startup_timeout=120):
+        yield

@@ -1,0 +1,92 @@
+"""Process-wide configuration, read from the environment (prefix ``VMFERRY_``).
+
+Credentials never live here: vCenter, CloudStack and agent secrets are Prefect blocks with SecretStr fields.
+The catalog URL may carry a MariaDB password, so it is read from the environment (or a Catalog block) and is
+never passed as a flow parameter, where it would be stored in the flow run.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+import platformdirs
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("vmferry"))
+
+
+class PortRange:
+    """An inclusive range of TCP ports, written ``10100-10200``."""
+
+    def __init__(self, first: int, last: int) -> None:
+        if not (1 <= first <= last <= 65535):
+            raise ValueError(f"invalid port range {first}-{last}: need 1 <= first <= last <= 65535")
+        self.first = first
+        self.last = last
+
+    @classmethod
+    def parse(cls, text: str) -> PortRange:
+        first, sep, last = text.partition("-")
+        if not sep or not first.strip().isdigit() or not last.strip().isdigit():
+            raise ValueError(f"port range {text!r} must look like 10100-10200")
+        return cls(int(first), int(last))
+
+    def __iter__(self):  # noqa: ANN204 - generator of ints
+        return iter(range(self.first, self.last + 1))
+
+    def __len__(self) -> int:
+        return self.last - self.first + 1
+
+    def __contains__(self, port: object) -> bool:
+        return isinstance(port, int) and self.first <= port <= self.last
+
+    def __str__(self) -> str:
+        return f"{self.first}-{self.last}"
+
+    def __repr__(self) -> str:
+        return f"PortRange({self.first}, {self.last})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PortRange) and (self.first, self.last) == (other.first, other.last)
+
+    def __hash__(self) -> int:
+        return hash((self.first, self.last))
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VMFERRY_", extra="ignore")
+
+    data_dir: Path = Field(default_factory=default_data_dir, description="Where the SQLite catalog lives.")
+    catalog_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the catalog, e.g. mysql+pymysql://user:pw@db/vmferry. "
+        "Default: SQLite file catalog.db in data_dir.",
+    )
+    nbd_port_range: str = Field(default="10100-10200", description="Ports qemu-nbd exports may use.")
+    nbd_bind_address: str = Field(default="127.0.0.1", description="Address qemu-nbd listens on.")
+    port_lease_seconds: int = Field(
+        default=6 * 3600, description="A lease not released by then is considered abandoned and reusable."
+    )
+
+    @field_validator("nbd_port_range")
+    @classmethod
+    def _valid_range(cls, value: str) -> str:
+        PortRange.parse(value)
+        return value
+
+    @cached_property
+    def port_range(self) -> PortRange:
+        return PortRange.parse(self.nbd_port_range)
+
+    def resolved_catalog_url(self) -> str:
+        if self.catalog_url:
+            return self.catalog_url
+        return f"sqlite:///{self.data_dir / 'catalog.db'}"
+
+
+def get_settings() -> Settings:
+    return Settings()
