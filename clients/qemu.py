@@ -1,0 +1,231 @@
+"""qemu-img and qemu-nbd, driven with argv lists. Knows nothing of Prefect or of the catalog.
+
+A qemu-nbd we start is identified by its pid AND its command line: stopping checks both, so a recycled pid
+of some other process is never signalled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+EXPORT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class QemuError(Exception):
+    """A qemu tool failed; the message quotes its own error output."""
+
+
+@dataclass(frozen=True)
+class NbdServer:
+    pid: int
+    bind_address: str
+    port: int
+    export_name: str
+    file_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"nbd://{self.bind_address}:{self.port}/{self.export_name}"
+
+
+def _run(argv: list[str], *, timeout: float = 120) -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    except FileNotFoundError as exc:
+        raise QemuError(f"{argv[0]} is not installed (Debian package qemu-utils)") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise QemuError(f"{argv[0]} did not finish within {timeout:.0f} s") from exc
+    if done.returncode != 0:
+        raise QemuError(f"{argv[0]} {argv[1]} failed ({done.returncode}): {done.stderr.strip()}")
+    return done.stdout
+
+
+def create_qcow2(path: Path, size_bytes: int, *, backing_file: Path | None = None) -> None:
+    """Create a qcow2; a backing file is recorded relative to ``path`` so the repository can move."""
+    argv = ["qemu-img", "create", "-q", "-f", "qcow2"]
+    if backing_file is not None:
+        relative = os.path.relpath(backing_file, path.parent)
+        argv += ["-F", "qcow2", "-b", relative]
+    argv += ["--", str(path), str(size_bytes)]
+    _run(argv)
+
+
+def image_info(path: Path, *, backing_chain: bool = False) -> dict | list:
+    argv = ["qemu-img", "info", "--output=json", "-U"]
+    if backing_chain:
+        argv.append("--backing-chain")
+    return json.loads(_run([*argv, "--", str(path)]))
+
+
+def check_image(path: Path) -> dict:
+    """``qemu-img check``; raises QemuError when the image has errors or leaks."""
+    done = subprocess.run(
+        ["qemu-img", "check", "--output=json", "--", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if done.returncode not in (0,):
+        raise QemuError(
+            f"qemu-img check found problems in {path} ({done.returncode}): {done.stdout}{done.stderr}"
+        )
+    return json.loads(done.stdout)
+
+
+def images_identical(first: Path | str, second: Path | str) -> bool:
+    """``qemu-img compare``: same guest-visible content (zeros and holes compare equal)."""
+    done = subprocess.run(
+        ["qemu-img", "compare", "-q", "--", str(first), str(second)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if done.returncode in (0, 1):
+        return done.returncode == 0
+    raise QemuError(f"qemu-img compare failed ({done.returncode}): {done.stderr.strip()}")
+
+
+def _port_open(address: str, port: int) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _cmdline(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def is_our_qemu_nbd(pid: int, file_path: Path | str, port: int | None = None) -> bool:
+    """True when ``pid`` is a live qemu-nbd serving ``file_path`` (and ``port``, if given)."""
+    argv = _cmdline(pid)
+    if not argv or Path(argv[0]).name != "qemu-nbd" or _is_zombie(pid):
+        return False
+    if str(file_path) not in argv:
+        return False
+    return port is None or str(port) in argv
+
+
+def start_qemu_nbd(
+    file_path: Path,
+    *,
+    export_name: str,
+    bind_address: str,
+    port: int,
+    image_format: str = "qcow2",
+    shared: int = 8,
+    read_only: bool = False,
+    log_path: Path | None = None,
+    tls_creds_dir: Path | None = None,
+    timeout: float = 15.0,
+) -> NbdServer:
+    """Start qemu-nbd serving one file on one port and wait until it accepts connections."""
+    if not EXPORT_NAME.match(export_name):
+        raise ValueError(f"export name {export_name!r} must match {EXPORT_NAME.pattern}")
+    argv = [
+        "qemu-nbd",
+        "--persistent",
+        f"--shared={shared}",
+        "--format",
+        image_format,
+        "--export-name",
+        export_name,
+        "--bind",
+        bind_address,
+        "--port",
+        str(port),
+        "--cache=writeback",
+        "--aio=threads",
+    ]
+    if read_only:
+        argv.append("--read-only")
+    if tls_creds_dir is not None:
+        argv += [
+            "--object",
+            f"tls-creds-x509,id=tls0,endpoint=server,dir={tls_creds_dir}",
+            "--tls-creds",
+            "tls0",
+        ]
+    argv += ["--", str(file_path)]
+    log = open(log_path, "ab") if log_path else subprocess.DEVNULL
+    try:
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    except FileNotFoundError as exc:
+        raise QemuError("qemu-nbd is not installed (Debian package qemu-utils)") from exc
+    finally:
+        if log_path:
+            log.close()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            detail = Path(log_path).read_text(errors="replace")[-2000:] if log_path else ""
+            raise QemuError(
+                f"qemu-nbd for {file_path} on {bind_address}:{port} exited with {process.returncode}: "
+                f"{detail.strip()}"
+            )
+        if _port_open(bind_address, port):
+            _children[process.pid] = process
+            return NbdServer(process.pid, bind_address, port, export_name, Path(file_path))
+        time.sleep(0.02)
+    process.kill()
+    process.wait()
+    raise QemuError(
+        f"qemu-nbd for {file_path} did not listen on {bind_address}:{port} within {timeout:.0f} s"
+    )
+
+
+# Popen objects of the servers this process started, so stopping them also reaps them (no zombies).
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def _gone(pid: int) -> bool:
+    child = _children.get(pid)
+    if child is not None:
+        if child.poll() is not None:
+            _children.pop(pid, None)
+            return True
+        return False
+    return _cmdline(pid) is None or _is_zombie(pid)
+
+
+def stop_qemu_nbd(pid: int, file_path: Path | str, *, grace: float = 10.0) -> bool:
+    """SIGTERM, wait, SIGKILL. Idempotent: returns False when no such qemu-nbd was running."""
+    if not is_our_qemu_nbd(pid, file_path):
+        _children.pop(pid, None)
+        return False
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if _gone(pid):
+                return True
+            time.sleep(0.02)
+    if not _gone(pid):
+        raise QemuError(f"qemu-nbd {pid} serving {file_path} survived SIGKILL")
+    return True

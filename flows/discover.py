@@ -1,0 +1,62 @@
+"""Discovery: read VMs and disks from vCenter and upsert them into the catalog."""
+
+from __future__ import annotations
+
+from prefect import flow
+from prefect.artifacts import create_table_artifact
+
+from blocks.vcenter import VCenter
+from catalog.inventory import RecordedVM
+from tasks.discovery import mark_missing_vms, read_vcenter_inventory, record_vm_inventory
+from tasks.jobs import close_job, open_job
+
+
+def disk_table(vm: RecordedVM) -> list[dict[str, object]]:
+    """One row per disk, in the columns operators ask for first."""
+    return [
+        {
+            "catalog id": disk.id,
+            "disk id": disk.disk_id,
+            "label": disk.label or "",
+            "bus": f"{disk.bus}{disk.bus_number}:{disk.unit_number}",
+            "capacity MiB": disk.capacity_bytes // 2**20,
+            "boot": "yes" if disk.is_boot else "",
+            "present": "yes" if disk.present else "no",
+            "change": disk.change,
+            "file": disk.file_name,
+        }
+        for disk in vm.disks
+    ]
+
+
+def _load_vcenter(vcenter: VCenter | str) -> VCenter:
+    return VCenter.load(vcenter) if isinstance(vcenter, str) else vcenter
+
+
+@flow(name="discover", log_prints=True)
+def discover(vcenter: VCenter | str, vms: list[str] | None = None) -> list[RecordedVM]:
+    """Read VMs (all, or those named) and their disks from vCenter; upsert them into the catalog.
+
+    A disk keeps its catalog id across runs; a removed disk is marked absent; VMs missing from a full
+    discovery are marked absent. Returns what the catalog now records.
+    """
+    block = _load_vcenter(vcenter)
+    job_id = open_job("discovery")
+    try:
+        observed = read_vcenter_inventory(block, vms)
+        recorded = [record_vm_inventory(vm) for vm in observed]
+        if not vms and observed:
+            gone = mark_missing_vms(observed[0].vcenter, [vm.instance_uuid for vm in observed])
+            for name in gone:
+                print(f"VM {name!r} is no longer in vCenter {block.host}; marked absent")
+        for vm in recorded:
+            create_table_artifact(
+                key=f"discovery-vm-{vm.vm_context_id}",
+                table=disk_table(vm),
+                description=f"Disks of {vm.name} ({vm.instance_uuid}) as recorded by discovery",
+            )
+    except BaseException as exc:
+        close_job(job_id, "failed", f"{type(exc).__name__}: {exc}")
+        raise
+    close_job(job_id, "succeeded")
+    return recorded

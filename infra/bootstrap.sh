@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# One entry point for a fresh Debian machine: installs what vmferry needs, then runs the lab demo or the tests.
+#   bash infra/bootstrap.sh demo    # start the built-in lab and run the main job on it
+#   bash infra/bootstrap.sh test    # lint and run the whole test suite
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+mode="${1:-}"
+case "$mode" in
+  demo|test) ;;
+  *) echo "usage: bash infra/bootstrap.sh demo|test" >&2; exit 2 ;;
+esac
+
+bash infra/lab/install.sh
+
+python=${VMFERRY_PYTHON:-python3}
+if ! "$python" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+  echo "vmferry needs Python 3.11 (found $("$python" --version 2>&1)); set VMFERRY_PYTHON" >&2
+  exit 1
+fi
+if ! "$python" -c 'import ensurepip, venv' 2>/dev/null; then
+  apt-get install -y -q --no-install-recommends python3-venv
+fi
+if [ ! -x .venv/bin/python ]; then
+  "$python" -m venv .venv
+fi
+# Reinstall only when the dependency list changed: a warm machine starts in seconds.
+stamp=.venv/.vmferry-deps-$(sha256sum pyproject.toml | cut -c1-16)
+if [ ! -e "$stamp" ]; then
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -e ".[dev]"
+  rm -f .venv/.vmferry-deps-*
+  touch "$stamp"
+fi
+
+case "$mode" in
+  demo) exec .venv/bin/python -m vmferry.demo ;;
+  test)
+    .venv/bin/ruff check .
+    exec .venv/bin/python -m pytest -q
+    ;;
+esac

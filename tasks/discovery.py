@@ -1,0 +1,31 @@
+"""Tasks of discovery: read the vCenter, record what was read. One side effect each."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from blocks.vcenter import VCenter
+from catalog import default_catalog
+from catalog.inventory import RecordedVM, mark_vms_missing, record_vm
+from clients.vsphere import VSphereClient
+from vmferry.inventory import ObservedVM
+
+
+@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def read_vcenter_inventory(vcenter: VCenter, vm_names: list[str] | None = None) -> list[ObservedVM]:
+    """Every VM of the vCenter (or just ``vm_names``, by name, instance UUID or moref) with its disks."""
+    with VSphereClient(vcenter.endpoint()) as client:
+        if vm_names:
+            return [client.find_vm(name) for name in vm_names]
+        return client.list_vms()
+
+
+@task(retries=3, retry_delay_seconds=1, cache_policy=NO_CACHE, task_run_name="record-{vm.name}")
+def record_vm_inventory(vm: ObservedVM) -> RecordedVM:
+    return record_vm(default_catalog(), vm)
+
+
+@task(retries=3, retry_delay_seconds=1, cache_policy=NO_CACHE)
+def mark_missing_vms(vcenter_id: str, seen_instance_uuids: list[str]) -> list[str]:
+    return mark_vms_missing(default_catalog(), vcenter_id, set(seen_instance_uuids))
