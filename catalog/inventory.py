@@ -3,10 +3,11 @@
 Rules (docs/architecture.md, "Identity"):
 - a disk is matched by ``disk_id`` (from the device key) within its VM context;
 - if the key now belongs to a different physical disk (backing UUID differs, or where none is reported the
-  base file name), the old row is retired under a new ``disk_id`` and the new disk gets a new row, so
-  history and restore points keep pointing at the disk they were taken from;
+  base file name or the capacity), the old row is retired under a new ``disk_id`` and the new disk gets a
+  new row, so history and restore points keep pointing at the disk they were taken from;
 - a disk no longer reported is marked absent, never deleted or reused;
-- a disk that changed size keeps its row, with ``generation`` bumped so its change-tracking chain is void.
+- a disk with the same backing UUID that changed size keeps its row, with ``generation`` bumped so its
+  change-tracking chain is void.
 """
 
 from __future__ import annotations
@@ -60,7 +61,9 @@ class RecordedVM(BaseModel):
 def _same_physical_disk(row: VmDisk, seen: ObservedDisk) -> bool:
     if row.backing_uuid and seen.backing_uuid:
         return row.backing_uuid == seen.backing_uuid
-    return row.base_file_name == seen.base_file_name
+    # Without a backing UUID (vcsim) a new disk can reuse both the key and the file name of a removed one;
+    # a different size is then the only sign, and treating it as a new disk is the safe side (full copy).
+    return row.base_file_name == seen.base_file_name and row.capacity_bytes == seen.capacity_bytes
 
 
 def _context_values(vm: ObservedVM) -> dict[str, object]:

@@ -34,7 +34,8 @@ if [ ! -e "$stamp" ]; then
 fi
 
 case "$mode" in
-  demo) exec .venv/bin/python -m vmferry.demo ;;
+  # The lab has no internet: Prefect's telemetry would only log failures.
+  demo) PREFECT_SERVER_ANALYTICS_ENABLED=false exec .venv/bin/python -m vmferry.demo ;;
   test)
     .venv/bin/ruff check .
     exec .venv/bin/python -m pytest -q

@@ -54,6 +54,29 @@ def prefect_backend() -> Iterator[None]:
         f"API_SERVICES_{name}_ENABLED"
         for name in ("SCHEDULER", "LATE_RUNS", "FOREMAN", "TRIGGERS", "EVENT_PERSISTER", "TASK_RUN_RECORDER")
     ]
-    updates = {ps.PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None, **{getattr(ps, "PREFECT_" + n): False for n in off}}
+    updates = {
+        ps.PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None,
+        **{getattr(ps, "PREFECT_" + n): False for n in off},
+    }
     with ps.temporary_settings(updates), prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="session")
+def lab(tmp_path_factory: pytest.TempPathFactory):
+    """One seeded vcsim lab (pgtest1, db3) per test session; stopped at the end whatever happened."""
+    from infra.lab.fixtures import running_lab
+
+    with running_lab(tmp_path_factory.mktemp("lab")) as running:
+        yield running
+
+
+@pytest.fixture
+def lab_vcenter_block(lab):
+    """A VCenter block for the lab vCenter, trusting it by its pinned certificate thumbprint."""
+    from blocks.vcenter import VCenter
+
+    vc = lab.vcenter
+    return VCenter(
+        host=vc.host, port=vc.port, username=vc.user, password=vc.password, thumbprint=vc.thumbprint
+    )
