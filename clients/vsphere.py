@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,14 +32,49 @@ class VSphereEndpoint:
     ca_file: str | None = None
 
     def ssl_context(self) -> ssl.SSLContext:
-        if not self.verify_tls and not self.thumbprint:
+        if self.thumbprint:
+            return pinned_ssl_context(self.host, self.port, self.thumbprint)
+        if not self.verify_tls:
             context = ssl.create_default_context()
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
             return context
-        # pyvmomi checks a pinned thumbprint only after normal verification failed, and silently skips
-        # verification for 127.0.0.1 unless it is handed a verifying context: so always hand it one.
         return ssl.create_default_context(cafile=self.ca_file)
+
+
+class CertificateNotTrusted(VSphereError):
+    """The server's certificate does not match the pinned thumbprint."""
+
+
+def certificate_thumbprint(der: bytes, algorithm: str = "sha1") -> str:
+    digest = hashlib.new(algorithm, der, usedforsecurity=False).hexdigest().upper()
+    return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
+
+
+def pinned_ssl_context(host: str, port: int, thumbprint: str) -> ssl.SSLContext:
+    """A verifying context that trusts exactly the certificate with this SHA-1 or SHA-256 thumbprint.
+
+    pyvmomi's own ``thumbprint=`` is not enough: its version probe ignores it, and for 127.0.0.1 it silently
+    switches to an unverified context. Fetching the certificate unverified is safe because it is trusted
+    only when its hash matches the pin.
+    """
+    wanted = thumbprint.replace(":", "").upper()
+    algorithm = {40: "sha1", 64: "sha256"}.get(len(wanted))
+    if algorithm is None:
+        raise CertificateNotTrusted(f"thumbprint {thumbprint!r} is neither SHA-1 nor SHA-256")
+    try:
+        pem = ssl.get_server_certificate((host, port), timeout=10)
+    except OSError as exc:
+        raise VSphereError(f"cannot reach {host}:{port} to check its certificate: {exc}") from exc
+    presented = certificate_thumbprint(ssl.PEM_cert_to_DER_cert(pem), algorithm)
+    if presented.replace(":", "") != wanted:
+        raise CertificateNotTrusted(
+            f"{host}:{port} presented certificate {presented}, but the pinned thumbprint is {thumbprint}"
+        )
+    context = ssl.create_default_context(cadata=pem)
+    # The pin identifies the server; a vCenter's certificate often names another host than the one dialled.
+    context.check_hostname = False
+    return context
 
 
 _BUS_OF_CONTROLLER: tuple[tuple[type, str], ...] = (
@@ -130,6 +167,7 @@ class VSphereClient:
 
     def connect(self) -> None:
         ep = self.endpoint
+        context = ep.ssl_context()
         try:
             self._si = SmartConnect(
                 host=ep.host,
@@ -137,13 +175,13 @@ class VSphereClient:
                 user=ep.username,
                 pwd=ep.password,
                 thumbprint=ep.thumbprint,
-                sslContext=ep.ssl_context(),
+                sslContext=context,
                 connectionPoolTimeout=60,
             )
         except vim.fault.InvalidLogin as exc:
             raise VSphereError(f"vCenter {ep.host}:{ep.port} rejected the login for {ep.username!r}") from exc
         except (ThumbprintMismatchException, CertificateMismatchException) as exc:
-            raise VSphereError(
+            raise CertificateNotTrusted(
                 f"vCenter {ep.host}:{ep.port} presented a certificate that does not match the pinned "
                 f"thumbprint ({exc}); check the VCenter block's thumbprint"
             ) from exc
@@ -231,3 +269,206 @@ class VSphereClient:
                 "use the instance UUID"
             )
         return matches[0]
+
+
+# --- snapshots, snapshot disk layout, changed block tracking, datastore file URLs -------------------------
+
+SNAPSHOT_PREFIX = "vmferry-"
+
+
+class CbtUnavailable(VSphereError):
+    """Changed block tracking cannot answer for this disk: the caller must fall back to a full read."""
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    name: str
+    moref: str
+    description: str
+
+
+@dataclass(frozen=True)
+class SnapshotDisk:
+    """A disk as frozen in a snapshot: what the agent reads."""
+
+    device_key: int
+    capacity_bytes: int
+    file_name: str  # "[datastore] folder/name.vmdk" (a descriptor)
+    change_id: str | None
+    backing_uuid: str | None
+
+
+_DATASTORE_PATH = re.compile(r"^\[(?P<datastore>[^\]]+)\]\s*(?P<path>.+)$")
+
+
+def split_datastore_path(file_name: str) -> tuple[str, str]:
+    """``"[ds1] vm/vm.vmdk"`` -> ``("ds1", "vm/vm.vmdk")``."""
+    match = _DATASTORE_PATH.match(file_name)
+    if not match:
+        raise VSphereError(f"{file_name!r} is not a datastore path like '[datastore] folder/disk.vmdk'")
+    return match["datastore"], match["path"]
+
+
+def _walk_snapshots(trees: list[Any]) -> Iterator[Any]:
+    for tree in trees or []:
+        yield tree
+        yield from _walk_snapshots(tree.childSnapshotList)
+
+
+def validated_changed_areas(
+    responses: list[tuple[int, int, list[tuple[int, int]]]], capacity_bytes: int
+) -> list[tuple[int, int]]:
+    """Check paginated QueryChangedDiskAreas answers: contiguous slices covering the whole disk, every
+    changed area inside its slice. An incomplete answer would silently drop changes (Bareos before 24.0.1)."""
+    expected_start = 0
+    areas: list[tuple[int, int]] = []
+    for start, length, changed in responses:
+        if start != expected_start:
+            raise CbtUnavailable(
+                f"changed-area slices are not contiguous: expected {expected_start}, got {start}"
+            )
+        for area_start, area_length in changed:
+            if area_length < 0 or area_start < start or area_start + area_length > start + length:
+                raise CbtUnavailable(
+                    f"changed area {area_start}+{area_length} lies outside its slice {start}+{length}"
+                )
+            if area_start + area_length > capacity_bytes:
+                raise CbtUnavailable(
+                    f"changed area {area_start}+{area_length} lies beyond the disk's {capacity_bytes} bytes"
+                )
+            areas.append((area_start, area_length))
+        expected_start = start + length
+    if expected_start < capacity_bytes:
+        raise CbtUnavailable(f"changed areas cover {expected_start} of {capacity_bytes} bytes")
+    return areas
+
+
+class VSphereSnapshots:
+    """The snapshot and disk-reading side of vSphere for one VM, as the agent needs it."""
+
+    def __init__(self, client: VSphereClient, vm_handle: str) -> None:
+        self.client = client
+        self.vm = self._find_vm_object(vm_handle)
+
+    def _find_vm_object(self, handle: str) -> Any:
+        content = self.client.service_instance.content
+        if handle.startswith("vm-"):
+            vm = vim.VirtualMachine(handle, self.client.service_instance._stub)
+            try:
+                _ = vm.name
+                return vm
+            except vmodl.fault.ManagedObjectNotFound as exc:
+                raise VSphereError(f"no VM with moref {handle!r}") from exc
+        vm = content.searchIndex.FindByUuid(None, handle, True, True)
+        if vm is None:
+            raise VSphereError(f"no VM with instance UUID {handle!r} on {self.client.endpoint.host}")
+        return vm
+
+    @property
+    def name(self) -> str:
+        return self.vm.name
+
+    def _wait(self, task: Any, what: str) -> Any:
+        from pyVim.task import WaitForTask
+
+        try:
+            WaitForTask(task)
+        except vmodl.MethodFault as exc:
+            raise VSphereError(f"VM {self.name!r}: {what} failed: {exc.msg or exc}") from exc
+        return task.info.result
+
+    def snapshots(self) -> list[SnapshotInfo]:
+        snapshot = self.vm.snapshot
+        if snapshot is None:
+            return []
+        return [
+            SnapshotInfo(tree.name, tree.snapshot._moId, tree.description or "")
+            for tree in _walk_snapshots(snapshot.rootSnapshotList)
+        ]
+
+    def create_snapshot(self, name: str, description: str, *, quiesce: bool) -> str:
+        task = self.vm.CreateSnapshot_Task(name=name, description=description, memory=False, quiesce=quiesce)
+        return self._wait(task, f"creating snapshot {name!r}")._moId
+
+    def remove_snapshot(self, moref: str) -> None:
+        snapshot = vim.vm.Snapshot(moref, self.client.service_instance._stub)
+        self._wait(snapshot.RemoveSnapshot_Task(removeChildren=False, consolidate=True), "removing snapshot")
+
+    def remove_snapshots_named(self, prefix: str) -> list[str]:
+        """Remove every snapshot whose name starts with ``prefix`` (ours); returns their names."""
+        removed = []
+        for info in self.snapshots():
+            if info.name.startswith(prefix):
+                self.remove_snapshot(info.moref)
+                removed.append(info.name)
+        return removed
+
+    def snapshot_disks(self, moref: str) -> list[SnapshotDisk]:
+        snapshot = vim.vm.Snapshot(moref, self.client.service_instance._stub)
+        disks = []
+        for device in snapshot.config.hardware.device:
+            if isinstance(device, vim.vm.device.VirtualDisk):
+                backing = device.backing
+                disks.append(
+                    SnapshotDisk(
+                        device_key=device.key,
+                        capacity_bytes=device.capacityInBytes or (device.capacityInKB or 0) * 1024,
+                        file_name=backing.fileName,
+                        change_id=getattr(backing, "changeId", None) or None,
+                        backing_uuid=getattr(backing, "uuid", None) or None,
+                    )
+                )
+        return disks
+
+    def changed_areas(
+        self, snapshot_moref: str, device_key: int, change_id: str, capacity_bytes: int
+    ) -> list[tuple[int, int]]:
+        """QueryChangedDiskAreas since ``change_id``, paginated by startOffset and checked for coverage."""
+        snapshot = vim.vm.Snapshot(snapshot_moref, self.client.service_instance._stub)
+        responses = []
+        offset = 0
+        while offset < capacity_bytes:
+            try:
+                info = self.vm.QueryChangedDiskAreas(
+                    snapshot=snapshot, deviceKey=device_key, startOffset=offset, changeId=change_id
+                )
+            except vmodl.fault.MethodNotFound as exc:
+                raise CbtUnavailable(f"vCenter {self.client.endpoint.host} does not implement CBT") from exc
+            except (vim.fault.FileFault, vmodl.fault.InvalidArgument, vim.fault.NotFound) as exc:
+                raise CbtUnavailable(
+                    f"VM {self.name!r} disk {device_key}: change id {change_id!r} is not usable ({exc.msg})"
+                ) from exc
+            changed = [(area.start, area.length) for area in info.changedArea or []]
+            responses.append((info.startOffset, info.length, changed))
+            if info.length <= 0:
+                raise CbtUnavailable(f"VM {self.name!r} disk {device_key}: empty changed-area slice")
+            offset = info.startOffset + info.length
+        return validated_changed_areas(responses, capacity_bytes)
+
+    def datacenter_path(self) -> str:
+        entity = self.vm.parent
+        while entity is not None and not isinstance(entity, vim.Datacenter):
+            entity = entity.parent
+        if entity is None:
+            raise VSphereError(f"VM {self.name!r} is not inside a datacenter")
+        parts = [entity.name]
+        parent = entity.parent
+        while isinstance(parent, vim.Folder) and parent.parent is not None:
+            parts.insert(0, parent.name)
+            parent = parent.parent
+        return "/".join(parts)
+
+
+def datastore_file_url(host: str, port: int, datacenter_path: str, file_name: str) -> str:
+    """The vSphere datastore HTTP URL of a file (``/folder/<path>?dcPath=&dsName=``)."""
+    from urllib.parse import quote, urlencode
+
+    datastore, path = split_datastore_path(file_name)
+    query = urlencode({"dcPath": datacenter_path, "dsName": datastore})
+    return f"https://{host}:{port}/folder/{quote(path)}?{query}"
+
+
+def session_cookie(client: VSphereClient) -> str:
+    """The ``vmware_soap_session`` cookie that the datastore HTTP API accepts."""
+    cookie = client.service_instance._stub.cookie
+    return cookie.split(";", 1)[0].strip() if cookie else ""

@@ -43,7 +43,9 @@ def fresh_catalog_url(backend: str, tmp_path: Path) -> Iterator[str]:
         return
     require_mariadb()
     name = f"vmferry_t_{secrets.token_hex(6)}"
-    admin = pymysql.connect(host=MARIADB_HOST, port=MARIADB_PORT, user=MARIADB_USER, password=MARIADB_PASSWORD)
+    admin = pymysql.connect(
+        host=MARIADB_HOST, port=MARIADB_PORT, user=MARIADB_USER, password=MARIADB_PASSWORD
+    )
     try:
         with admin.cursor() as cursor:
             cursor.execute(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")  # name is ours, not user input

@@ -87,13 +87,22 @@ def test_a_returning_disk_gets_its_row_back(catalog):
 
 
 def test_a_grown_disk_keeps_its_row_with_a_new_generation(catalog):
-    first = record_vm(catalog, PGTEST1)
-    grown = vm(disk(2000, unit=0, label="OS", capacity_mib=128), disk(2001, unit=1, label="data"))
+    first = record_vm(catalog, vm(disk(2000, backing_uuid="u-1"), disk(2001, unit=1, backing_uuid="u-2")))
+    grown = vm(disk(2000, capacity_mib=128, backing_uuid="u-1"), disk(2001, unit=1, backing_uuid="u-2"))
     second = record_vm(catalog, grown)
     by_id = {d.disk_id: d for d in second.disks}
     assert by_id["disk-2000"].id == ids_by_disk(first)["disk-2000"]
     assert by_id["disk-2000"].generation == 2 and by_id["disk-2000"].change == "resized"
     assert by_id["disk-2001"].generation == 1
+
+
+def test_without_a_backing_uuid_a_size_change_means_another_disk(catalog):
+    first = record_vm(catalog, PGTEST1)
+    regrown = vm(disk(2000, unit=0, label="OS"), disk(2001, unit=1, label="data", capacity_mib=96))
+    second = record_vm(catalog, regrown)
+    current = {d.disk_id: d for d in second.disks}
+    assert current["disk-2001"].id != ids_by_disk(first)["disk-2001"]
+    assert current["disk-2000"].id == ids_by_disk(first)["disk-2000"]
 
 
 def test_boot_disk_from_boot_options_else_first_disk_else_operator(catalog):

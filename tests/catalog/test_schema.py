@@ -26,8 +26,15 @@ def _context(connection) -> int:
     now = utcnow()
     return connection.execute(
         insert(VmContext).values(
-            vcenter="vc", instance_uuid="u1", moref="vm-1", name="pgtest1", cbt_enabled=False,
-            state="discovered", present=True, created_at=now, updated_at=now,
+            vcenter="vc",
+            instance_uuid="u1",
+            moref="vm-1",
+            name="pgtest1",
+            cbt_enabled=False,
+            state="discovered",
+            present=True,
+            created_at=now,
+            updated_at=now,
         )
     ).inserted_primary_key[0]
 
@@ -35,9 +42,20 @@ def _context(connection) -> int:
 def _disk_values(context_id: int, disk_id: str) -> dict:
     now = utcnow()
     return dict(
-        vm_context_id=context_id, disk_id=disk_id, device_key=2000, controller_key=1000, bus="scsi",
-        bus_number=0, unit_number=0, capacity_bytes=1, file_name="f", base_file_name="f", generation=1,
-        present=True, first_seen_at=now, last_seen_at=now,
+        vm_context_id=context_id,
+        disk_id=disk_id,
+        device_key=2000,
+        controller_key=1000,
+        bus="scsi",
+        bus_number=0,
+        unit_number=0,
+        capacity_bytes=1,
+        file_name="f",
+        base_file_name="f",
+        generation=1,
+        present=True,
+        first_seen_at=now,
+        last_seen_at=now,
     )
 
 
@@ -51,8 +69,15 @@ def test_database_rejects_a_second_row_for_the_same_disk(catalog):
     with catalog.engine.begin() as connection:
         other = connection.execute(
             insert(VmContext).values(
-                vcenter="vc", instance_uuid="u2", moref="vm-2", name="db3", cbt_enabled=False,
-                state="discovered", present=True, created_at=utcnow(), updated_at=utcnow(),
+                vcenter="vc",
+                instance_uuid="u2",
+                moref="vm-2",
+                name="db3",
+                cbt_enabled=False,
+                state="discovered",
+                present=True,
+                created_at=utcnow(),
+                updated_at=utcnow(),
             )
         ).inserted_primary_key[0]
         connection.execute(insert(VmDisk).values(**_disk_values(other, "disk-2000")))
@@ -60,14 +85,22 @@ def test_database_rejects_a_second_row_for_the_same_disk(catalog):
 
 def _export_values(vm_disk_id: int | None) -> dict:
     return dict(
-        vm_disk_id=vm_disk_id, job_id="job-1", export_name="x", bind_address="127.0.0.1", port=10100,
-        file_path="/tmp/x", state="starting", created_at=utcnow(),
+        vm_disk_id=vm_disk_id,
+        job_id="job-1",
+        export_name="x",
+        bind_address="127.0.0.1",
+        port=10100,
+        file_path="/tmp/x",
+        state="starting",
+        created_at=utcnow(),
     )
 
 
 @pytest.mark.parametrize("vm_disk_id", [None, 999_999], ids=["null-disk", "unknown-disk"])
 def test_database_rejects_an_export_without_its_disk(catalog, vm_disk_id):
     with catalog.engine.begin() as connection:
-        connection.execute(insert(Job).values(id="job-1", kind="backup", state="running", created_at=utcnow()))
+        connection.execute(
+            insert(Job).values(id="job-1", kind="backup", state="running", created_at=utcnow())
+        )
     with pytest.raises(IntegrityError), catalog.engine.begin() as connection:
         connection.execute(insert(NbdExport).values(**_export_values(vm_disk_id)))
