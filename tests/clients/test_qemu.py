@@ -51,8 +51,8 @@ def test_start_serves_and_stop_is_idempotent(tmp_path):
     assert stop_qemu_nbd(server.pid, image) is True
     assert stop_qemu_nbd(server.pid, image) is False
     assert not is_our_qemu_nbd(server.pid, image)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", port))  # the port is free again
+    with pytest.raises(ConnectionRefusedError):  # nothing listens on the port any more
+        socket.create_connection(("127.0.0.1", port), timeout=2)
 
 
 def test_stop_refuses_a_pid_that_is_not_our_qemu_nbd(tmp_path):
