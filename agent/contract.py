@@ -1,0 +1,110 @@
+"""The agent's HTTP contract (v1), as pydantic models shared by the reference agent and the hub's client.
+
+docs/agent-contract.md describes it for other implementations. Everything here is plain data: no I/O.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+API_PREFIX = "/api/v1"
+SNAPSHOT_PREFIX = "vmferry-"
+JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+DiskState = Literal["pending", "copying", "done", "failed", "cancelled"]
+FINISHED: tuple[str, ...] = ("succeeded", "failed", "cancelled")
+
+
+class Target(BaseModel):
+    """Where one source disk goes. ``disk_key`` is the vSphere device key, never a position."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    disk_key: int
+    nbd_url: str = Field(description="nbd://host:port/export of a qemu-nbd serving this disk's target")
+    capacity_bytes: int = Field(gt=0, description="The source disk's size as the hub recorded it")
+    previous_change_id: str | None = Field(
+        default=None, description="CBT change id of the previous copy; absent for a full copy"
+    )
+    target_is_zero: bool = Field(
+        default=True,
+        description="The target reads as zeros (a new qcow2 or volume): zero blocks are skipped. False for "
+        "an overlay or a volume holding an earlier copy.",
+    )
+
+    @field_validator("nbd_url")
+    @classmethod
+    def _nbd_scheme(cls, value: str) -> str:
+        if not value.startswith("nbd://"):
+            raise ValueError(f"{value!r} is not an nbd:// URL")
+        return value
+
+
+class JobRequest(BaseModel):
+    """``POST /api/v1/jobs``: copy every disk of one VM, from one snapshot, to its own target."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: str
+    vm: str = Field(description="The VM's instance UUID or moref")
+    kind: Literal["full", "incremental"]
+    quiesce: bool = False
+    targets: list[Target] = Field(min_length=1)
+    bandwidth_limit_bytes_per_second: int | None = Field(
+        default=None, gt=0, description="Throttle reads from the source datastore (all disks together)"
+    )
+
+    @field_validator("job_id")
+    @classmethod
+    def _safe_job_id(cls, value: str) -> str:
+        if not JOB_ID.match(value):
+            raise ValueError(f"job_id {value!r} must match {JOB_ID.pattern}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_target_per_disk(self) -> JobRequest:
+        keys = [target.disk_key for target in self.targets]
+        twice = sorted({key for key in keys if keys.count(key) > 1})
+        if twice:
+            raise ValueError(f"disk key(s) {twice} have more than one target")
+        urls = [target.nbd_url for target in self.targets]
+        shared = sorted({url for url in urls if urls.count(url) > 1})
+        if shared:
+            raise ValueError(f"target(s) {shared} are given to more than one disk")
+        return self
+
+
+class DiskProgress(BaseModel):
+    disk_key: int
+    state: DiskState = "pending"
+    mode: Literal["full", "changed-areas", "compare"] | None = None
+    bytes_total: int = 0
+    bytes_done: int = 0
+    bytes_written: int = 0
+    change_id: str | None = None
+    error: str | None = None
+
+
+class JobStatus(BaseModel):
+    """``GET /api/v1/jobs/{job_id}``."""
+
+    job_id: str
+    vm: str
+    kind: str
+    state: JobState
+    snapshot_name: str | None = None
+    snapshot_removed: bool = False
+    disks: list[DiskProgress] = []
+    error: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINISHED
+
+
+class ErrorBody(BaseModel):
+    detail: str

@@ -1,0 +1,357 @@
+"""Agent jobs: validate, take ONE VM snapshot, copy every disk to its own target, remove the snapshot."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+
+from agent.config import AgentConfig
+from agent.contract import SNAPSHOT_PREFIX, DiskProgress, JobRequest, JobStatus, Target
+from agent.dataplane.copy import CopyCancelled, CopyJob, DiskCopyError, copy_disks
+from agent.dataplane.nbd import NBDClient, NBDError
+from agent.dataplane.sources import (
+    HTTPRangeSource,
+    Source,
+    SourceError,
+    extent_url,
+    open_vmdk_extents,
+    parse_vmdk_descriptor,
+)
+from agent.throttle import ThrottledSource, TokenBucket
+from clients.vsphere import (
+    CbtUnavailable,
+    SnapshotDisk,
+    VSphereClient,
+    VSphereError,
+    VSphereSnapshots,
+    datastore_file_url,
+    observed_disks,
+    session_cookie,
+)
+
+
+class JobRejected(Exception):
+    """The request cannot run; nothing was snapshotted or written. ``status`` is the HTTP code to answer."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class JobNotFound(Exception):
+    pass
+
+
+@dataclass
+class _Job:
+    request: JobRequest
+    status: JobStatus
+    cancel: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+
+
+def snapshot_name(job_id: str) -> str:
+    return f"{SNAPSHOT_PREFIX}{job_id}"
+
+
+class JobManager:
+    """Runs agent jobs in threads. One running job per VM; jobs are idempotent on job_id."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self._lock = threading.Lock()
+        self._jobs: dict[str, _Job] = {}
+
+    # -- API -------------------------------------------------------------------------------------------------
+
+    def submit(self, request: JobRequest) -> JobStatus:
+        with self._lock:
+            existing = self._jobs.get(request.job_id)
+            if existing is not None:
+                if existing.request != request:
+                    raise JobRejected(409, f"job {request.job_id} exists with a different request")
+                return existing.status.model_copy(deep=True)
+            for other in self._jobs.values():
+                if other.request.vm == request.vm and not other.status.finished:
+                    raise JobRejected(
+                        409, f"VM {request.vm} already has a running job {other.request.job_id}"
+                    )
+            # Reserve the VM while validating, so two requests cannot both pass the check.
+            job = _Job(
+                request, JobStatus(job_id=request.job_id, vm=request.vm, kind=request.kind, state="queued")
+            )
+            self._jobs[request.job_id] = job
+        try:
+            self._preflight(request)
+        except BaseException:
+            with self._lock:
+                self._jobs.pop(request.job_id, None)
+            raise
+        job.status.disks = [
+            DiskProgress(disk_key=t.disk_key, bytes_total=t.capacity_bytes) for t in request.targets
+        ]
+        job.thread = threading.Thread(
+            target=self._run, args=(job,), name=f"job-{request.job_id}", daemon=True
+        )
+        job.thread.start()
+        return self.status(request.job_id)
+
+    def status(self, job_id: str) -> JobStatus:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                raise JobNotFound(job_id)
+            return job.status.model_copy(deep=True)
+
+    def cancel(self, job_id: str) -> JobStatus:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                raise JobNotFound(job_id)
+            job.cancel.set()
+        return self.status(job_id)
+
+    def active_job_ids(self) -> set[str]:
+        with self._lock:
+            return {job_id for job_id, job in self._jobs.items() if not job.status.finished}
+
+    def wait_idle(self, timeout: float) -> None:
+        """For shutdown: let running jobs notice cancellation and remove their snapshots."""
+        with self._lock:
+            threads = [job.thread for job in self._jobs.values() if job.thread is not None]
+            for job in self._jobs.values():
+                job.cancel.set()
+        for thread in threads:
+            thread.join(timeout)
+
+    # -- validation before anything is touched ---------------------------------------------------------------
+
+    def _preflight(self, request: JobRequest) -> None:
+        try:
+            with VSphereClient(self.config.vcenter.endpoint()) as client:
+                vm = VSphereSnapshots(client, request.vm)
+                devices = list(vm.vm.config.hardware.device)
+                disks = {disk.device_key: disk for disk in observed_disks(devices, vm.name)}
+                vm_name = vm.name
+        except VSphereError as exc:
+            raise JobRejected(422, f"VM {request.vm}: {exc}") from exc
+        check_targets(vm_name, disks, request.targets)
+        for target in request.targets:
+            size = self._target_size(vm_name, target)
+            if size < disks[target.disk_key].capacity_bytes:
+                raise JobRejected(
+                    422,
+                    f"VM {vm_name!r} disk {target.disk_key}: target {target.nbd_url} holds {size} bytes, "
+                    f"smaller than the disk's {disks[target.disk_key].capacity_bytes}; nothing was written",
+                )
+
+    def _target_size(self, vm_name: str, target: Target) -> int:
+        try:
+            client = NBDClient(target.nbd_url, connect_timeout=self.config.nbd_connect_timeout, timeout=30)
+        except (NBDError, OSError) as exc:
+            raise JobRejected(
+                422, f"VM {vm_name!r} disk {target.disk_key}: target {target.nbd_url} is unreachable: {exc}"
+            ) from exc
+        try:
+            if client.read_only:
+                raise JobRejected(
+                    422, f"VM {vm_name!r} disk {target.disk_key}: target {target.nbd_url} is read-only"
+                )
+            return client.size
+        finally:
+            client.close()
+
+    # -- the job itself ------------------------------------------------------------------------------------
+
+    def _update(self, job: _Job, change: Callable[[JobStatus], None]) -> None:
+        with self._lock:
+            change(job.status)
+
+    def _run(self, job: _Job) -> None:
+        request = job.request
+        self._update(job, lambda s: setattr(s, "state", "running"))
+        try:
+            with VSphereClient(self.config.vcenter.endpoint()) as client:
+                vm = VSphereSnapshots(client, request.vm)
+                self._remove_leftovers(vm)
+                name = snapshot_name(request.job_id)
+                moref = vm.create_snapshot(name, f"vmferry job={request.job_id}", quiesce=request.quiesce)
+                self._update(job, lambda s: setattr(s, "snapshot_name", name))
+                try:
+                    self._copy_from_snapshot(job, client, vm, moref)
+                finally:
+                    self._remove_snapshot(job, vm, moref)
+        except CopyCancelled:
+            self._finish(job, "cancelled", "cancelled by the hub")
+        except DiskCopyError as exc:
+            self._finish(job, "cancelled" if job.cancel.is_set() else "failed", str(exc))
+        except Exception as exc:  # every failure must end the job with a readable reason
+            self._finish(
+                job, "cancelled" if job.cancel.is_set() else "failed", f"{type(exc).__name__}: {exc}"
+            )
+        else:
+            self._finish(job, "succeeded", None)
+
+    def _finish(self, job: _Job, state: str, error: str | None) -> None:
+        def change(status: JobStatus) -> None:
+            status.state = state  # type: ignore[assignment]
+            status.error = error
+            for disk in status.disks:
+                if disk.state in ("pending", "copying"):
+                    disk.state = "cancelled" if state == "cancelled" else "failed"
+
+        self._update(job, change)
+
+    def _remove_leftovers(self, vm: VSphereSnapshots) -> None:
+        active = {snapshot_name(job_id) for job_id in self.active_job_ids()}
+        for info in vm.snapshots():
+            if info.name.startswith(SNAPSHOT_PREFIX) and info.name not in active:
+                vm.remove_snapshot(info.moref)
+
+    def _remove_snapshot(self, job: _Job, vm: VSphereSnapshots, moref: str) -> None:
+        last: Exception | None = None
+        for _ in range(3):
+            try:
+                vm.remove_snapshot(moref)
+                self._update(job, lambda s: setattr(s, "snapshot_removed", True))
+                return
+            except VSphereError as exc:
+                last = exc
+        raise VSphereError(
+            f"snapshot {snapshot_name(job.request.job_id)} of VM {vm.name!r} was not removed: {last}"
+        )
+
+    def _copy_from_snapshot(self, job: _Job, client: VSphereClient, vm: VSphereSnapshots, moref: str) -> None:
+        request = job.request
+        frozen = {disk.device_key: disk for disk in vm.snapshot_disks(moref)}
+        targets = {t.disk_key: t for t in request.targets}
+        if set(frozen) != set(targets):
+            raise VSphereError(
+                f"VM {vm.name!r} changed disks between validation and snapshot: the snapshot has "
+                f"{sorted(frozen)}, the targets name {sorted(targets)}"
+            )
+        datacenter = vm.datacenter_path()
+        cookie = session_cookie(client)
+        bucket = (
+            TokenBucket(request.bandwidth_limit_bytes_per_second)
+            if request.bandwidth_limit_bytes_per_second
+            else None
+        )
+        with ExitStack() as closing:
+            copy_jobs = []
+            for key, target in targets.items():
+                disk = frozen[key]
+                source = self._open_disk(client, datacenter, cookie, vm.name, disk)
+                closing.callback(source.close)
+                if bucket is not None:
+                    source = ThrottledSource(source, bucket)
+                mode, areas = self._plan(job, vm, moref, disk, target)
+                self._update(job, lambda s, k=key, m=mode: setattr(self._disk_in(s, k), "mode", m))
+                copy_jobs.append(
+                    CopyJob(
+                        source=source,
+                        target_url=target.nbd_url,
+                        key=str(key),
+                        mode="compare" if mode == "compare" else "full",
+                        changed_areas=areas,
+                        target_is_zero=target.target_is_zero if mode == "full" else False,
+                        progress=self._progress(job, key),
+                    )
+                )
+            results = copy_disks(
+                copy_jobs,
+                max_parallel=self.config.max_parallel_disks,
+                cancel=job.cancel,
+                connections=self.config.connections_per_disk,
+            )
+        for copy_job, result in zip(copy_jobs, results, strict=True):
+            key = int(copy_job.key or 0)
+
+            def done(status: JobStatus, key: int = key, written: int = result.bytes_written) -> None:
+                disk = self._disk_in(status, key)
+                disk.state = "done"
+                disk.bytes_done = disk.bytes_total
+                disk.bytes_written = written
+                disk.change_id = frozen[key].change_id
+
+            self._update(job, done)
+
+    @staticmethod
+    def _disk_in(status: JobStatus, key: int) -> DiskProgress:
+        return next(d for d in status.disks if d.disk_key == key)
+
+    def _progress(self, job: _Job, key: int) -> Callable[[int, int], None]:
+        def report(done: int, total: int) -> None:
+            def change(status: JobStatus) -> None:
+                disk = self._disk_in(status, key)
+                disk.state = "copying"
+                disk.bytes_done = done
+                disk.bytes_total = total
+
+            self._update(job, change)
+
+        return report
+
+    def _plan(
+        self, job: _Job, vm: VSphereSnapshots, moref: str, disk: SnapshotDisk, target: Target
+    ) -> tuple[str, list[tuple[int, int]] | None]:
+        """full, changed-areas (CBT from the previous change id) or compare (no usable CBT)."""
+        if job.request.kind == "full":
+            return "full", None
+        if target.previous_change_id and disk.change_id:
+            try:
+                return "changed-areas", vm.changed_areas(
+                    moref, disk.device_key, target.previous_change_id, disk.capacity_bytes
+                )
+            except CbtUnavailable:
+                pass  # a new CBT epoch or no CBT at all: read everything, write what differs
+        return "compare", None
+
+    def _open_disk(
+        self, client: VSphereClient, datacenter: str, cookie: str, vm_name: str, disk: SnapshotDisk
+    ) -> Source:
+        endpoint = client.endpoint
+        descriptor_url = datastore_file_url(endpoint.host, endpoint.port, datacenter, disk.file_name)
+        name, _, value = cookie.partition("=")
+        http = {
+            "cookies": {name: value} if value else {},
+            "thumbprint": endpoint.thumbprint,
+            "verify": endpoint.ca_file or endpoint.verify_tls,
+        }
+        try:
+            with HTTPRangeSource(descriptor_url, **http) as descriptor:
+                if descriptor.size > 1 << 20:
+                    raise SourceError(f"{disk.file_name} is not a text descriptor ({descriptor.size} bytes)")
+                extents = parse_vmdk_descriptor(descriptor.read(0, descriptor.size))
+            source = open_vmdk_extents(
+                extents,
+                lambda filename: HTTPRangeSource(extent_url(descriptor_url, filename), **http),
+                disk.file_name,
+            )
+        except (SourceError, ValueError) as exc:
+            raise SourceError(f"VM {vm_name!r} disk {disk.device_key} ({disk.file_name}): {exc}") from exc
+        if source.size != disk.capacity_bytes:
+            source.close()
+            raise SourceError(
+                f"VM {vm_name!r} disk {disk.device_key}: its flat extent holds {source.size} bytes, "
+                f"but the disk is {disk.capacity_bytes}"
+            )
+        return source
+
+
+def check_targets(vm_name: str, disks: dict[int, object], targets: list[Target]) -> None:
+    """Every disk of the VM has exactly one target, and every target names a disk of the VM."""
+    keys = [t.disk_key for t in targets]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise JobRejected(422, f"VM {vm_name!r}: disk key(s) {twice} have more than one target")
+    unknown = sorted(set(keys) - set(disks))
+    if unknown:
+        raise JobRejected(422, f"VM {vm_name!r} has no disk(s) {unknown}; its disks are {sorted(disks)}")
+    missing = sorted(set(disks) - set(keys))
+    if missing:
+        raise JobRejected(
+            422, f"VM {vm_name!r}: disk(s) {missing} have no target; every disk of the VM must be copied"
+        )
