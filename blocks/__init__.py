@@ -1,5 +1,6 @@
 """Prefect block types of vmferry (registered through the ``prefect.collections`` entry point)."""
 
+from blocks.agent import Agent
 from blocks.vcenter import VCenter
 
-__all__ = ["VCenter"]
+__all__ = ["Agent", "VCenter"]

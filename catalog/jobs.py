@@ -13,7 +13,7 @@ from catalog.db import Catalog
 from catalog.errors import UnknownRecord
 from catalog.models import Job, utcnow
 
-JobKind = Literal["discovery", "backup", "restore", "replication", "failover", "cleanup", "reconcile"]
+JobKind = Literal["discovery", "copy", "backup", "restore", "replication", "failover", "cleanup", "reconcile"]
 JobState = Literal["pending", "running", "succeeded", "failed", "cancelled"]
 FINISHED_STATES = ("succeeded", "failed", "cancelled")
 

@@ -80,3 +80,27 @@ def lab_vcenter_block(lab):
     return VCenter(
         host=vc.host, port=vc.port, username=vc.user, password=vc.password, thumbprint=vc.thumbprint
     )
+
+
+@pytest.fixture(scope="session")
+def agent_process(lab, tmp_path_factory: pytest.TempPathFactory):
+    """The reference agent as a real process (python -m agent) reading from the lab vCenter."""
+    from infra.lab.agent import start_agent
+
+    running = start_agent(lab.vcenter, tmp_path_factory.mktemp("agent"))
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def agent_block(agent_process):
+    from blocks.agent import Agent
+
+    return Agent(url=agent_process.url, token=agent_process.token)
+
+
+@pytest.fixture
+def nbd_port_range(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A port range of the tests' own, away from a lab demo that may run on the same machine."""
+    monkeypatch.setenv("VMFERRY_NBD_PORT_RANGE", "21100-21199")
+    return "21100-21199"

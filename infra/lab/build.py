@@ -47,9 +47,7 @@ def _run(argv: list[str], *, cwd: Path | None = None, env: dict[str, str] | None
 def _upstream_simulator_dir() -> Path:
     path = GOCODE / "src" / GOVMOMI_IMPORT / "simulator"
     if not path.is_dir():
-        raise VcsimBuildError(
-            f"{path} is missing; install golang-github-vmware-govmomi-dev (infra/lab/install.sh)"
-        )
+        raise VcsimBuildError(f"{path} is missing; install golang-github-vmware-govmomi-dev (infra/lab/install.sh)")
     return path
 
 

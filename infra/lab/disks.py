@@ -95,9 +95,7 @@ def _run(argv: list[str], *, stdin: bytes | None = None, env: Mapping[str, str] 
     except FileNotFoundError as exc:
         raise DiskBuildError(f"{argv[0]} not found; run infra/lab/install.sh") from exc
     if proc.returncode != 0:
-        raise DiskBuildError(
-            f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.decode(errors='replace')}"
-        )
+        raise DiskBuildError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.decode(errors='replace')}")
     return proc.stdout.decode()
 
 
@@ -309,9 +307,7 @@ def read_known_file(image: Path, known: KnownFile, scratch: Path) -> bytes:
             known.partition_size_bytes,
             scratch / f"{image.name}.p{known.partition}",
         )
-        proc = subprocess.run(
-            ["debugfs", "-R", f"cat {known.path}", str(part)], capture_output=True, check=False
-        )
+        proc = subprocess.run(["debugfs", "-R", f"cat {known.path}", str(part)], capture_output=True, check=False)
     if proc.returncode != 0:
         raise DiskBuildError(f"reading {known.path} from {image}: {proc.stderr.decode(errors='replace')}")
     return proc.stdout

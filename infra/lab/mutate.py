@@ -30,9 +30,7 @@ def find_disk(vm: vim.VirtualMachine, device_key: int) -> vim.vm.device.VirtualD
     raise LookupError(f"{vm.name} has no disk with device key {device_key}")
 
 
-def add_disk(
-    si: vim.ServiceInstance, vm_name: str, size_bytes: int, controller_key: int | None = None
-) -> int:
+def add_disk(si: vim.ServiceInstance, vm_name: str, size_bytes: int, controller_key: int | None = None) -> int:
     """Add an empty disk on the given SCSI controller (default: the lowest bus); return the key vSphere chose.
 
     The file name is left to the server (only the datastore is given), as an operator's client would do.

@@ -334,9 +334,7 @@ def require_vm(si: vim.ServiceInstance, name: str) -> vim.VirtualMachine:
 
 def scsi_controllers(vm: vim.VirtualMachine) -> list[vim.vm.device.VirtualSCSIController]:
     devices = vm.config.hardware.device
-    return sorted(
-        (d for d in devices if isinstance(d, vim.vm.device.VirtualSCSIController)), key=lambda c: c.busNumber
-    )
+    return sorted((d for d in devices if isinstance(d, vim.vm.device.VirtualSCSIController)), key=lambda c: c.busNumber)
 
 
 def virtual_disks(vm: vim.VirtualMachine) -> list[vim.vm.device.VirtualDisk]:
@@ -411,9 +409,7 @@ def _ensure_vm(si: vim.ServiceInstance, lab: LabVCenter, spec: LabVMSpec) -> vim
     changes = [
         vim.vm.device.VirtualDeviceSpec(
             operation="add",
-            device=vim.vm.device.ParaVirtualSCSIController(
-                key=-100 - bus, busNumber=bus, sharedBus="noSharing"
-            ),
+            device=vim.vm.device.ParaVirtualSCSIController(key=-100 - bus, busNumber=bus, sharedBus="noSharing"),
         )
         for bus in range(spec.controllers)
         if bus not in have
@@ -424,9 +420,7 @@ def _ensure_vm(si: vim.ServiceInstance, lab: LabVCenter, spec: LabVMSpec) -> vim
 
 
 def _disk_file_name(vm_dir: dsfiles.DatastorePath, vm_name: str, label: str) -> str:
-    rel = (
-        f"{vm_dir.path}/{vm_name}-{label.lower()}.vmdk" if vm_dir.path else f"{vm_name}-{label.lower()}.vmdk"
-    )
+    rel = f"{vm_dir.path}/{vm_name}-{label.lower()}.vmdk" if vm_dir.path else f"{vm_name}-{label.lower()}.vmdk"
     return str(dsfiles.DatastorePath(vm_dir.datastore, rel))
 
 
@@ -484,9 +478,7 @@ def _upload_image(lab: LabVCenter, descriptor: str, image: BuiltImage, cookie: s
     return flat
 
 
-def _reusable(
-    previous: DiskRecord | None, device: vim.vm.device.VirtualDisk, lab: LabVCenter, cookie: str
-) -> bool:
+def _reusable(previous: DiskRecord | None, device: vim.vm.device.VirtualDisk, lab: LabVCenter, cookie: str) -> bool:
     """True if the disk still holds exactly what an earlier seeding recorded (same device, same bytes)."""
     if previous is None:
         return False
@@ -508,20 +500,14 @@ def seed_vm(
     vm = _ensure_vm(si, lab, spec)
     devices = _ensure_disks(si, lab, vm, spec, cookie)
     controllers = {c.key: c for c in scsi_controllers(vm)}
-    old = (
-        {d.label: d for d in previous.disks}
-        if previous and previous.instance_uuid == vm.config.instanceUuid
-        else {}
-    )
+    old = {d.label: d for d in previous.disks} if previous and previous.instance_uuid == vm.config.instanceUuid else {}
     records: list[DiskRecord] = []
     for disk_spec in spec.disks:
         device = devices[disk_spec.label]
         capacity = disk_capacity_bytes(device)
         size = disk_spec.image.size_bytes
         if capacity != size:
-            raise RuntimeError(
-                f"{spec.name} {disk_spec.label}: vCenter capacity {capacity} != image size {size}"
-            )
+            raise RuntimeError(f"{spec.name} {disk_spec.label}: vCenter capacity {capacity} != image size {size}")
         prior = old.get(disk_spec.label)
         if prior is not None and _reusable(prior, device, lab, cookie):
             # mke2fs gives every inode a random generation number, so images are not byte-reproducible;

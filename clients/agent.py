@@ -1,0 +1,124 @@
+"""The hub's client of the agent's HTTP API (docs/agent-contract.md). Knows nothing of Prefect.
+
+Only idempotent calls are retried: job creation is idempotent on job_id, reads and cancels are safe.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import httpx
+
+from agent.contract import API_PREFIX, JobRequest, JobStatus
+
+
+class AgentError(Exception):
+    """The agent refused a request or could not be reached; the message says which and why."""
+
+
+class AgentUnreachable(AgentError):
+    """No answer from the agent (connection refused, reset or timed out)."""
+
+
+class AgentJobFailed(AgentError):
+    def __init__(self, status: JobStatus) -> None:
+        failed = [f"disk {d.disk_key}: {d.error}" for d in status.disks if d.error]
+        detail = "; ".join(failed) or status.error or status.state
+        super().__init__(f"agent job {status.job_id} for VM {status.vm} ended {status.state}: {detail}")
+        self.status = status
+
+
+class AgentClient:
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        timeout: float = 30.0,
+        attempts: int = 3,
+        verify: bool | str = True,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.attempts = attempts
+        self._http = httpx.Client(
+            base_url=self.base_url + API_PREFIX,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=httpx.Timeout(timeout, connect=5.0),
+            verify=verify,
+        )
+
+    def __enter__(self) -> AgentClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _call(self, method: str, path: str, **kwargs: object) -> httpx.Response:
+        last: Exception | None = None
+        for attempt in range(1, self.attempts + 1):
+            try:
+                response = self._http.request(method, path, **kwargs)  # type: ignore[arg-type]
+            except httpx.TransportError as exc:
+                last = exc
+                time.sleep(min(0.5 * attempt, 2.0))
+                continue
+            if response.status_code >= 500 and attempt < self.attempts:
+                time.sleep(min(0.5 * attempt, 2.0))
+                continue
+            return response
+        raise AgentUnreachable(f"agent at {self.base_url} did not answer {method} {path}: {last}") from last
+
+    @staticmethod
+    def _raise_for(response: httpx.Response, what: str) -> None:
+        if response.is_success:
+            return
+        try:
+            detail = response.json().get("detail")
+        except ValueError:
+            detail = response.text
+        if response.status_code == 401:
+            raise AgentError(f"agent refused the token while trying to {what} (401): check the Agent block")
+        raise AgentError(f"agent refused to {what} ({response.status_code}): {detail}")
+
+    def submit(self, request: JobRequest) -> JobStatus:
+        response = self._call("POST", "/jobs", json=request.model_dump(mode="json"))
+        self._raise_for(response, f"start job {request.job_id} for VM {request.vm}")
+        return JobStatus.model_validate(response.json())
+
+    def status(self, job_id: str) -> JobStatus:
+        response = self._call("GET", f"/jobs/{job_id}")
+        self._raise_for(response, f"read job {job_id}")
+        return JobStatus.model_validate(response.json())
+
+    def cancel(self, job_id: str) -> JobStatus:
+        response = self._call("DELETE", f"/jobs/{job_id}")
+        self._raise_for(response, f"cancel job {job_id}")
+        return JobStatus.model_validate(response.json())
+
+    def wait(
+        self,
+        job_id: str,
+        *,
+        timeout: float,
+        poll_interval: float = 0.5,
+        on_progress: Callable[[JobStatus], None] | None = None,
+    ) -> JobStatus:
+        """Follow a job until it finishes; raises AgentJobFailed unless it succeeded."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.status(job_id)
+            if on_progress is not None:
+                on_progress(status)
+            if status.finished:
+                if status.state != "succeeded":
+                    raise AgentJobFailed(status)
+                return status
+            if time.monotonic() > deadline:
+                raise AgentError(
+                    f"agent job {job_id} did not finish within {timeout:.0f} s (still {status.state})"
+                )
+            time.sleep(poll_interval)

@@ -1,0 +1,151 @@
+"""Copying every disk of a VM, from one snapshot, each to its own target: the data path backup and replication share.
+
+``run_copy`` is the orchestration (called inside a flow); ``copy_vm_disks`` is the same as a flow of its own.
+Every resource taken is pushed on a compensation stack the moment it exists, so any failure - refused
+targets, a port range exhausted, qemu-nbd that will not start, an agent that refuses, dies or hangs - stops
+every qemu-nbd started and releases every port. The agent removes its snapshot; when the agent cannot be
+trusted to (unreachable, killed), the hub removes it through vSphere.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+
+from agent.contract import JobRequest, JobStatus, Target
+from blocks.agent import Agent
+from blocks.vcenter import VCenter
+from catalog import default_catalog
+from catalog.inventory import RecordedVM, find_vm
+from catalog.ports import release_port
+from clients.agent import AgentError
+from tasks.agent import follow_agent_job, submit_agent_job
+from tasks.jobs import close_job, open_job
+from tasks.nbd import check_target_file, lease_nbd_port, start_nbd_export
+from tasks.vsphere import remove_job_snapshots
+from vmferry.exports import stop_export_quietly
+from vmferry.targets import DiskTarget, check_plan
+
+log = logging.getLogger(__name__)
+
+
+def _release_port_quietly(port: int, job_id: str) -> None:
+    try:
+        release_port(default_catalog(), port, job_id)
+    except Exception:
+        log.exception("could not release port %s of job %s", port, job_id)
+
+
+def _stop_agent_job(agent: Agent, vcenter: VCenter | None, vm: RecordedVM, job_id: str) -> None:
+    """After a failure: cancel the agent job; if the agent cannot confirm its snapshot is gone, remove it."""
+    removed_by_agent = False
+    try:
+        with agent.client() as client:
+            client.cancel(job_id)
+            status = client.status(job_id)
+            for _ in range(60):
+                if status.finished:
+                    break
+                time.sleep(0.5)
+                status = client.status(job_id)
+            removed_by_agent = status.finished and (status.snapshot_removed or status.snapshot_name is None)
+    except AgentError as exc:
+        log.warning("agent could not cancel job %s: %s", job_id, exc)
+    if removed_by_agent or vcenter is None:
+        return
+    try:
+        remove_job_snapshots.fn(vcenter, vm.instance_uuid, f"vmferry-{job_id}")
+    except Exception:
+        log.exception("could not remove snapshot vmferry-%s of VM %s", job_id, vm.name)
+
+
+def run_copy(
+    *,
+    job_id: str,
+    vm: RecordedVM,
+    targets: list[DiskTarget],
+    agent: Agent,
+    vcenter: VCenter | None,
+    kind: str = "full",
+    quiesce: bool = False,
+    bandwidth_limit_bytes_per_second: int | None = None,
+    timeout: float = 6 * 3600,
+    log_dir: Path | None = None,
+) -> JobStatus:
+    """Serve every target over NBD, have the agent copy the VM into them, then stop the exports."""
+    logger = get_run_logger()
+    check_plan(vm, targets)
+    for target in targets:
+        check_target_file(vm.name, target)
+    log_dir = log_dir or Path(tempfile.mkdtemp(prefix=f"vmferry-{job_id}-"))
+    catalog = default_catalog()
+    by_key = {t.device_key: t for t in targets}
+    with ExitStack() as undo:
+        agent_targets = []
+        for target in targets:
+            port = lease_nbd_port(job_id, target)
+            undo.callback(_release_port_quietly, port, job_id)
+            export = start_nbd_export(job_id, vm.vm_context_id, target, port, log_dir)
+            undo.callback(stop_export_quietly, catalog, export)
+            url = f"nbd://{export.bind_address}:{export.port}/{export.export_name}"
+            logger.info("disk %s (catalog id %s) -> %s", target.disk_id, target.vm_disk_id, url)
+            agent_targets.append(
+                Target(
+                    disk_key=target.device_key,
+                    nbd_url=url,
+                    capacity_bytes=target.capacity_bytes,
+                    previous_change_id=target.previous_change_id,
+                    target_is_zero=target.target_is_zero,
+                )
+            )
+        request = JobRequest(
+            job_id=job_id,
+            vm=vm.instance_uuid,
+            kind=kind,  # type: ignore[arg-type]
+            quiesce=quiesce,
+            targets=agent_targets,
+            bandwidth_limit_bytes_per_second=bandwidth_limit_bytes_per_second,
+        )
+        try:
+            submit_agent_job(agent, request)
+            labels = {key: f"{vm.name} {t.disk_id}" for key, t in by_key.items()}
+            return follow_agent_job(agent, job_id, labels, timeout)
+        except BaseException:
+            _stop_agent_job(agent, vcenter, vm, job_id)
+            raise
+
+
+@flow(name="copy-vm-disks")
+def copy_vm_disks(
+    vm: str,
+    targets: list[DiskTarget],
+    agent: Agent | str,
+    vcenter: VCenter | str | None = None,
+    kind: str = "full",
+    bandwidth_limit_bytes_per_second: int | None = None,
+) -> JobStatus:
+    """Copy every disk of a discovered VM into the given target files (qcow2 or raw), from one snapshot."""
+    agent_block = Agent.load(agent) if isinstance(agent, str) else agent
+    vcenter_block = VCenter.load(vcenter) if isinstance(vcenter, str) else vcenter
+    recorded = find_vm(default_catalog(), vm)
+    job_id = open_job("copy", recorded.vm_context_id)
+    try:
+        status = run_copy(
+            job_id=job_id,
+            vm=recorded,
+            targets=targets,
+            agent=agent_block,
+            vcenter=vcenter_block,
+            kind=kind,
+            bandwidth_limit_bytes_per_second=bandwidth_limit_bytes_per_second,
+        )
+    except BaseException as exc:
+        close_job(job_id, "failed", f"{type(exc).__name__}: {exc}")
+        raise
+    close_job(job_id, "succeeded")
+    return status

@@ -1,0 +1,50 @@
+"""Calling the agent: submit one job for all disks, follow it with progress artifacts, cancel it."""
+
+from __future__ import annotations
+
+import time
+
+from prefect import task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+
+from agent.contract import JobRequest, JobStatus
+from blocks.agent import Agent
+
+
+@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, task_run_name="agent-submit-{request.job_id}")
+def submit_agent_job(agent: Agent, request: JobRequest) -> JobStatus:
+    """Safe to retry: the agent is idempotent on job_id."""
+    with agent.client() as client:
+        return client.submit(request)
+
+
+@task(cache_policy=NO_CACHE, task_run_name="agent-follow-{job_id}")
+def follow_agent_job(agent: Agent, job_id: str, disk_labels: dict[int, str], timeout: float) -> JobStatus:
+    """Wait for the agent job, showing one progress artifact per disk; raises unless it succeeded."""
+    artifacts: dict[int, object] = {}
+    last_update = 0.0
+
+    def show(status: JobStatus) -> None:
+        nonlocal last_update
+        now = time.monotonic()
+        if now - last_update < 1.0 and not status.finished:
+            return  # each update is an API call: at most one round per second
+        last_update = now
+        for disk in status.disks:
+            percent = 100.0 * disk.bytes_done / disk.bytes_total if disk.bytes_total else 0.0
+            if disk.disk_key not in artifacts:
+                artifacts[disk.disk_key] = create_progress_artifact(
+                    progress=percent, description=f"copy of {disk_labels.get(disk.disk_key, disk.disk_key)}"
+                )
+            else:
+                update_progress_artifact(artifacts[disk.disk_key], progress=percent)
+
+    with agent.client() as client:
+        return client.wait(job_id, timeout=timeout, on_progress=show)
+
+
+@task(retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
+def cancel_agent_job(agent: Agent, job_id: str) -> JobStatus:
+    with agent.client() as client:
+        return client.cancel(job_id)

@@ -1,0 +1,58 @@
+"""Hub-side NBD tasks: lease a port, start a qemu-nbd export, stop it. Each safe to retry."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from catalog import default_catalog
+from catalog.exports import ExportView
+from catalog.ports import lease_port
+from clients.qemu import image_info
+from vmferry.exports import export_name_for, start_export, stop_export
+from vmferry.settings import get_settings
+from vmferry.targets import DiskTarget, check_target_size
+
+
+@task(retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE, task_run_name="lease-port-{target.disk_id}")
+def lease_nbd_port(job_id: str, target: DiskTarget) -> int:
+    settings = get_settings()
+    lease = lease_port(
+        default_catalog(),
+        job_id,
+        port_range=settings.port_range,
+        ttl=dt.timedelta(seconds=settings.port_lease_seconds),
+        purpose=f"nbd export of vm_disk {target.vm_disk_id} ({target.disk_id})",
+    )
+    return lease.port
+
+
+@task(cache_policy=NO_CACHE, task_run_name="check-target-{target.disk_id}")
+def check_target_file(vm_name: str, target: DiskTarget) -> None:
+    """The target file exists and is at least as large as its disk."""
+    info = image_info(target.file_path)
+    check_target_size(vm_name, target, int(info["virtual-size"]))
+
+
+@task(cache_policy=NO_CACHE, task_run_name="start-nbd-{target.disk_id}")
+def start_nbd_export(job_id: str, vm_context_id: int, target: DiskTarget, port: int, log_dir: Path) -> ExportView:
+    """No retries: a half-started export is stopped by the flow's compensation, not started twice."""
+    return start_export(
+        default_catalog(),
+        job_id=job_id,
+        vm_disk_id=target.vm_disk_id,
+        export_name=export_name_for(vm_context_id, target.disk_id),
+        file_path=target.file_path,
+        bind_address=get_settings().nbd_bind_address,
+        port=port,
+        image_format=target.image_format,
+        log_path=log_dir / f"qemu-nbd-{target.disk_id}.log",
+    )
+
+
+@task(retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE, task_run_name="stop-nbd-{export.export_name}")
+def stop_nbd_export(export: ExportView) -> None:
+    stop_export(default_catalog(), export)

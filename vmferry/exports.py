@@ -1,0 +1,76 @@
+"""Starting and stopping the hub's qemu-nbd exports, with the catalog ledger kept in step.
+
+Prefect-free, so a flow's compensation stack can call ``stop_export`` even when the Prefect API is gone.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from catalog.db import Catalog
+from catalog.exports import ExportView, mark_export_running, mark_export_stopped, record_export
+from catalog.ports import release_port
+from clients.qemu import QemuError, start_qemu_nbd, stop_qemu_nbd
+
+log = logging.getLogger(__name__)
+
+
+def export_name_for(vm_context_id: int, disk_id: str) -> str:
+    """Names an export after the catalog's disk identity, never after a VM or disk name."""
+    return f"vm{vm_context_id}-{disk_id}"
+
+
+def start_export(
+    catalog: Catalog,
+    *,
+    job_id: str,
+    vm_disk_id: int,
+    export_name: str,
+    file_path: Path,
+    bind_address: str,
+    port: int,
+    image_format: str = "qcow2",
+    log_path: Path | None = None,
+) -> ExportView:
+    """Record the export, start qemu-nbd for it, record its pid. A failed start is recorded as failed."""
+    export = record_export(
+        catalog,
+        vm_disk_id=vm_disk_id,
+        job_id=job_id,
+        export_name=export_name,
+        bind_address=bind_address,
+        port=port,
+        file_path=str(file_path),
+    )
+    try:
+        server = start_qemu_nbd(
+            file_path,
+            export_name=export_name,
+            bind_address=bind_address,
+            port=port,
+            image_format=image_format,
+            log_path=log_path,
+        )
+    except (QemuError, OSError, ValueError):
+        mark_export_stopped(catalog, export.id, state="failed")
+        raise
+    return mark_export_running(catalog, export.id, server.pid)
+
+
+def stop_export(catalog: Catalog, export: ExportView) -> None:
+    """Stop the export's qemu-nbd (if it runs), mark it stopped, release its port. Idempotent."""
+    if export.pid is not None:
+        stop_qemu_nbd(export.pid, export.file_path)
+    mark_export_stopped(catalog, export.id)
+    release_port(catalog, export.port, export.job_id)
+
+
+def stop_export_quietly(catalog: Catalog, export: ExportView) -> None:
+    """The compensation form: never raises, logs what it could not do (the reconciler will retry)."""
+    try:
+        stop_export(catalog, export)
+    except Exception:
+        log.exception(
+            "could not stop NBD export %s (pid %s, port %s)", export.export_name, export.pid, export.port
+        )
