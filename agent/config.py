@@ -6,6 +6,7 @@ import json
 import os
 import stat
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr
 
@@ -39,7 +40,9 @@ class AgentConfig(BaseModel):
     max_parallel_disks: int = Field(default=4, ge=1, description="Disks of one job copied at once")
     connections_per_disk: int = Field(default=4, ge=1, description="NBD connections per disk")
     nbd_connect_timeout: float = Field(default=10.0, gt=0)
-    reader: str = Field(default="datastore-http", description="datastore-http (vddk where installed)")
+    reader: Literal["datastore-http", "vddk"] = Field(
+        default="datastore-http", description="How disks are read: vSphere datastore HTTP, or VDDK where installed"
+    )
 
 
 def load_config(path: Path) -> AgentConfig:

@@ -20,6 +20,7 @@ from agent.dataplane.sources import (
     parse_vmdk_descriptor,
 )
 from agent.throttle import ThrottledSource, TokenBucket
+from agent.vddk import VddkDisk, open_vddk_source
 from clients.vsphere import (
     CbtUnavailable,
     SnapshotDisk,
@@ -75,13 +76,9 @@ class JobManager:
                 return existing.status.model_copy(deep=True)
             for other in self._jobs.values():
                 if other.request.vm == request.vm and not other.status.finished:
-                    raise JobRejected(
-                        409, f"VM {request.vm} already has a running job {other.request.job_id}"
-                    )
+                    raise JobRejected(409, f"VM {request.vm} already has a running job {other.request.job_id}")
             # Reserve the VM while validating, so two requests cannot both pass the check.
-            job = _Job(
-                request, JobStatus(job_id=request.job_id, vm=request.vm, kind=request.kind, state="queued")
-            )
+            job = _Job(request, JobStatus(job_id=request.job_id, vm=request.vm, kind=request.kind, state="queued"))
             self._jobs[request.job_id] = job
         try:
             self._preflight(request)
@@ -89,12 +86,8 @@ class JobManager:
             with self._lock:
                 self._jobs.pop(request.job_id, None)
             raise
-        job.status.disks = [
-            DiskProgress(disk_key=t.disk_key, bytes_total=t.capacity_bytes) for t in request.targets
-        ]
-        job.thread = threading.Thread(
-            target=self._run, args=(job,), name=f"job-{request.job_id}", daemon=True
-        )
+        job.status.disks = [DiskProgress(disk_key=t.disk_key, bytes_total=t.capacity_bytes) for t in request.targets]
+        job.thread = threading.Thread(target=self._run, args=(job,), name=f"job-{request.job_id}", daemon=True)
         job.thread.start()
         return self.status(request.job_id)
 
@@ -156,9 +149,7 @@ class JobManager:
             ) from exc
         try:
             if client.read_only:
-                raise JobRejected(
-                    422, f"VM {vm_name!r} disk {target.disk_key}: target {target.nbd_url} is read-only"
-                )
+                raise JobRejected(422, f"VM {vm_name!r} disk {target.disk_key}: target {target.nbd_url} is read-only")
             return client.size
         finally:
             client.close()
@@ -188,9 +179,7 @@ class JobManager:
         except DiskCopyError as exc:
             self._finish(job, "cancelled" if job.cancel.is_set() else "failed", str(exc))
         except Exception as exc:  # every failure must end the job with a readable reason
-            self._finish(
-                job, "cancelled" if job.cancel.is_set() else "failed", f"{type(exc).__name__}: {exc}"
-            )
+            self._finish(job, "cancelled" if job.cancel.is_set() else "failed", f"{type(exc).__name__}: {exc}")
         else:
             self._finish(job, "succeeded", None)
 
@@ -219,9 +208,7 @@ class JobManager:
                 return
             except VSphereError as exc:
                 last = exc
-        raise VSphereError(
-            f"snapshot {snapshot_name(job.request.job_id)} of VM {vm.name!r} was not removed: {last}"
-        )
+        raise VSphereError(f"snapshot {snapshot_name(job.request.job_id)} of VM {vm.name!r} was not removed: {last}")
 
     def _copy_from_snapshot(self, job: _Job, client: VSphereClient, vm: VSphereSnapshots, moref: str) -> None:
         request = job.request
@@ -235,15 +222,17 @@ class JobManager:
         datacenter = vm.datacenter_path()
         cookie = session_cookie(client)
         bucket = (
-            TokenBucket(request.bandwidth_limit_bytes_per_second)
-            if request.bandwidth_limit_bytes_per_second
-            else None
+            TokenBucket(request.bandwidth_limit_bytes_per_second) if request.bandwidth_limit_bytes_per_second else None
         )
         with ExitStack() as closing:
             copy_jobs = []
             for key, target in targets.items():
                 disk = frozen[key]
-                source = self._open_disk(client, datacenter, cookie, vm.name, disk)
+                source = (
+                    self._open_vddk_disk(client, vm, moref, disk)
+                    if self.config.reader == "vddk"
+                    else self._open_disk(client, datacenter, cookie, vm.name, disk)
+                )
                 closing.callback(source.close)
                 if bucket is not None:
                     source = ThrottledSource(source, bucket)
@@ -309,6 +298,24 @@ class JobManager:
                 pass  # a new CBT epoch or no CBT at all: read everything, write what differs
         return "compare", None
 
+    def _open_vddk_disk(
+        self, client: VSphereClient, vm: VSphereSnapshots, snapshot_moref: str, disk: SnapshotDisk
+    ) -> Source:
+        endpoint = client.endpoint
+        if not endpoint.thumbprint:
+            raise SourceError("the vddk reader needs the vCenter's certificate thumbprint in the agent config")
+        return open_vddk_source(
+            VddkDisk(
+                server=endpoint.host,
+                user=endpoint.username,
+                thumbprint=endpoint.thumbprint,
+                vm_moref=vm.vm._moId,
+                snapshot_moref=snapshot_moref,
+                file_name=disk.file_name,
+            ),
+            endpoint.password,
+        )
+
     def _open_disk(
         self, client: VSphereClient, datacenter: str, cookie: str, vm_name: str, disk: SnapshotDisk
     ) -> Source:
@@ -352,6 +359,4 @@ def check_targets(vm_name: str, disks: dict[int, object], targets: list[Target])
         raise JobRejected(422, f"VM {vm_name!r} has no disk(s) {unknown}; its disks are {sorted(disks)}")
     missing = sorted(set(disks) - set(keys))
     if missing:
-        raise JobRejected(
-            422, f"VM {vm_name!r}: disk(s) {missing} have no target; every disk of the VM must be copied"
-        )
+        raise JobRejected(422, f"VM {vm_name!r}: disk(s) {missing} have no target; every disk of the VM must be copied")
