@@ -23,6 +23,4 @@ class Agent(Block):
 
     def client(self) -> AgentClient:
         verify: bool | str = self.ca_file or self.verify_tls
-        return AgentClient(
-            self.url, self.token.get_secret_value(), timeout=self.request_timeout, verify=verify
-        )
+        return AgentClient(self.url, self.token.get_secret_value(), timeout=self.request_timeout, verify=verify)

@@ -92,9 +92,7 @@ def _upsert_context(session: Session, vm: ObservedVM) -> int:
     dialect = session.get_bind().dialect.name
     if dialect == "sqlite":
         statement = sqlite_insert(VmContext).values(**insert_values)
-        statement = statement.on_conflict_do_update(
-            index_elements=["vcenter", "instance_uuid"], set_=update_values
-        )
+        statement = statement.on_conflict_do_update(index_elements=["vcenter", "instance_uuid"], set_=update_values)
     elif dialect in ("mysql", "mariadb"):
         statement = mysql_insert(VmContext).values(**insert_values).on_duplicate_key_update(**update_values)
     else:
@@ -127,9 +125,7 @@ def _disk_values(seen: ObservedDisk) -> dict[str, object]:
 
 def _sync_disks(session: Session, context_id: int, vm: ObservedVM) -> dict[int, DiskChange]:
     now = utcnow()
-    rows = {
-        row.disk_id: row for row in session.scalars(select(VmDisk).where(VmDisk.vm_context_id == context_id))
-    }
+    rows = {row.disk_id: row for row in session.scalars(select(VmDisk).where(VmDisk.vm_context_id == context_id))}
     changes: dict[int, DiskChange] = {}
     seen_ids = set()
     for seen in vm.disks:

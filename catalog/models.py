@@ -261,9 +261,7 @@ class FailoverVolume(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     failover_id: Mapped[int] = mapped_column(ForeignKey("failovers.id", ondelete="RESTRICT"))
     vm_disk_id: Mapped[int] = mapped_column(ForeignKey("vm_disks.id", ondelete="RESTRICT"))
-    replicated_volume_id: Mapped[int] = mapped_column(
-        ForeignKey("replicated_volumes.id", ondelete="RESTRICT")
-    )
+    replicated_volume_id: Mapped[int] = mapped_column(ForeignKey("replicated_volumes.id", ondelete="RESTRICT"))
     planned_device_id: Mapped[int] = mapped_column(Integer)
     actual_device_id: Mapped[int | None] = mapped_column(Integer)
     is_root: Mapped[bool] = mapped_column(Boolean, default=False)

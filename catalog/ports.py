@@ -53,9 +53,7 @@ def _try_lease(
     if free:
         # A random free port, so concurrent allocators rarely pick the same one.
         port = _rng.choice(free)
-        session.add(
-            PortLease(port=port, job_id=job_id, purpose=purpose, leased_at=now, expires_at=expires_at)
-        )
+        session.add(PortLease(port=port, job_id=job_id, purpose=purpose, leased_at=now, expires_at=expires_at))
         session.flush()
         return Lease(port=port, job_id=job_id, purpose=purpose, expires_at=expires_at)
     port = _rng.choice(expired)
@@ -93,9 +91,7 @@ def release_port(catalog: Catalog, port: int, job_id: str) -> bool:
     return bool(
         catalog.write(
             lambda session: (
-                session.execute(
-                    delete(PortLease).where(PortLease.port == port, PortLease.job_id == job_id)
-                ).rowcount
+                session.execute(delete(PortLease).where(PortLease.port == port, PortLease.job_id == job_id)).rowcount
             )
         )
     )

@@ -118,7 +118,5 @@ class AgentClient:
                     raise AgentJobFailed(status)
                 return status
             if time.monotonic() > deadline:
-                raise AgentError(
-                    f"agent job {job_id} did not finish within {timeout:.0f} s (still {status.state})"
-                )
+                raise AgentError(f"agent job {job_id} did not finish within {timeout:.0f} s (still {status.state})")
             time.sleep(poll_interval)

@@ -75,9 +75,7 @@ def check_image(path: Path) -> dict:
         check=False,
     )
     if done.returncode not in (0,):
-        raise QemuError(
-            f"qemu-img check found problems in {path} ({done.returncode}): {done.stdout}{done.stderr}"
-        )
+        raise QemuError(f"qemu-img check found problems in {path} ({done.returncode}): {done.stdout}{done.stderr}")
     return json.loads(done.stdout)
 
 
@@ -183,8 +181,7 @@ def start_qemu_nbd(
         if process.poll() is not None:
             detail = Path(log_path).read_text(errors="replace")[-2000:] if log_path else ""
             raise QemuError(
-                f"qemu-nbd for {file_path} on {bind_address}:{port} exited with {process.returncode}: "
-                f"{detail.strip()}"
+                f"qemu-nbd for {file_path} on {bind_address}:{port} exited with {process.returncode}: {detail.strip()}"
             )
         if _port_open(bind_address, port):
             _children[process.pid] = process
@@ -192,9 +189,7 @@ def start_qemu_nbd(
         time.sleep(0.02)
     process.kill()
     process.wait()
-    raise QemuError(
-        f"qemu-nbd for {file_path} did not listen on {bind_address}:{port} within {timeout:.0f} s"
-    )
+    raise QemuError(f"qemu-nbd for {file_path} did not listen on {bind_address}:{port} within {timeout:.0f} s")
 
 
 # Popen objects of the servers this process started, so stopping them also reaps them (no zombies).
@@ -229,3 +224,32 @@ def stop_qemu_nbd(pid: int, file_path: Path | str, *, grace: float = 10.0) -> bo
     if not _gone(pid):
         raise QemuError(f"qemu-nbd {pid} serving {file_path} survived SIGKILL")
     return True
+
+
+def content_sha256(path: Path, *, image_format: str = "qcow2", timeout: float = 3600) -> str:
+    """sha256 of the guest-visible bytes of an image (its whole backing chain), streamed, no temp copy.
+
+    nbdcopy runs ``qemu-nbd --read-only`` on a private socket and writes the disk to our pipe.
+    """
+    import hashlib
+    import tempfile
+
+    argv = ["nbdcopy", "--", "[", "qemu-nbd", "--read-only", "--format", image_format, str(path), "]", "-"]
+    digest = hashlib.sha256()
+    with tempfile.TemporaryFile() as errors:
+        try:
+            process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errors, stdin=subprocess.DEVNULL)
+        except FileNotFoundError as exc:
+            raise QemuError("nbdcopy is not installed (Debian package libnbd-bin)") from exc
+        assert process.stdout is not None
+        deadline = time.monotonic() + timeout
+        with process:
+            for chunk in iter(lambda: process.stdout.read(4 << 20), b""):
+                digest.update(chunk)
+                if time.monotonic() > deadline:
+                    process.kill()
+                    raise QemuError(f"checksumming {path} took longer than {timeout:.0f} s")
+        if process.returncode != 0:
+            errors.seek(0)
+            raise QemuError(f"nbdcopy could not read {path}: {errors.read().decode(errors='replace').strip()}")
+    return digest.hexdigest()

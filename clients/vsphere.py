@@ -121,8 +121,7 @@ def observed_disks(devices: list[Any], vm_name: str) -> list[ObservedDisk]:
         controller = controllers.get(device.controllerKey)
         if controller is None:
             raise VSphereError(
-                f"VM {vm_name!r}: disk {device.key} names controller {device.controllerKey}, which the VM "
-                "does not have"
+                f"VM {vm_name!r}: disk {device.key} names controller {device.controllerKey}, which the VM does not have"
             )
         backing = device.backing
         capacity = device.capacityInBytes or (device.capacityInKB or 0) * 1024
@@ -220,11 +219,7 @@ class VSphereClient:
                         ],
                     )
                 ],
-                propSet=[
-                    vmodl.query.PropertyCollector.PropertySpec(
-                        type=vim.VirtualMachine, pathSet=_VM_PROPERTIES
-                    )
-                ],
+                propSet=[vmodl.query.PropertyCollector.PropertySpec(type=vim.VirtualMachine, pathSet=_VM_PROPERTIES)],
             )
             for obj in content.propertyCollector.RetrieveContents([spec]):
                 yield obj.obj, {prop.name: prop.val for prop in obj.propSet}
@@ -249,9 +244,7 @@ class VSphereClient:
                     guest_os=props.get("config.guestFullName"),
                     cpu_count=props.get("config.hardware.numCPU"),
                     memory_mb=props.get("config.hardware.memoryMB"),
-                    power_state=str(props.get("runtime.powerState"))
-                    if "runtime.powerState" in props
-                    else None,
+                    power_state=str(props.get("runtime.powerState")) if "runtime.powerState" in props else None,
                     cbt_enabled=bool(props.get("config.changeTrackingEnabled")),
                     boot_disk_key=_boot_disk_key(props.get("config.bootOptions")),
                     disks=tuple(disks),
@@ -265,8 +258,7 @@ class VSphereClient:
             raise VSphereError(f"vCenter {self.endpoint.host} has no VM named {name_or_uuid!r}")
         if len(matches) > 1:
             raise VSphereError(
-                f"{name_or_uuid!r} names {len(matches)} VMs on vCenter {self.endpoint.host}; "
-                "use the instance UUID"
+                f"{name_or_uuid!r} names {len(matches)} VMs on vCenter {self.endpoint.host}; use the instance UUID"
             )
         return matches[0]
 
@@ -324,14 +316,10 @@ def validated_changed_areas(
     areas: list[tuple[int, int]] = []
     for start, length, changed in responses:
         if start != expected_start:
-            raise CbtUnavailable(
-                f"changed-area slices are not contiguous: expected {expected_start}, got {start}"
-            )
+            raise CbtUnavailable(f"changed-area slices are not contiguous: expected {expected_start}, got {start}")
         for area_start, area_length in changed:
             if area_length < 0 or area_start < start or area_start + area_length > start + length:
-                raise CbtUnavailable(
-                    f"changed area {area_start}+{area_length} lies outside its slice {start}+{length}"
-                )
+                raise CbtUnavailable(f"changed area {area_start}+{area_length} lies outside its slice {start}+{length}")
             if area_start + area_length > capacity_bytes:
                 raise CbtUnavailable(
                     f"changed area {area_start}+{area_length} lies beyond the disk's {capacity_bytes} bytes"

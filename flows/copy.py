@@ -18,6 +18,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from agent.contract import JobRequest, JobStatus, Target
+from blocks import load_block
 from blocks.agent import Agent
 from blocks.vcenter import VCenter
 from catalog import default_catalog
@@ -130,8 +131,8 @@ def copy_vm_disks(
     bandwidth_limit_bytes_per_second: int | None = None,
 ) -> JobStatus:
     """Copy every disk of a discovered VM into the given target files (qcow2 or raw), from one snapshot."""
-    agent_block = Agent.load(agent) if isinstance(agent, str) else agent
-    vcenter_block = VCenter.load(vcenter) if isinstance(vcenter, str) else vcenter
+    agent_block = load_block(Agent, agent)
+    vcenter_block = load_block(VCenter, vcenter) if vcenter is not None else None
     recorded = find_vm(default_catalog(), vm)
     job_id = open_job("copy", recorded.vm_context_id)
     try:

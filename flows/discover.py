@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect import flow
 from prefect.artifacts import create_table_artifact
 
+from blocks import load_block
 from blocks.vcenter import VCenter
 from catalog.inventory import RecordedVM
 from tasks.discovery import mark_missing_vms, read_vcenter_inventory, record_vm_inventory
@@ -29,10 +30,6 @@ def disk_table(vm: RecordedVM) -> list[dict[str, object]]:
     ]
 
 
-def _load_vcenter(vcenter: VCenter | str) -> VCenter:
-    return VCenter.load(vcenter) if isinstance(vcenter, str) else vcenter
-
-
 @flow(name="discover", log_prints=True)
 def discover(vcenter: VCenter | str, vms: list[str] | None = None) -> list[RecordedVM]:
     """Read VMs (all, or those named) and their disks from vCenter; upsert them into the catalog.
@@ -40,7 +37,7 @@ def discover(vcenter: VCenter | str, vms: list[str] | None = None) -> list[Recor
     A disk keeps its catalog id across runs; a removed disk is marked absent; VMs missing from a full
     discovery are marked absent. Returns what the catalog now records.
     """
-    block = _load_vcenter(vcenter)
+    block = load_block(VCenter, vcenter)
     job_id = open_job("discovery")
     try:
         observed = read_vcenter_inventory(block, vms)

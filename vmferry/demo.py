@@ -17,9 +17,7 @@ from infra.lab.vcenter import LabVCenter
 
 
 def lab_vcenter_block(lab: LabVCenter) -> VCenter:
-    return VCenter(
-        host=lab.host, port=lab.port, username=lab.user, password=lab.password, thumbprint=lab.thumbprint
-    )
+    return VCenter(host=lab.host, port=lab.port, username=lab.user, password=lab.password, thumbprint=lab.thumbprint)
 
 
 def disks_table(vm: RecordedVM) -> Table:

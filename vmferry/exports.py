@@ -71,6 +71,4 @@ def stop_export_quietly(catalog: Catalog, export: ExportView) -> None:
     try:
         stop_export(catalog, export)
     except Exception:
-        log.exception(
-            "could not stop NBD export %s (pid %s, port %s)", export.export_name, export.pid, export.port
-        )
+        log.exception("could not stop NBD export %s (pid %s, port %s)", export.export_name, export.pid, export.port)

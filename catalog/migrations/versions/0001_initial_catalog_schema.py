@@ -104,9 +104,7 @@ def upgrade() -> None:
         sa.Column("state", sa.String(length=32), nullable=False),
         sa.Column("created_at", TIMESTAMP, nullable=False),
         sa.Column("finished_at", TIMESTAMP, nullable=True),
-        sa.ForeignKeyConstraint(
-            ["job_id"], ["jobs.id"], name=op.f("fk_failovers_job_id_jobs"), ondelete="RESTRICT"
-        ),
+        sa.ForeignKeyConstraint(["job_id"], ["jobs.id"], name=op.f("fk_failovers_job_id_jobs"), ondelete="RESTRICT"),
         sa.ForeignKeyConstraint(
             ["vm_context_id"],
             ["vm_contexts.id"],
@@ -129,9 +127,7 @@ def upgrade() -> None:
         sa.Column("state", sa.String(length=16), nullable=False),
         sa.Column("created_at", TIMESTAMP, nullable=False),
         sa.Column("stopped_at", TIMESTAMP, nullable=True),
-        sa.ForeignKeyConstraint(
-            ["job_id"], ["jobs.id"], name=op.f("fk_nbd_exports_job_id_jobs"), ondelete="RESTRICT"
-        ),
+        sa.ForeignKeyConstraint(["job_id"], ["jobs.id"], name=op.f("fk_nbd_exports_job_id_jobs"), ondelete="RESTRICT"),
         sa.ForeignKeyConstraint(
             ["vm_disk_id"],
             ["vm_disks.id"],
@@ -147,9 +143,7 @@ def upgrade() -> None:
         sa.Column("purpose", sa.String(length=255), nullable=True),
         sa.Column("leased_at", TIMESTAMP, nullable=False),
         sa.Column("expires_at", TIMESTAMP, nullable=False),
-        sa.ForeignKeyConstraint(
-            ["job_id"], ["jobs.id"], name=op.f("fk_port_leases_job_id_jobs"), ondelete="RESTRICT"
-        ),
+        sa.ForeignKeyConstraint(["job_id"], ["jobs.id"], name=op.f("fk_port_leases_job_id_jobs"), ondelete="RESTRICT"),
         sa.PrimaryKeyConstraint("port", name=op.f("pk_port_leases")),
     )
     op.create_table(
@@ -236,9 +230,7 @@ def upgrade() -> None:
         sa.UniqueConstraint(
             "failover_id", "planned_device_id", name=op.f("uq_failover_volumes_failover_id_planned_device_id")
         ),
-        sa.UniqueConstraint(
-            "failover_id", "vm_disk_id", name=op.f("uq_failover_volumes_failover_id_vm_disk_id")
-        ),
+        sa.UniqueConstraint("failover_id", "vm_disk_id", name=op.f("uq_failover_volumes_failover_id_vm_disk_id")),
     )
     op.create_table(
         "restore_point_disks",

@@ -1,0 +1,102 @@
+"""VM-level backups into a repository of qcow2 chains: all disks from ONE snapshot, never disk by disk."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_table_artifact
+
+from blocks import load_block
+from blocks.agent import Agent
+from blocks.repository import BackupRepository
+from blocks.vcenter import VCenter
+from catalog.restore_points import DiskOutcome, PointView
+from flows.copy import run_copy
+from tasks.backup import (
+    checksum_target,
+    commit_restore_point,
+    create_backup_targets,
+    discard_restore_point,
+    open_restore_point,
+    plan_vm_backup,
+)
+from tasks.discovery import read_vcenter_inventory, record_vm_inventory
+from tasks.jobs import close_job, open_job
+
+
+@flow(name="backup-vm")
+def backup_vm(
+    vm: str,
+    repository: BackupRepository | str,
+    agent: Agent | str,
+    vcenter: VCenter | str,
+    kind: Literal["full", "incremental", "auto"] = "auto",
+    quiesce: bool = False,
+    bandwidth_limit_bytes_per_second: int | None = None,
+) -> PointView:
+    """Back up every disk of ``vm`` (name, instance UUID or moref) from one snapshot into ``repository``.
+
+    ``auto`` takes an incremental on top of the newest restore point when that chain is valid, else a full.
+    The point becomes restorable only when every disk was copied and checksummed; any failure leaves no
+    partial file, no qemu-nbd, no port lease and no snapshot behind.
+    """
+    logger = get_run_logger()
+    repository_block = load_block(BackupRepository, repository)
+    agent_block = load_block(Agent, agent)
+    vcenter_block = load_block(VCenter, vcenter)
+    repo = repository_block.repository()
+
+    # The VM as vCenter has it now: a disk added since the last discovery is backed up too.
+    (observed,) = read_vcenter_inventory(vcenter_block, [vm])
+    recorded = record_vm_inventory(observed)
+    job_id = open_job("backup", recorded.vm_context_id)
+    point_id: int | None = None
+    try:
+        plan = plan_vm_backup(recorded, kind, repo)
+        logger.info("backing up %s: %s backup (%s)", recorded.name, plan.kind, plan.reason)
+        point_id = open_restore_point(recorded, job_id, plan, repo)
+        targets = create_backup_targets(recorded, point_id, plan, repo)
+        status = run_copy(
+            job_id=job_id,
+            vm=recorded,
+            targets=targets,
+            agent=agent_block,
+            vcenter=vcenter_block,
+            kind=plan.kind,
+            quiesce=quiesce,
+            bandwidth_limit_bytes_per_second=bandwidth_limit_bytes_per_second,
+        )
+        copied = {d.disk_key: d for d in status.disks}
+        outcomes = [
+            DiskOutcome(
+                vm_disk_id=target.vm_disk_id,
+                bytes_written=copied[target.device_key].bytes_written,
+                change_id=copied[target.device_key].change_id,
+                checksum=checksum_target(target),
+            )
+            for target in targets
+        ]
+        point = commit_restore_point(recorded, point_id, repo, outcomes)
+    except BaseException as exc:
+        if point_id is not None:
+            discard_restore_point(repo, recorded.vm_context_id, point_id)
+        close_job(job_id, "failed", f"{type(exc).__name__}: {exc}")
+        raise
+    close_job(job_id, "succeeded")
+    create_table_artifact(
+        key=f"backup-vm-{recorded.vm_context_id}",
+        table=[
+            {
+                "disk": d.disk_id,
+                "catalog id": d.vm_disk_id,
+                "file": d.file_path,
+                "backing point disk": d.backing_id or "",
+                "MiB written": round((d.bytes_written or 0) / 2**20, 1),
+                "sha256": d.checksum,
+            }
+            for d in point.disks
+        ],
+        description=f"Restore point {point.id} of {recorded.name} ({point.kind}) in repository {repo.name}",
+    )
+    return point
