@@ -18,9 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, required=True, help="JSON config (mode 600): token, vcenter")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8443)
-    parser.add_argument(
-        "--tls-cert", type=Path, help="PEM certificate; without it the agent speaks plain HTTP"
-    )
+    parser.add_argument("--tls-cert", type=Path, help="PEM certificate; without it the agent speaks plain HTTP")
     parser.add_argument("--tls-key", type=Path)
     args = parser.parse_args(argv)
     config = load_config(args.config)

@@ -101,6 +101,17 @@ def _port_open(address: str, port: int) -> bool:
         return False
 
 
+def _serves_export(address: str, port: int, export_name: str) -> bool:
+    """A full NBD handshake for the export: an open port alone may belong to somebody else's listener."""
+    from agent.dataplane.nbd import NBDClient, NBDError
+
+    try:
+        NBDClient(f"nbd://{address}:{port}/{export_name}", connect_timeout=2, timeout=2).close()
+        return True
+    except (NBDError, OSError):
+        return False
+
+
 def _cmdline(pid: int) -> list[str] | None:
     try:
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -177,6 +188,7 @@ def start_qemu_nbd(
         if log_path:
             log.close()
     deadline = time.monotonic() + timeout
+    foreign_listener = False
     while time.monotonic() < deadline:
         if process.poll() is not None:
             detail = Path(log_path).read_text(errors="replace")[-2000:] if log_path else ""
@@ -184,12 +196,23 @@ def start_qemu_nbd(
                 f"qemu-nbd for {file_path} on {bind_address}:{port} exited with {process.returncode}: {detail.strip()}"
             )
         if _port_open(bind_address, port):
-            _children[process.pid] = process
-            return NbdServer(process.pid, bind_address, port, export_name, Path(file_path))
+            if _serves_export(bind_address, port, export_name) and process.poll() is None:
+                _children[process.pid] = process
+                return NbdServer(process.pid, bind_address, port, export_name, Path(file_path))
+            foreign_listener = True
+            break
         time.sleep(0.02)
-    process.kill()
-    process.wait()
-    raise QemuError(f"qemu-nbd for {file_path} did not listen on {bind_address}:{port} within {timeout:.0f} s")
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+        if foreign_listener:
+            raise QemuError(
+                f"qemu-nbd for {file_path} is not serving {bind_address}:{port}: another program listens on that "
+                "port; free it or exclude it from VMFERRY_NBD_PORT_RANGE"
+            )
+        raise QemuError(f"qemu-nbd for {file_path} did not listen on {bind_address}:{port} within {timeout:.0f} s")
+    detail = Path(log_path).read_text(errors="replace")[-2000:].strip() if log_path else ""
+    raise QemuError(f"qemu-nbd for {file_path} on {bind_address}:{port} exited with {process.returncode}: {detail}")
 
 
 # Popen objects of the servers this process started, so stopping them also reaps them (no zombies).
@@ -253,3 +276,13 @@ def content_sha256(path: Path, *, image_format: str = "qcow2", timeout: float = 
             errors.seek(0)
             raise QemuError(f"nbdcopy could not read {path}: {errors.read().decode(errors='replace').strip()}")
     return digest.hexdigest()
+
+
+def convert_image(source: Path, destination: Path, *, output_format: str, source_format: str = "qcow2") -> None:
+    """Flatten an image (and its backing chain) into a new raw or qcow2 file, sparse where it can be."""
+    if output_format not in ("raw", "qcow2"):
+        raise ValueError(f"output format {output_format!r} must be raw or qcow2")
+    _run(
+        ["qemu-img", "convert", "-q", "-f", source_format, "-O", output_format, "--", str(source), str(destination)],
+        timeout=24 * 3600,
+    )

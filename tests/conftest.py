@@ -77,9 +77,7 @@ def lab_vcenter_block(lab):
     from blocks.vcenter import VCenter
 
     vc = lab.vcenter
-    return VCenter(
-        host=vc.host, port=vc.port, username=vc.user, password=vc.password, thumbprint=vc.thumbprint
-    )
+    return VCenter(host=vc.host, port=vc.port, username=vc.user, password=vc.password, thumbprint=vc.thumbprint)
 
 
 @pytest.fixture(scope="session")
@@ -104,3 +102,44 @@ def nbd_port_range(monkeypatch: pytest.MonkeyPatch) -> str:
     """A port range of the tests' own, away from a lab demo that may run on the same machine."""
     monkeypatch.setenv("VMFERRY_NBD_PORT_RANGE", "21100-21199")
     return "21100-21199"
+
+
+@pytest.fixture
+def make_scratch_vm(lab):
+    """Throw-away lab VMs with small disks, so tests that change or rename VMs leave pgtest1 and db3 alone."""
+    import uuid
+
+    from infra.lab.disks import DiskImageSpec, PartitionSpec
+    from infra.lab.dsfiles import session_cookie
+    from infra.lab.seed import LabDiskSpec, LabVMSpec, seed_vm
+    from infra.lab.vcenter import session
+
+    def make(disks: int = 1, size_mib: int = 4) -> str:
+        name = f"scratch-{uuid.uuid4().hex[:8]}"
+        specs = tuple(
+            LabDiskSpec(
+                label=f"d{unit}",
+                bus=0,
+                unit=unit,
+                boot=unit == 0,
+                image=DiskImageSpec(
+                    size_bytes=size_mib * 2**20,
+                    label="dos",
+                    label_id=f"0x5c0a{unit:04x}",
+                    seed=7 + unit,
+                    partitions=(PartitionSpec(size_mib=None, type="83", content="random", random_mib=1),),
+                ),
+            )
+            for unit in range(disks)
+        )
+        with session(lab.vcenter) as si:
+            seed_vm(
+                si,
+                lab.vcenter,
+                LabVMSpec(name=name, controllers=1, disks=specs),
+                lab.workdir / name,
+                session_cookie(si),
+            )
+        return name
+
+    return make

@@ -26,9 +26,7 @@ def running_in_ci() -> bool:
 def require_mariadb(host: str = MARIADB_HOST, port: int = MARIADB_PORT) -> None:
     """Skip when MariaDB is missing on a developer's machine; in CI a missing MariaDB fails the test."""
     try:
-        pymysql.connect(
-            host=host, port=port, user=MARIADB_USER, password=MARIADB_PASSWORD, connect_timeout=3
-        ).close()
+        pymysql.connect(host=host, port=port, user=MARIADB_USER, password=MARIADB_PASSWORD, connect_timeout=3).close()
     except pymysql.err.OperationalError as exc:
         message = f"MariaDB at {host}:{port} is unreachable ({exc.args[-1]})"
         if running_in_ci():
@@ -43,9 +41,7 @@ def fresh_catalog_url(backend: str, tmp_path: Path) -> Iterator[str]:
         return
     require_mariadb()
     name = f"vmferry_t_{secrets.token_hex(6)}"
-    admin = pymysql.connect(
-        host=MARIADB_HOST, port=MARIADB_PORT, user=MARIADB_USER, password=MARIADB_PASSWORD
-    )
+    admin = pymysql.connect(host=MARIADB_HOST, port=MARIADB_PORT, user=MARIADB_USER, password=MARIADB_PASSWORD)
     try:
         with admin.cursor() as cursor:
             cursor.execute(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")  # name is ours, not user input

@@ -73,9 +73,7 @@ class CopyCancelled(CopyError):
 class DiskCopyError(CopyError):
     """One or more disks of a `copy_disks` call failed; ``errors`` and ``results`` are keyed by job key."""
 
-    def __init__(
-        self, message: str, errors: dict[str, BaseException], results: dict[str, CopyResult]
-    ) -> None:
+    def __init__(self, message: str, errors: dict[str, BaseException], results: dict[str, CopyResult]) -> None:
         super().__init__(message)
         self.errors = errors
         self.results = results
@@ -125,7 +123,10 @@ class _Stats:
 
 @dataclass
 class CopyJob:
-    """One disk of a `copy_disks` call; ``key`` (e.g. the vSphere disk key) names it in errors and results."""
+    """One disk of a `copy_disks` call; ``key`` (e.g. the vSphere disk key) names it in errors and results.
+
+    ``progress`` is called from the thread copying this disk, not from the caller of `copy_disks`.
+    """
 
     source: Source | str | os.PathLike[str]
     target_url: str
@@ -259,9 +260,7 @@ class _Copy:
                 self.done += slot.covered
             slot.covered = 0
 
-    def _fill_from_source(
-        self, source: Source, stats: _Stats, view: memoryview, offset: int, length: int
-    ) -> bool:
+    def _fill_from_source(self, source: Source, stats: _Stats, view: memoryview, offset: int, length: int) -> bool:
         """Put the source bytes of [offset, offset+length) in view; True if they are all known zeros."""
         src_len = max(0, min(length, self.source_size - offset))
         if src_len < length:
@@ -270,6 +269,8 @@ class _Copy:
         if src_len == 0:
             return True
         allocation = source.allocation(offset, src_len) if self.use_allocation else None
+        if allocation is not None and not _covers(allocation, offset, src_len):
+            allocation = None  # a map with gaps or overlaps is no basis for skipping reads
         if allocation is None:
             source.readinto(offset, view[:src_len])
             stats.bytes_read += src_len
@@ -285,9 +286,7 @@ class _Copy:
                 stats.bytes_read += run_len
         return False
 
-    def _process(
-        self, client: NBDClient, source: Source, stats: _Stats, slot: _Slot, offset: int, length: int
-    ) -> None:
+    def _process(self, client: NBDClient, source: Source, stats: _Stats, slot: _Slot, offset: int, length: int) -> None:
         compare = self.mode == "compare"
         tgt_cookies: list[int] = []
         if compare:
@@ -365,6 +364,15 @@ class _Copy:
         return runs
 
 
+def _covers(runs: Sequence[tuple[int, int, bool]], offset: int, length: int) -> bool:
+    pos = offset
+    for run_off, run_len, _ in runs:
+        if run_off != pos or run_len <= 0:
+            return False
+        pos += run_len
+    return pos == offset + length
+
+
 def _count_items(ranges: Sequence[tuple[int, int]], block_size: int) -> int:
     return sum(-(-length // block_size) for _, length in ranges)
 
@@ -403,6 +411,10 @@ def copy_disk(
     is called from this thread at most every `progress_interval` seconds and once at the end. Setting
     `cancel` stops the copy within about one block per connection and raises `CopyCancelled`. Other
     failures raise the error of the first failing connection (`NBDError`, `SourceError`, ...).
+
+    Tuning: each of the `connections` threads reads `block_size` bytes at a time, sends writes of at most
+    `request_size` and keeps up to `max_in_flight` requests outstanding; `use_allocation=False` ignores
+    the source's zero map (SEEK_HOLE, NBD block status) and reads everything.
     """
     if mode not in ("full", "compare"):
         raise CopyError(f"mode must be 'full' or 'compare', not {mode!r}")
@@ -573,9 +585,7 @@ def copy_disks(
         order = sorted(range(len(jobs)), key=lambda i: sources[i].size, reverse=True)
         results: dict[str, CopyResult] = {}
         errors: dict[str, BaseException] = {}
-        with concurrent.futures.ThreadPoolExecutor(
-            max_workers=max_parallel, thread_name_prefix="disk"
-        ) as pool:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max_parallel, thread_name_prefix="disk") as pool:
             futures = {
                 pool.submit(
                     copy_disk,
@@ -607,11 +617,7 @@ def copy_disks(
                 if cancel is not None and cancel.is_set():
                     stop.set()
         if errors:
-            if (
-                cancel is not None
-                and cancel.is_set()
-                and all(isinstance(e, CopyCancelled) for e in errors.values())
-            ):
+            if cancel is not None and cancel.is_set() and all(isinstance(e, CopyCancelled) for e in errors.values()):
                 raise CopyCancelled("disk copies cancelled")
             # Report the real failures before the disks that were only cancelled because of them.
             real = {k: e for k, e in errors.items() if not isinstance(e, CopyCancelled)} or errors

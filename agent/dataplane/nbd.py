@@ -279,12 +279,17 @@ class NBDClient:
         self._broken: str | None = None
         self._closed = False
         self._sock = self._connect(connect_timeout)
+        # qemu-nbd writes its option replies in small pieces without TCP_NODELAY; with our delayed ACKs
+        # every reply then waits ~40 ms for the ACK (measured: 43 ms per handshake, 0.5 ms with QUICKACK).
+        self._quickack = hasattr(socket, "TCP_QUICKACK") and self.address.socket_path is None
         try:
             self._handshake(want_block_status=block_status)
         except BaseException:
             self._sock.close()
             self._closed = True
             raise
+        finally:
+            self._quickack = False
         if max_request is not None:
             # Smaller requests than the server allows can be cheaper for it: qemu-nbd allocates (and the
             # kernel zero-fills) a fresh bounce buffer per request, which hurts with multi-MiB writes.
@@ -357,9 +362,7 @@ class NBDClient:
         if magic != _NBD_MAGIC:
             raise NBDError(f"not an NBD server (magic {magic:#x})", address=self.address)
         if opt_magic == _OLDSTYLE_MAGIC:
-            raise NBDError(
-                "server speaks the old-style handshake, which is not supported", address=self.address
-            )
+            raise NBDError("server speaks the old-style handshake, which is not supported", address=self.address)
         if opt_magic != _IHAVEOPT:
             raise NBDError(f"unexpected handshake magic {opt_magic:#x}", address=self.address)
         if not hflags & _FLAG_FIXED_NEWSTYLE:
@@ -435,9 +438,7 @@ class NBDClient:
                     self.min_block, self.preferred_block, self.max_block = struct.unpack(">III", data[2:14])
             elif rtype == _REP_ACK:
                 if not got_export:
-                    raise NBDError(
-                        "server acknowledged GO without describing the export", address=self.address
-                    )
+                    raise NBDError("server acknowledged GO without describing the export", address=self.address)
                 return
             elif rtype == _REP_ERR_UNSUP:
                 self._opt_export_name()
@@ -487,6 +488,8 @@ class NBDClient:
 
     def _recv_into(self, view: memoryview) -> None:
         try:
+            if self._quickack:
+                self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
             while view:
                 n = self._sock.recv_into(view)
                 if n == 0:
@@ -512,9 +515,7 @@ class NBDClient:
         if self._closed:
             raise NBDError("client is closed", address=self.address)
         if self._broken is not None:
-            raise NBDError(
-                f"connection is unusable after an earlier failure ({self._broken})", address=self.address
-            )
+            raise NBDError(f"connection is unusable after an earlier failure ({self._broken})", address=self.address)
 
     def _check_range(self, cmd: int, offset: int, length: int) -> None:
         if offset < 0 or length < 0:
@@ -585,9 +586,7 @@ class NBDClient:
         return pending
 
     def _receive_structured_chunk(self) -> None:
-        flags, rtype, cookie, length = _STRUCTURED_REPLY_REST.unpack(
-            self._recv_exact(_STRUCTURED_REPLY_REST.size)
-        )
+        flags, rtype, cookie, length = _STRUCTURED_REPLY_REST.unpack(self._recv_exact(_STRUCTURED_REPLY_REST.size))
         pending = self._pending_for(cookie)
         if rtype == _REPLY_TYPE_OFFSET_DATA:
             (data_offset,) = struct.unpack(">Q", self._recv_exact(8))
@@ -740,9 +739,7 @@ class NBDClient:
             if pos >= offset + length:
                 break
         if not result:
-            raise NBDError(
-                "server returned no block status", address=self.address, offset=offset, length=length
-            )
+            raise NBDError("server returned no block status", address=self.address, offset=offset, length=length)
         return result
 
     # -- teardown -------------------------------------------------------------------------------------------

@@ -165,9 +165,7 @@ class FileSource(Source):
 class NBDSource(Source):
     """An NBD export used as a source (e.g. nbdkit's vddk plugin or a qemu-nbd backup image)."""
 
-    def __init__(
-        self, address: NBDAddress | str, *, timeout: float = 60.0, connect_timeout: float = 10.0
-    ) -> None:
+    def __init__(self, address: NBDAddress | str, *, timeout: float = 60.0, connect_timeout: float = 10.0) -> None:
         self._address = address
         self._timeout = timeout
         self._connect_timeout = connect_timeout
@@ -373,9 +371,7 @@ class HTTPRangeSource(Source):
                 time.sleep(0.2 * 2**attempt)
                 continue
             if response.status_code in (401, 403):
-                raise SourceError(
-                    f"{self.description}: HTTP {response.status_code} (session expired or no privilege?)"
-                )
+                raise SourceError(f"{self.description}: HTTP {response.status_code} (session expired or no privilege?)")
             return response
         raise AssertionError("unreachable")
 
@@ -390,16 +386,17 @@ class HTTPRangeSource(Source):
             try:
                 self._read_once(offset, last, view)
                 return
-            except (httpx.TransportError, _TruncatedBody) as exc:
+            except (httpx.TransportError, _TruncatedBody, _TransientHTTP) as exc:
                 if attempt == self._retries:
-                    raise SourceError(
-                        f"{self.description}: reading bytes {offset}-{last} failed: {exc!r}"
-                    ) from exc
+                    raise SourceError(f"{self.description}: reading bytes {offset}-{last} failed: {exc!r}") from exc
                 time.sleep(0.2 * 2**attempt)
 
     def _read_once(self, offset: int, last: int, view: memoryview) -> None:
         with self._client.stream("GET", self.url, headers={"Range": f"bytes={offset}-{last}"}) as response:
             status = response.status_code
+            if status in (500, 502, 503, 504):
+                # hostd answers 503 when busy; a ranged GET is idempotent, so try again.
+                raise _TransientHTTP(f"HTTP {status}")
             if status != 206:
                 hint = {
                     200: "the server ignored the Range header",
@@ -445,6 +442,10 @@ class _TruncatedBody(Exception):
     pass
 
 
+class _TransientHTTP(Exception):
+    pass
+
+
 # -- multi-extent images ------------------------------------------------------------------------------------
 
 
@@ -454,9 +455,7 @@ class ConcatSource(Source):
     Used for VMDKs made of several flat extents (twoGbMaxExtentFlat) or with ZERO extents. Owns its sources.
     """
 
-    def __init__(
-        self, pieces: Sequence[tuple[Source | None, int, int]], description: str = "concatenation"
-    ) -> None:
+    def __init__(self, pieces: Sequence[tuple[Source | None, int, int]], description: str = "concatenation") -> None:
         self._pieces = list(pieces)
         self._starts: list[int] = []
         pos = 0

@@ -55,9 +55,7 @@ def test_recycled_key_on_another_disk_is_not_the_old_row(catalog):
     first = record_vm(catalog, PGTEST1)
     old_id = ids_by_disk(first)["disk-2001"]
     record_vm(catalog, vm(disk(2000, unit=0, label="OS")))
-    replaced = vm(
-        disk(2000, unit=0, label="OS"), disk(2001, unit=1, file_name="[datastore1] vm/another.vmdk")
-    )
+    replaced = vm(disk(2000, unit=0, label="OS"), disk(2001, unit=1, file_name="[datastore1] vm/another.vmdk"))
     third = record_vm(catalog, replaced)
     current = {d.disk_id: d for d in third.disks}
     assert current["disk-2001"].id != old_id
@@ -70,9 +68,7 @@ def test_backing_uuid_decides_identity_when_reported(catalog):
     with_uuid = vm(disk(2000, backing_uuid="6000C29a-1"), name="real")
     first = record_vm(catalog, with_uuid)
     # a snapshot moves the backing to a delta file but the uuid stays: same disk
-    moved = vm(
-        disk(2000, backing_uuid="6000C29a-1", file_name="[datastore1] vm/disk-000001.vmdk"), name="real"
-    )
+    moved = vm(disk(2000, backing_uuid="6000C29a-1", file_name="[datastore1] vm/disk-000001.vmdk"), name="real")
     assert ids_by_disk(record_vm(catalog, moved)) == ids_by_disk(first)
     swapped = vm(disk(2000, backing_uuid="6000C29b-2"), name="real")
     assert ids_by_disk(record_vm(catalog, swapped))["disk-2000"] != ids_by_disk(first)["disk-2000"]
@@ -172,9 +168,7 @@ def test_eight_concurrent_discoveries_in_processes_give_one_row_per_disk(catalog
 
     context = multiprocessing.get_context("spawn")
     barrier, queue = context.Barrier(8), context.Queue()
-    processes = [
-        context.Process(target=_discover_in_process, args=(catalog_url, barrier, queue)) for _ in range(8)
-    ]
+    processes = [context.Process(target=_discover_in_process, args=(catalog_url, barrier, queue)) for _ in range(8)]
     for process in processes:
         process.start()
     outcomes = [queue.get(timeout=120) for _ in processes]

@@ -99,8 +99,6 @@ def _export_values(vm_disk_id: int | None) -> dict:
 @pytest.mark.parametrize("vm_disk_id", [None, 999_999], ids=["null-disk", "unknown-disk"])
 def test_database_rejects_an_export_without_its_disk(catalog, vm_disk_id):
     with catalog.engine.begin() as connection:
-        connection.execute(
-            insert(Job).values(id="job-1", kind="backup", state="running", created_at=utcnow())
-        )
+        connection.execute(insert(Job).values(id="job-1", kind="backup", state="running", created_at=utcnow()))
     with pytest.raises(IntegrityError), catalog.engine.begin() as connection:
         connection.execute(insert(NbdExport).values(**_export_values(vm_disk_id)))

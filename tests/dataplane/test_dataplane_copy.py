@@ -354,3 +354,23 @@ def test_copy_disks_cancel(tmp_path: Path, nbd_servers: NBDServers):
         copy_disks(jobs, cancel=cancel, block_size=256 * 1024, connections=1, use_allocation=False)
     for src in sources:
         src.close()
+
+
+class _GappyMap(FileSource):
+    """An allocation map that does not cover the range: the engine must fall back to reading."""
+
+    def allocation(self, offset, length):
+        return [(offset, min(length, 4096), True)]
+
+    def clone(self):
+        return _GappyMap(self.path)
+
+
+def test_incomplete_allocation_map_is_ignored(tmp_path: Path, image: SampleImage, nbd_servers: NBDServers):
+    target = create_qcow2(tmp_path / "target.qcow2", image.size)
+    server = nbd_servers.start(target)
+    with _GappyMap(image.path) as source:
+        result = copy_disk(source, server.url)
+    server.stop()
+    assert result.bytes_read == image.size
+    assert images_identical(image.path, target)

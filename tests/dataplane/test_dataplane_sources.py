@@ -187,6 +187,7 @@ class _RangeHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     payload = b""
     honour_range = True
+    failures_left = 0
     seen: list[tuple[str, str | None, str | None, str | None]] = []
 
     def log_message(self, format, *args):  # keep pytest output clean
@@ -206,6 +207,12 @@ class _RangeHandler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         self._record()
+        if self.path.startswith("/flaky") and type(self).failures_left > 0:
+            type(self).failures_left -= 1
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if self.path.startswith("/missing"):
             self.send_response(404)
             self.send_header("Content-Length", "0")
@@ -234,8 +241,13 @@ class _RangeHandler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        pass  # refused TLS handshakes are expected here; do not print tracebacks from server threads
+
+
 def _serve(handler: type[BaseHTTPRequestHandler], context: ssl.SSLContext | None = None):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = _QuietServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     if context is not None:
         server.socket = context.wrap_socket(server.socket, server_side=True)
@@ -278,8 +290,15 @@ def test_http_range_errors(http_payload):
     with pytest.raises(SourceError, match="404"):
         HTTPRangeSource(f"{base}/missing", size=10).read(0, 10)
     src = HTTPRangeSource(f"{base}/x", size=len(handler.payload) + 100)  # caller's size is wrong
-    with pytest.raises(SourceError, match="416.*shorter"):
+    with pytest.raises(SourceError, match=r"416.*shorter"):
         src.read(len(handler.payload) + 10, 10)
+    handler.failures_left = 2
+    with HTTPRangeSource(f"{base}/flaky", size=len(handler.payload), retries=2) as flaky:
+        assert flaky.read(0, 10) == handler.payload[:10]  # two 503s, then success
+    handler.failures_left = 5
+    with HTTPRangeSource(f"{base}/flaky", size=len(handler.payload), retries=1) as flaky:
+        with pytest.raises(SourceError, match="503"):
+            flaky.read(0, 10)
     handler.honour_range = False
     with pytest.raises(SourceError, match="ignored the Range header"):
         src.read(0, 10)
@@ -315,7 +334,7 @@ def tls_files(tmp_path_factory) -> tuple[Path, Path, str]:
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "esxi-lab.local")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)

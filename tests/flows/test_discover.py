@@ -11,10 +11,7 @@ from blocks.vcenter import VCenter
 from catalog.jobs import list_jobs
 from clients.vsphere import CertificateNotTrusted, VSphereClient, VSphereError
 from flows.discover import discover
-from infra.lab.disks import DiskImageSpec, PartitionSpec
-from infra.lab.dsfiles import session_cookie
 from infra.lab.mutate import add_disk, remove_disk
-from infra.lab.seed import LabDiskSpec, LabVMSpec, seed_vm
 from infra.lab.vcenter import session
 
 pytestmark = pytest.mark.usefixtures("prefect_backend")
@@ -63,31 +60,8 @@ def test_rediscovery_keeps_every_row_id(lab_vcenter_block, configured_catalog):
 
 
 @pytest.fixture
-def scratch_vm(lab):
-    """A throw-away lab VM with one small disk, so adding and removing disks leaves pgtest1 and db3 alone."""
-    name = f"scratch-{uuid.uuid4().hex[:8]}"
-    spec = LabVMSpec(
-        name=name,
-        controllers=1,
-        disks=(
-            LabDiskSpec(
-                label="OS",
-                bus=0,
-                unit=0,
-                boot=True,
-                image=DiskImageSpec(
-                    size_bytes=4 * 2**20,
-                    label="dos",
-                    label_id="0x5c0a0001",
-                    seed=7,
-                    partitions=(PartitionSpec(size_mib=None, type="83", content="random", random_mib=1),),
-                ),
-            ),
-        ),
-    )
-    with session(lab.vcenter) as si:
-        seed_vm(si, lab.vcenter, spec, lab.workdir / name, session_cookie(si))
-    return name
+def scratch_vm(make_scratch_vm):
+    return make_scratch_vm()
 
 
 def test_added_and_removed_disks_show_up(lab, lab_vcenter_block, configured_catalog, scratch_vm):

@@ -124,9 +124,7 @@ def test_known_files_at_recorded_partitions(
     assert seen_fs == {"ext4", "fat"}
 
 
-def test_ranged_get_returns_the_slice(
-    lab: RunningLab, downloaded: dict[tuple[str, str], Path], tmp_path: Path
-) -> None:
+def test_ranged_get_returns_the_slice(lab: RunningLab, downloaded: dict[tuple[str, str], Path], tmp_path: Path) -> None:
     disk = lab.manifest.vm("db3").disk("data2")
     with session(lab.vcenter) as si:
         dsfiles.download(
@@ -158,9 +156,7 @@ def test_snapshot_create_remove_and_read(lab: RunningLab) -> None:
         snapshot = task.info.result
         assert vm.snapshot.currentSnapshot == snapshot
         assert [s.name for s in vm.snapshot.rootSnapshotList] == ["vmferry-test"]
-        snap_keys = {
-            d.key for d in snapshot.config.hardware.device if isinstance(d, vim.vm.device.VirtualDisk)
-        }
+        snap_keys = {d.key for d in snapshot.config.hardware.device if isinstance(d, vim.vm.device.VirtualDisk)}
         assert snap_keys == {d.device_key for d in lab.manifest.vm("db3").disks}
 
         task = snapshot.RemoveSnapshot_Task(removeChildren=False, consolidate=True)
@@ -203,9 +199,7 @@ def test_add_write_read_remove_disk(lab: RunningLab) -> None:
     assert hashlib.sha256(data).hexdigest() == new_sha == disk_sha256(lab.vcenter, "db3", key)
 
     with session(lab.vcenter) as si:
-        flat = dsfiles.flat_path(
-            next(d for d in virtual_disks(require_vm(si, "db3")) if d.key == key).backing.fileName
-        )
+        flat = dsfiles.flat_path(next(d for d in virtual_disks(require_vm(si, "db3")) if d.key == key).backing.fileName)
         remove_disk(si, "db3", key)
         remove_disk(si, "pgtest1", other)
         assert key not in {d.key for d in virtual_disks(require_vm(si, "db3"))}

@@ -1,0 +1,52 @@
+"""The CloudStack block: which management server, which keys, and the ids vmferry creates things with."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect.blocks.core import Block
+from pydantic import Field, SecretStr
+
+from clients.cloudstack import CloudStackClient
+
+
+class CloudStack(Block):
+    """A CloudStack zone that vmferry replicates into, and the hub VM inside it that volumes are attached to."""
+
+    _block_type_name = "vmferry CloudStack"
+    _block_type_slug = "vmferry-cloudstack"
+    _description = "The CloudStack API, keys and ids (zone, offerings, template, hub VM) vmferry works with."
+
+    endpoint: str = Field(description="API URL, e.g. https://cloud.example/client/api")
+    api_key: str = Field(description="API key of the account vmferry acts as.")
+    secret_key: SecretStr = Field(description="That account's secret key (signs every request).")
+    zone_id: str = Field(description="Zone (uuid) where volumes and VMs are created.")
+    disk_offering_id: str = Field(description="Custom-size disk offering (uuid) for replicated volumes.")
+    service_offering_id: str = Field(description="Service offering (uuid) for failover VMs.")
+    template_id: str = Field(description="Template (uuid) failover VMs are deployed from before their root swap.")
+    hub_vm_id: str = Field(description="The hub VM (uuid) volumes are attached to while they are written.")
+    device_root: str = Field(
+        default="/dev",
+        description="Where the hub sees attached volumes (<device_root>/disk/by-id/virtio-<serial>); the "
+        "simulator uses <state-dir>/dev.",
+    )
+    verify_tls: bool = Field(default=True, description="Verify the API's certificate. Off only for throw-away labs.")
+    ca_file: str | None = Field(
+        default=None, description="PEM file of the authority that signed the API's certificate."
+    )
+    request_timeout: float = Field(default=30.0, description="Seconds to wait for one API answer.")
+    job_timeout: float = Field(default=600.0, description="Seconds to wait for an async job to finish.")
+
+    def client(self) -> CloudStackClient:
+        verify: bool | str = self.ca_file or self.verify_tls
+        return CloudStackClient(
+            self.endpoint,
+            self.api_key,
+            self.secret_key.get_secret_value(),
+            timeout=self.request_timeout,
+            verify=verify,
+            job_timeout=self.job_timeout,
+        )
+
+    def device_root_path(self) -> Path:
+        return Path(self.device_root)

@@ -1,0 +1,425 @@
+"""The hub's CloudStack API client, on httpx. Knows nothing of Prefect.
+
+Signing follows CloudStack's ApiServer.verifyRequest: every parameter but ``signature``, sorted by name,
+``name=value`` with values URL-encoded as Java's URLEncoder does (spaces as ``%20``, ``~`` as ``%7E``, ``*`` kept),
+joined with ``&``, lower-cased, HMAC-SHA1 with the secret key, Base64. Parameter names are sent in lower case so
+CloudStack's case-sensitive sort and the documented lower-then-sort give the same string. Requests carry
+``signatureVersion=3`` and an ``expires`` a few minutes ahead, so a captured request cannot be replayed later.
+
+Only reads (``list*``, ``queryAsyncJobResult``) are retried; a command that changes something is sent once, and
+when its answer is lost the caller has to look before trying again (see CloudStackUnreachable).
+
+Errors quote CloudStack's own ``errortext`` and carry its ``errorcode`` / ``cserrorcode`` and the command.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field
+
+SAFE_READ_PREFIXES = ("list", "query")
+RETRY_STATUSES = frozenset({502, 503, 504})
+
+
+class CloudStackError(Exception):
+    """CloudStack refused or failed a command; ``errortext`` is CloudStack's own words."""
+
+    def __init__(
+        self,
+        command: str,
+        errortext: str,
+        *,
+        errorcode: int | None = None,
+        cserrorcode: int | None = None,
+        http_status: int | None = None,
+        job_id: str | None = None,
+    ) -> None:
+        codes = [f"errorcode {errorcode}" if errorcode is not None else None]
+        codes.append(f"cserrorcode {cserrorcode}" if cserrorcode is not None else None)
+        codes.append(f"job {job_id}" if job_id else None)
+        detail = ", ".join(c for c in codes if c)
+        super().__init__(f'CloudStack {command} failed{f" ({detail})" if detail else ""}: "{errortext}"')
+        self.command = command
+        self.errortext = errortext
+        self.errorcode = errorcode
+        self.cserrorcode = cserrorcode
+        self.http_status = http_status
+        self.job_id = job_id
+
+
+class CloudStackAuthError(CloudStackError):
+    """401: wrong keys, a clock far off (signatureVersion 3 expiry) or a signing bug."""
+
+
+class CloudStackNotFound(CloudStackError):
+    """The id names nothing (never existed, or was removed)."""
+
+
+class CloudStackJobFailed(CloudStackError):
+    """The async job ended with jobstatus 2; errorcode is its jobresultcode (431 bad parameter, 530 other)."""
+
+
+class CloudStackTimeout(CloudStackError):
+    """An async job was still pending when we stopped waiting. It may still complete: look before retrying."""
+
+
+class CloudStackUnreachable(CloudStackError):
+    """No (usable) answer from the management server. For a command that changes something, it may or may not
+    have been carried out."""
+
+
+def encode_value(value: str) -> str:
+    """A value as Java's URLEncoder encodes it, with CloudStack's ``+`` -> ``%20``."""
+    return quote(value, safe="*").replace("~", "%7E")
+
+
+def signing_string(params: Mapping[str, str]) -> str:
+    """The string CloudStack signs (already lower-cased). ``params`` must not hold ``signature``."""
+    pairs = sorted((name.lower(), encode_value(value)) for name, value in params.items())
+    return "&".join(f"{name}={value}" for name, value in pairs).lower()
+
+
+def sign(params: Mapping[str, str], secret_key: str) -> str:
+    digest = hmac.new(secret_key.encode("utf-8"), signing_string(params).encode("utf-8"), hashlib.sha1).digest()
+    return base64.b64encode(digest).decode("ascii")
+
+
+def volume_serial(volume_id: str) -> str:
+    """The disk serial a KVM guest sees for a CloudStack volume: its uuid without dashes, first 20 characters."""
+    return volume_id.replace("-", "")[:20]
+
+
+def device_path_for_volume(dev_root: Path, volume_id: str) -> Path:
+    """Where the hub finds an attached volume: ``<dev_root>/disk/by-id/virtio-<serial>``.
+
+    Production passes ``/dev``; never guess ``/dev/vdX``, whose letters follow attach order, not device ids.
+    """
+    return Path(dev_root) / "disk" / "by-id" / f"virtio-{volume_serial(volume_id)}"
+
+
+class Volume(BaseModel):
+    """The VolumeResponse fields vmferry uses."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    id: str
+    name: str
+    type: str  # ROOT or DATADISK
+    state: str  # Allocated, Ready, Destroy, ...
+    size: int  # bytes
+    zone_id: str | None = Field(default=None, alias="zoneid")
+    device_id: int | None = Field(default=None, alias="deviceid")  # absent when detached
+    virtual_machine_id: str | None = Field(default=None, alias="virtualmachineid")
+    vm_name: str | None = Field(default=None, alias="vmname")
+    vm_state: str | None = Field(default=None, alias="vmstate")
+    path: str | None = None
+    disk_offering_id: str | None = Field(default=None, alias="diskofferingid")
+
+    @property
+    def attached(self) -> bool:
+        return self.virtual_machine_id is not None
+
+
+class VirtualMachine(BaseModel):
+    """The UserVmResponse fields vmferry uses."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    id: str
+    name: str
+    state: str  # Stopped, Starting, Running, Stopping, Destroyed, Expunging, Error
+    display_name: str | None = Field(default=None, alias="displayname")
+    zone_id: str | None = Field(default=None, alias="zoneid")
+    template_id: str | None = Field(default=None, alias="templateid")
+    service_offering_id: str | None = Field(default=None, alias="serviceofferingid")
+
+
+class CloudStackClient:
+    """One management server, one key pair. ``endpoint`` is the API URL, e.g. https://cloud.example/client/api."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        api_key: str,
+        secret_key: str,
+        *,
+        timeout: float = 30.0,
+        verify: bool | str = True,
+        read_attempts: int = 3,
+        expires_after: float = 600.0,
+        poll_interval: float = 1.0,
+        max_poll_interval: float = 5.0,
+        job_timeout: float = 600.0,
+    ) -> None:
+        self.endpoint = endpoint
+        self.read_attempts = max(1, read_attempts)
+        self.expires_after = expires_after
+        self.poll_interval = poll_interval
+        self.max_poll_interval = max_poll_interval
+        self.job_timeout = job_timeout
+        self._api_key = api_key
+        self._secret_key = secret_key
+        self._http = httpx.Client(timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)), verify=verify)
+
+    def __enter__(self) -> CloudStackClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # ---- the wire --------------------------------------------------------------------------------------------
+
+    def signed_body(self, command: str, params: Mapping[str, object]) -> str:
+        """The form body of one request: every name lower-case, values encoded as they were signed."""
+        expires = datetime.now(UTC) + timedelta(seconds=self.expires_after)
+        fields: dict[str, str] = {
+            "command": command,
+            "response": "json",
+            "apikey": self._api_key,
+            "signatureversion": "3",
+            "expires": expires.strftime("%Y-%m-%dT%H:%M:%S+0000"),
+        }
+        for name, value in params.items():
+            if value is None:
+                continue
+            fields[name.lower()] = _text(value)
+        pairs = [f"{name}={encode_value(value)}" for name, value in fields.items()]
+        pairs.append("signature=" + quote(sign(fields, self._secret_key), safe=""))
+        return "&".join(pairs)
+
+    def call(self, command: str, **params: object) -> dict[str, Any]:
+        """A command's answer, the object inside ``<command>response``. Reads are retried, other commands not."""
+        attempts = self.read_attempts if command.startswith(SAFE_READ_PREFIXES) else 1
+        for attempt in range(1, attempts + 1):
+            try:
+                # signed afresh on every attempt: the signature covers ``expires``
+                response = self._http.post(
+                    self.endpoint,
+                    content=self.signed_body(command, params).encode("utf-8"),
+                    headers={"Content-Type": "application/x-www-form-urlencoded"},
+                )
+            except httpx.TransportError as exc:
+                if attempt < attempts:
+                    time.sleep(min(0.5 * attempt, 2.0))
+                    continue
+                raise CloudStackUnreachable(
+                    command, f"no answer from {self.endpoint}: {type(exc).__name__}: {exc}"
+                ) from exc
+            if response.status_code in RETRY_STATUSES and attempt < attempts:
+                time.sleep(min(0.5 * attempt, 2.0))
+                continue
+            return self._parse(command, response)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _parse(self, command: str, response: httpx.Response) -> dict[str, Any]:
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise CloudStackUnreachable(
+                command,
+                f"HTTP {response.status_code} without a CloudStack answer: {response.text[:200]}",
+                http_status=response.status_code,
+            )
+        # the name is <command>response in lower case, or errorresponse when CloudStack did not know the command
+        inner = body.get(command.lower() + "response")
+        if inner is None and len(body) == 1:
+            inner = next(iter(body.values()))
+        if not isinstance(inner, dict):
+            raise CloudStackUnreachable(
+                command, f"unexpected answer: {str(body)[:200]}", http_status=response.status_code
+            )
+        if response.status_code >= 400 or "errorcode" in inner:
+            errortext = str(inner.get("errortext") or f"HTTP {response.status_code}")
+            kind = CloudStackAuthError if response.status_code == 401 else CloudStackError
+            raise kind(
+                command,
+                errortext,
+                errorcode=inner.get("errorcode", response.status_code),
+                cserrorcode=inner.get("cserrorcode"),
+                http_status=response.status_code,
+            )
+        return inner
+
+    def submit(self, command: str, **params: object) -> dict[str, Any]:
+        """Start an async command; the answer holds ``jobid`` (and ``id`` for create-style commands)."""
+        answer = self.call(command, **params)
+        if "jobid" not in answer:
+            raise CloudStackError(command, f"expected an async job id, got {answer}")
+        return answer
+
+    def wait_job(self, job_id: str, *, command: str = "async job", timeout: float | None = None) -> dict[str, Any]:
+        """Poll queryAsyncJobResult with backoff until the job ends; its ``jobresult`` on success."""
+        limit = self.job_timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        interval = self.poll_interval
+        while True:
+            job = self.call("queryAsyncJobResult", jobid=job_id)
+            status = int(job.get("jobstatus", 0))
+            if status == 1:
+                result: dict[str, Any] = job.get("jobresult") or {}
+                return result
+            if status != 0:
+                failure = job.get("jobresult") or {}
+                raise CloudStackJobFailed(
+                    command,
+                    str(failure.get("errortext") or f"job ended with jobstatus {status}"),
+                    errorcode=failure.get("errorcode", job.get("jobresultcode")),
+                    job_id=job_id,
+                )
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise CloudStackTimeout(
+                    command,
+                    f"job still pending after {limit:.0f} s; it may still complete, check before retrying",
+                    job_id=job_id,
+                )
+            time.sleep(min(interval, remaining))
+            interval = min(interval * 1.5, self.max_poll_interval)
+
+    def call_async(self, command: str, *, timeout: float | None = None, **params: object) -> dict[str, Any]:
+        """Run an async command to its end: its ``jobresult`` (e.g. ``{"volume": {...}}``)."""
+        job_id = self.submit(command, **params)["jobid"]
+        return self.wait_job(job_id, command=command, timeout=timeout)
+
+    # ---- volumes ---------------------------------------------------------------------------------------------
+
+    def create_volume(
+        self, name: str, size_gb: int | None, zone_id: str, disk_offering_id: str, *, timeout: float | None = None
+    ) -> Volume:
+        """``size_gb`` only for a custom-size offering (CloudStack refuses it for a fixed one)."""
+        result = self.call_async(
+            "createVolume", timeout=timeout, name=name, size=size_gb, zoneid=zone_id, diskofferingid=disk_offering_id
+        )
+        return Volume.model_validate(result["volume"])
+
+    def delete_volume(self, volume_id: str) -> None:
+        self.call("deleteVolume", id=volume_id)
+
+    def list_volumes(
+        self,
+        *,
+        virtual_machine_id: str | None = None,
+        volume_id: str | None = None,
+        name: str | None = None,
+        type: str | None = None,
+    ) -> list[Volume]:
+        answer = self.call(
+            "listVolumes", id=volume_id, virtualmachineid=virtual_machine_id, name=name, type=type, listall=True
+        )
+        return [Volume.model_validate(v) for v in answer.get("volume", [])]
+
+    def get_volume(self, volume_id: str) -> Volume:
+        found = self._get("volume", lambda: self.list_volumes(volume_id=volume_id), volume_id)
+        assert isinstance(found, Volume)
+        return found
+
+    def attach_volume(
+        self, volume_id: str, vm_id: str, device_id: int | None = None, *, timeout: float | None = None
+    ) -> Volume:
+        """``device_id`` 0 attaches as ROOT (VM stopped); None lets CloudStack choose (never 3: the CD-ROM's)."""
+        result = self.call_async(
+            "attachVolume", timeout=timeout, id=volume_id, virtualmachineid=vm_id, deviceid=device_id
+        )
+        return Volume.model_validate(result["volume"])
+
+    def detach_volume(self, volume_id: str, *, timeout: float | None = None) -> Volume:
+        result = self.call_async("detachVolume", timeout=timeout, id=volume_id)
+        return Volume.model_validate(result["volume"])
+
+    # ---- virtual machines ------------------------------------------------------------------------------------
+
+    def deploy_vm(
+        self,
+        *,
+        zone_id: str,
+        service_offering_id: str,
+        template_id: str,
+        name: str | None = None,
+        display_name: str | None = None,
+        startvm: bool = False,
+        root_disk_size_gb: int | None = None,
+        timeout: float | None = None,
+    ) -> VirtualMachine:
+        result = self.call_async(
+            "deployVirtualMachine",
+            timeout=timeout,
+            zoneid=zone_id,
+            serviceofferingid=service_offering_id,
+            templateid=template_id,
+            name=name,
+            displayname=display_name,
+            startvm=startvm,
+            rootdisksize=root_disk_size_gb,
+        )
+        return VirtualMachine.model_validate(result["virtualmachine"])
+
+    def start_vm(self, vm_id: str, *, timeout: float | None = None) -> VirtualMachine:
+        result = self.call_async("startVirtualMachine", timeout=timeout, id=vm_id)
+        return VirtualMachine.model_validate(result["virtualmachine"])
+
+    def stop_vm(self, vm_id: str, *, forced: bool = False, timeout: float | None = None) -> VirtualMachine:
+        result = self.call_async("stopVirtualMachine", timeout=timeout, id=vm_id, forced=forced)
+        return VirtualMachine.model_validate(result["virtualmachine"])
+
+    def destroy_vm(
+        self,
+        vm_id: str,
+        *,
+        expunge: bool = True,
+        volume_ids: list[str] | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """Destroy (and by default expunge) a VM. Its ROOT volume goes with it; data volumes listed in
+        ``volume_ids`` are deleted, the others are detached and survive."""
+        self.call_async(
+            "destroyVirtualMachine",
+            timeout=timeout,
+            id=vm_id,
+            expunge=expunge,
+            volumeids=",".join(volume_ids) if volume_ids else None,
+        )
+
+    def list_vms(self, *, vm_id: str | None = None, name: str | None = None) -> list[VirtualMachine]:
+        answer = self.call("listVirtualMachines", id=vm_id, name=name, listall=True)
+        return [VirtualMachine.model_validate(v) for v in answer.get("virtualmachine", [])]
+
+    def get_vm(self, vm_id: str) -> VirtualMachine:
+        found = self._get("virtual machine", lambda: self.list_vms(vm_id=vm_id), vm_id)
+        assert isinstance(found, VirtualMachine)
+        return found
+
+    def _get(self, what: str, lookup: Any, entity_id: str) -> Volume | VirtualMachine:
+        try:
+            items = lookup()
+        except CloudStackError as exc:
+            # an id that never existed fails uuid translation: "Invalid parameter id value=... entity does not exist"
+            if exc.errorcode == 431 and "Invalid parameter id value=" in exc.errortext:
+                raise CloudStackNotFound(
+                    exc.command, exc.errortext, errorcode=431, http_status=exc.http_status
+                ) from exc
+            raise
+        if not items:
+            raise CloudStackNotFound("list", f"no {what} with id {entity_id} (removed?)")
+        first: Volume | VirtualMachine = items[0]
+        return first
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)

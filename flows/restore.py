@@ -1,0 +1,150 @@
+"""Restores from any restore point of a chain: a whole VM or one disk to raw/qcow2 files, or single files.
+
+Nothing half-written is presented as restored: every output is written under a temporary name and renamed
+when complete. Destinations are what the operator names; nothing here builds a path from a VM or disk name.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from prefect import flow, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel
+
+from blocks import load_block
+from blocks.repository import BackupRepository
+from catalog import default_catalog
+from catalog.restore_points import PointDiskView, PointView, get_point
+from clients.qemu import convert_image
+from vmferry.filelevel import (
+    FileEntry,
+    FileRestoreError,
+    PartitionInfo,
+    extract_file,
+    list_files,
+    list_partitions,
+    open_image,
+)
+from vmferry.repository import Repository
+
+
+class RestoreError(Exception):
+    """A restore was refused; the message names the point, the disk and the reason."""
+
+
+class RestoredDisk(BaseModel):
+    disk_id: str
+    vm_disk_id: int
+    path: Path
+
+
+def _restorable_point(point_id: int) -> PointView:
+    point = get_point(default_catalog(), point_id)
+    if point.state != "committed":
+        raise RestoreError(f"restore point {point_id} is {point.state}, not committed: it cannot be restored")
+    return point
+
+
+@task(cache_policy=NO_CACHE, task_run_name="restore-{disk.disk_id}")
+def restore_disk_file(
+    repository: Repository, disk: PointDiskView, destination: Path, image_format: str, overwrite: bool
+) -> RestoredDisk:
+    if destination.exists() and not overwrite:
+        raise RestoreError(f"{destination} exists; pass overwrite=True to replace it")
+    partial = destination.with_name(destination.name + ".partial")
+    partial.unlink(missing_ok=True)
+    try:
+        convert_image(repository.absolute(disk.file_path), partial, output_format=image_format)
+        os.chmod(partial, 0o600)
+        os.replace(partial, destination)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return RestoredDisk(disk_id=disk.disk_id, vm_disk_id=disk.vm_disk_id, path=destination)
+
+
+@flow(name="restore-disk")
+def restore_disk(
+    point_id: int,
+    disk: str,
+    destination: str,
+    repository: BackupRepository | str,
+    image_format: Literal["raw", "qcow2"] = "raw",
+    overwrite: bool = False,
+) -> RestoredDisk:
+    """One disk (``disk-2000`` style id or catalog id) of a restore point into the file ``destination``."""
+    repo = load_block(BackupRepository, repository).repository()
+    point = _restorable_point(point_id)
+    return restore_disk_file(repo, point.disk(disk), Path(destination), image_format, overwrite)
+
+
+@flow(name="restore-vm")
+def restore_vm(
+    point_id: int,
+    destination_dir: str,
+    repository: BackupRepository | str,
+    image_format: Literal["raw", "qcow2"] = "raw",
+    overwrite: bool = False,
+) -> list[RestoredDisk]:
+    """Every disk of a restore point into ``destination_dir/<disk id>.<raw|qcow2>``."""
+    repo = load_block(BackupRepository, repository).repository()
+    point = _restorable_point(point_id)
+    directory = Path(destination_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    restored = [
+        restore_disk_file(repo, d, directory / f"{d.disk_id}.{image_format}", image_format, overwrite)
+        for d in point.disks
+    ]
+    create_table_artifact(
+        key=f"restore-point-{point.id}",
+        table=[{"disk": r.disk_id, "catalog id": r.vm_disk_id, "file": str(r.path)} for r in restored],
+        description=f"Disks of restore point {point.id} restored to {directory}",
+    )
+    return restored
+
+
+class FileListing(BaseModel):
+    partitions: list[PartitionInfo]
+    entries: list[FileEntry]
+
+
+@flow(name="list-backup-files")
+def list_backup_files(
+    point_id: int, disk: str, repository: BackupRepository | str, partition: int | None = None, path: str = "/"
+) -> FileListing:
+    """Partitions of a backed-up disk, and the entries of ``path`` in one of them."""
+    repo = load_block(BackupRepository, repository).repository()
+    point = _restorable_point(point_id)
+    with open_image(repo.absolute(point.disk(disk).file_path)) as image:
+        partitions = list_partitions(image)
+        entries = list_files(image, partition, path) if partition is not None else []
+    return FileListing(partitions=partitions, entries=entries)
+
+
+@flow(name="restore-files")
+def restore_files(
+    point_id: int,
+    disk: str,
+    partition: int,
+    paths: list[str],
+    destination_dir: str,
+    repository: BackupRepository | str,
+    overwrite: bool = False,
+) -> list[Path]:
+    """Single files out of a backed-up disk's filesystem (ext or FAT): no root, no kernel NBD device."""
+    repo = load_block(BackupRepository, repository).repository()
+    point = _restorable_point(point_id)
+    entry = point.disk(disk)
+    destination = Path(destination_dir)
+    destination.mkdir(parents=True, exist_ok=True)
+    with open_image(repo.absolute(entry.file_path)) as image:
+        try:
+            return [extract_file(image, partition, path, destination, overwrite=overwrite) for path in paths]
+        except FileRestoreError as exc:
+            raise FileRestoreError(
+                f"restore point {point_id} disk {entry.disk_id} partition {partition}: {exc}"
+            ) from exc

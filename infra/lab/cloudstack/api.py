@@ -1,0 +1,447 @@
+"""The API commands the simulator answers: their parameters (names and types as CloudStack's @Parameter
+annotations), CloudStack's parameter processing (ParamProcessWorker) and what each command does.
+
+A command's handler returns either a synchronous response body or an ``AsyncWork`` that the simulator runs as
+an async job. As in ApiServer.queueCommand, parameter translation (missing parameter, unknown uuid) is always
+synchronous; for the create-style commands (createVolume, deployVirtualMachine) so is the allocation step.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from infra.lab.cloudstack.cloud import (
+    Cloud,
+    DiskOffering,
+    ServiceOffering,
+    Template,
+    VirtualMachine,
+    Volume,
+    Zone,
+    invalid_value,
+    param_error,
+)
+
+_LONG = re.compile(r"^[+-]?\d+$")
+TEMPLATE_FILTERS = ("featured", "self", "selfexecutable", "sharedexecutable", "executable", "community", "all")
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    type: str  # uuid, uuid_list, long, boolean, string
+    required: bool = False
+    entity: str | None = None
+
+
+@dataclass
+class AsyncWork:
+    """The part of a command that runs in its async job; ``run`` returns the job result object."""
+
+    run: Callable[[], dict[str, Any]]
+    instance_type: str
+    instance_id: str
+    created_id: str | None = None  # BaseAsyncCreateCmd answers {"id", "jobid"}, the others {"jobid"}
+    on_failure: Callable[[], None] | None = None
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    params: tuple[Param, ...]
+    handler: Callable[[Cloud, dict[str, Any]], dict[str, Any] | AsyncWork]
+    cmd_class: str | None = None  # the Java class an async job reports as "cmd"
+
+    @property
+    def response_name(self) -> str:
+        return self.name.lower() + "response"
+
+    @property
+    def is_async(self) -> bool:
+        return self.cmd_class is not None
+
+
+Resolver = Callable[[str, str], Any | None]
+
+
+def process_parameters(command: Command, raw: dict[str, str], resolve: Resolver) -> dict[str, Any]:
+    """ParamProcessWorker.processParameters: exact (lower-case) names, required check, type and uuid translation.
+
+    Unknown names are ignored, as CloudStack only logs them. A uuid that never existed is an error; one of a
+    removed entity resolves to that entity, and the command decides (list commands show nothing).
+    """
+    short = command.response_name[: -len("response")]
+    values: dict[str, Any] = {}
+    for param in command.params:
+        value = raw.get(param.name)
+        if value is None:
+            if param.required:
+                raise param_error(f"Unable to execute API command {short} due to missing parameter {param.name}")
+            continue
+        if param.type == "long":
+            if not _LONG.match(value):
+                raise param_error(
+                    f"Unable to execute API command {short} due to invalid value {value} for parameter {param.name}"
+                )
+            values[param.name] = int(value)
+        elif param.type == "boolean":
+            values[param.name] = value.lower() == "true"  # Boolean.valueOf
+        elif param.type == "string":
+            values[param.name] = value
+        elif param.type == "uuid":
+            values[param.name] = _translate(short, param, value, resolve)
+        elif param.type == "uuid_list":
+            values[param.name] = [_translate(short, param, token, resolve) for token in value.split(",") if token]
+        else:  # pragma: no cover - a typo in the table below
+            raise AssertionError(param.type)
+    return values
+
+
+def _translate(short: str, param: Param, value: str, resolve: Resolver) -> Any:
+    assert param.entity is not None
+    found = resolve(param.entity, value)
+    if found is None:
+        raise param_error(
+            f"Unable to execute API command {short} due to invalid value. Invalid parameter {param.name} "
+            f"value={value} due to incorrect long value format, or entity does not exist or due to incorrect "
+            "parameter annotation for the field in api cmd class."
+        )
+    return found
+
+
+def list_body(object_name: str, items: list[dict[str, Any]]) -> dict[str, Any]:
+    """ApiResponseSerializer: an empty list is ``{}``, with neither ``count`` nor the object key."""
+    if not items:
+        return {}
+    return {"count": len(items), object_name: items}
+
+
+# ---- volumes -----------------------------------------------------------------------------------------------
+
+
+def _create_volume(cloud: Cloud, p: dict[str, Any]) -> AsyncWork:
+    zone: Zone | None = p.get("zoneid")
+    offering: DiskOffering | None = p.get("diskofferingid")
+    volume = cloud.alloc_volume(
+        name=p.get("name"),
+        zone=zone,
+        disk_offering=offering,
+        snapshot_id=p.get("snapshotid"),
+        size_gb=p.get("size"),
+    )
+    return AsyncWork(
+        run=lambda: {"volume": volume.response(cloud)},
+        instance_type="Volume",
+        instance_id=volume.id,
+        created_id=volume.id,
+    )
+
+
+def _delete_volume(cloud: Cloud, p: dict[str, Any]) -> dict[str, Any]:
+    volume: Volume = p["id"]
+    if not cloud.is_live(volume):
+        raise invalid_value(f"Unable to find volume with ID: {volume.db_id}")
+    cloud.delete_volume(volume)
+    return {"success": True}
+
+
+def _list_volumes(cloud: Cloud, p: dict[str, Any]) -> dict[str, Any]:
+    items = list(cloud.volumes.values())
+    if "id" in p:
+        items = [v for v in items if v is p["id"]]
+    if "virtualmachineid" in p:
+        items = [v for v in items if v.vm is p["virtualmachineid"]]
+    if "type" in p:
+        items = [v for v in items if v.type.lower() == p["type"].lower()]
+    if "name" in p:
+        items = [v for v in items if v.name == p["name"]]
+    if "zoneid" in p:
+        items = [v for v in items if v.zone is p["zoneid"]]
+    if "keyword" in p:
+        items = [v for v in items if p["keyword"].lower() in v.name.lower()]
+    return list_body("volume", [v.response(cloud) for v in items])
+
+
+def _attach_volume(cloud: Cloud, p: dict[str, Any]) -> AsyncWork:
+    volume: Volume = p["id"]
+    vm: VirtualMachine = p["virtualmachineid"]
+    device_id: int | None = p.get("deviceid")
+
+    def run() -> dict[str, Any]:
+        if not cloud.is_live(volume):
+            # volFactory.getVolume returns null for a removed volume
+            raise invalid_value("Please specify a volume with the valid type: ROOT or DATADISK")
+        live_vm = vm if cloud.is_live(vm) else None
+        return {"volume": cloud.attach_volume(volume, live_vm, device_id).response(cloud)}
+
+    return AsyncWork(run=run, instance_type="Volume", instance_id=volume.id)
+
+
+def _detach_volume(cloud: Cloud, p: dict[str, Any]) -> AsyncWork:
+    volume: Volume | None = p.get("id")
+    vm: VirtualMachine | None = p.get("virtualmachineid")
+
+    def run() -> dict[str, Any]:
+        if volume is not None and not cloud.is_live(volume):
+            raise invalid_value(f"Unable to find volume with ID: {volume.db_id}")
+        detached = cloud.detach_volume(
+            volume_param=volume,
+            volume_id_given="id" in p,
+            vm_param=vm if vm is not None and cloud.is_live(vm) else None,
+            vm_id_given="virtualmachineid" in p,
+            device_id=p.get("deviceid"),
+        )
+        return {"volume": detached.response(cloud)}
+
+    return AsyncWork(run=run, instance_type="Volume", instance_id=volume.id if volume is not None else "")
+
+
+# ---- virtual machines --------------------------------------------------------------------------------------
+
+
+def _deploy_vm(cloud: Cloud, p: dict[str, Any]) -> AsyncWork:
+    zone: Zone = p["zoneid"]
+    offering: ServiceOffering = p["serviceofferingid"]
+    template: Template = p["templateid"]
+    root_gb: int | None = p.get("rootdisksize")
+    if root_gb is not None and root_gb < 1:
+        raise invalid_value(f"Root disk size should be a positive number, but got {root_gb}")  # [U]
+    vm = cloud.allocate_vm(
+        zone=zone,
+        service_offering=offering,
+        template=template,
+        name=p.get("name"),
+        display_name=p.get("displayname"),
+        root_disk_size_gb=root_gb,
+    )
+    start = p.get("startvm", True)
+
+    def run() -> dict[str, Any]:
+        if start:
+            cloud.start_vm(vm)
+        return {"virtualmachine": vm.response()}
+
+    return AsyncWork(
+        run=run,
+        instance_type="VirtualMachine",
+        instance_id=vm.id,
+        created_id=vm.id,
+        on_failure=lambda: cloud.mark_vm_error(vm),
+    )
+
+
+def _live_vm(cloud: Cloud, vm: VirtualMachine) -> VirtualMachine:
+    if not cloud.is_live(vm):
+        raise invalid_value(f"Unable to find a virtual machine with specified vmId {vm.db_id}")  # [U]
+    return vm
+
+
+def _start_vm(cloud: Cloud, p: dict[str, Any]) -> AsyncWork:
+    vm: VirtualMachine = p["id"]
+    return AsyncWork(
+        run=lambda: {"virtualmachine": cloud.start_vm(_live_vm(cloud, vm)).response()},
+        instance_type="VirtualMachine",
+        instance_id=vm.id,
+    )
+
+
+def _stop_vm(cloud: Cloud, p: dict[str, Any]) -> AsyncWork:
+    vm: VirtualMachine = p["id"]
+    return AsyncWork(
+        run=lambda: {"virtualmachine": cloud.stop_vm(_live_vm(cloud, vm)).response()},
+        instance_type="VirtualMachine",
+        instance_id=vm.id,
+    )
+
+
+def _destroy_vm(cloud: Cloud, p: dict[str, Any]) -> AsyncWork:
+    vm: VirtualMachine = p["id"]
+    expunge: bool = p.get("expunge", False)
+    volumes: list[Volume] = p.get("volumeids", [])
+
+    def run() -> dict[str, Any]:
+        live = _live_vm(cloud, vm)
+        return {"virtualmachine": cloud.destroy_vm(live, expunge=expunge, volumes=volumes).response()}
+
+    return AsyncWork(run=run, instance_type="VirtualMachine", instance_id=vm.id)
+
+
+def _list_vms(cloud: Cloud, p: dict[str, Any]) -> dict[str, Any]:
+    items = list(cloud.vms.values())
+    if "id" in p:
+        items = [vm for vm in items if vm is p["id"]]
+    if "name" in p:
+        items = [vm for vm in items if vm.name == p["name"]]
+    if "state" in p:
+        items = [vm for vm in items if vm.state.lower() == p["state"].lower()]
+    if "zoneid" in p:
+        items = [vm for vm in items if vm.zone is p["zoneid"]]
+    if "keyword" in p:
+        items = [vm for vm in items if p["keyword"].lower() in vm.name.lower()]
+    return list_body("virtualmachine", [vm.response() for vm in items])
+
+
+# ---- what a client resolves names with ---------------------------------------------------------------------
+
+
+def _list_zones(cloud: Cloud, p: dict[str, Any]) -> dict[str, Any]:
+    items = [z for z in cloud.zones.values() if ("id" not in p or z is p["id"]) and p.get("name", z.name) == z.name]
+    return list_body("zone", [z.response() for z in items])
+
+
+def _list_disk_offerings(cloud: Cloud, p: dict[str, Any]) -> dict[str, Any]:
+    items = [
+        d for d in cloud.disk_offerings.values() if ("id" not in p or d is p["id"]) and p.get("name", d.name) == d.name
+    ]
+    return list_body("diskoffering", [d.response() for d in items])
+
+
+def _list_service_offerings(cloud: Cloud, p: dict[str, Any]) -> dict[str, Any]:
+    items = [
+        s
+        for s in cloud.service_offerings.values()
+        if ("id" not in p or s is p["id"]) and p.get("name", s.name) == s.name
+    ]
+    return list_body("serviceoffering", [s.response() for s in items])
+
+
+def _list_templates(cloud: Cloud, p: dict[str, Any]) -> dict[str, Any]:
+    if p["templatefilter"] not in TEMPLATE_FILTERS:
+        raise invalid_value(f"Please specify a valid template filter: {', '.join(TEMPLATE_FILTERS)}")  # [U]
+    items = [t for t in cloud.templates.values() if ("id" not in p or t is p["id"]) and p.get("name", t.name) == t.name]
+    if "zoneid" in p:
+        items = [t for t in items if t.zone is p["zoneid"]]
+    if p["templatefilter"] == "featured":
+        items = [t for t in items if t.featured]
+    return list_body("template", [t.response() for t in items])
+
+
+_ADMIN_VOLUME = "org.apache.cloudstack.api.command.admin.volume."
+_ADMIN_VM = "org.apache.cloudstack.api.command.admin.vm."
+
+COMMANDS: dict[str, Command] = {
+    c.name: c
+    for c in (
+        Command(
+            "createVolume",
+            (
+                Param("name", "string"),
+                Param("zoneid", "uuid", entity="zone"),
+                Param("diskofferingid", "uuid", entity="diskoffering"),
+                Param("size", "long"),
+                Param("snapshotid", "uuid", entity="snapshot"),
+            ),
+            _create_volume,
+            _ADMIN_VOLUME + "CreateVolumeCmdByAdmin",
+        ),
+        Command("deleteVolume", (Param("id", "uuid", True, "volume"),), _delete_volume),
+        Command(
+            "listVolumes",
+            (
+                Param("id", "uuid", entity="volume"),
+                Param("virtualmachineid", "uuid", entity="vm"),
+                Param("type", "string"),
+                Param("name", "string"),
+                Param("zoneid", "uuid", entity="zone"),
+                Param("keyword", "string"),
+                Param("listall", "boolean"),
+            ),
+            _list_volumes,
+        ),
+        Command(
+            "attachVolume",
+            (
+                Param("id", "uuid", True, "volume"),
+                Param("virtualmachineid", "uuid", True, "vm"),
+                Param("deviceid", "long"),
+            ),
+            _attach_volume,
+            _ADMIN_VOLUME + "AttachVolumeCmdByAdmin",
+        ),
+        Command(
+            "detachVolume",
+            (
+                Param("id", "uuid", entity="volume"),
+                Param("deviceid", "long"),
+                Param("virtualmachineid", "uuid", entity="vm"),
+            ),
+            _detach_volume,
+            _ADMIN_VOLUME + "DetachVolumeCmdByAdmin",
+        ),
+        Command(
+            "deployVirtualMachine",
+            (
+                Param("zoneid", "uuid", True, "zone"),
+                Param("serviceofferingid", "uuid", True, "serviceoffering"),
+                Param("templateid", "uuid", True, "template"),
+                Param("name", "string"),
+                Param("displayname", "string"),
+                Param("startvm", "boolean"),
+                Param("rootdisksize", "long"),
+            ),
+            _deploy_vm,
+            _ADMIN_VM + "DeployVMCmdByAdmin",
+        ),
+        Command("startVirtualMachine", (Param("id", "uuid", True, "vm"),), _start_vm, _ADMIN_VM + "StartVMCmdByAdmin"),
+        Command(
+            "stopVirtualMachine",
+            (Param("id", "uuid", True, "vm"), Param("forced", "boolean")),
+            _stop_vm,
+            _ADMIN_VM + "StopVMCmdByAdmin",
+        ),
+        Command(
+            "destroyVirtualMachine",
+            (
+                Param("id", "uuid", True, "vm"),
+                Param("expunge", "boolean"),
+                Param("volumeids", "uuid_list", entity="volume"),
+            ),
+            _destroy_vm,
+            _ADMIN_VM + "DestroyVMCmdByAdmin",
+        ),
+        Command(
+            "listVirtualMachines",
+            (
+                Param("id", "uuid", entity="vm"),
+                Param("name", "string"),
+                Param("state", "string"),
+                Param("zoneid", "uuid", entity="zone"),
+                Param("keyword", "string"),
+                Param("listall", "boolean"),
+            ),
+            _list_vms,
+        ),
+        Command(
+            "listZones",
+            (Param("id", "uuid", entity="zone"), Param("name", "string"), Param("available", "boolean")),
+            _list_zones,
+        ),
+        Command(
+            "listDiskOfferings",
+            (
+                Param("id", "uuid", entity="diskoffering"),
+                Param("name", "string"),
+                Param("zoneid", "uuid", entity="zone"),
+            ),
+            _list_disk_offerings,
+        ),
+        Command(
+            "listServiceOfferings",
+            (Param("id", "uuid", entity="serviceoffering"), Param("name", "string")),
+            _list_service_offerings,
+        ),
+        Command(
+            "listTemplates",
+            (
+                Param("templatefilter", "string", True),
+                Param("id", "uuid", entity="template"),
+                Param("name", "string"),
+                Param("zoneid", "uuid", entity="zone"),
+            ),
+            _list_templates,
+        ),
+    )
+}
