@@ -13,7 +13,7 @@ from infra.lab.cloudstack import CloudStackSimulator
 
 @pytest.fixture
 def cloudstack_sim(tmp_path: Path) -> Iterator[CloudStackSimulator]:
-    with CloudStackSimulator(tmp_path / "cloudstack", job_delay=0.05) as sim:
+    with CloudStackSimulator(tmp_path / "cloudstack", job_delay=0.02) as sim:
         yield sim
 
 
@@ -24,8 +24,8 @@ def cs(cloudstack_sim: CloudStackSimulator) -> Iterator[CloudStackClient]:
         cloudstack_sim.api_key,
         cloudstack_sim.secret_key,
         timeout=5,
-        poll_interval=0.02,
-        max_poll_interval=0.1,
+        poll_interval=0.01,
+        max_poll_interval=0.05,
         job_timeout=10,
     )
     yield client

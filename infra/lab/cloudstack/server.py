@@ -242,7 +242,7 @@ class CloudStackSimulator:
         self.port = httpd.server_address[1]
         self._stopping.clear()
         self._threads = [
-            threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True),
+            threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True),
             threading.Thread(target=self._run_jobs, daemon=True),
         ]
         for thread in self._threads:
