@@ -7,6 +7,7 @@ from typing import TypeVar
 from prefect.blocks.core import Block
 
 from blocks.agent import Agent
+from blocks.cloudstack import CloudStack
 from blocks.repository import BackupRepository
 from blocks.vcenter import VCenter
 
@@ -18,4 +19,4 @@ def load_block(block_type: type[B], value: B | str) -> B:
     return block_type.load(value) if isinstance(value, str) else value
 
 
-__all__ = ["Agent", "BackupRepository", "VCenter", "load_block"]
+__all__ = ["Agent", "BackupRepository", "CloudStack", "VCenter", "load_block"]

@@ -36,6 +36,9 @@ class CloudStack(Block):
     )
     request_timeout: float = Field(default=30.0, description="Seconds to wait for one API answer.")
     job_timeout: float = Field(default=600.0, description="Seconds to wait for an async job to finish.")
+    poll_interval: float = Field(
+        default=0.2, description="First pause between async job polls; it grows 1.5x per poll up to 5 s."
+    )
 
     def client(self) -> CloudStackClient:
         verify: bool | str = self.ca_file or self.verify_tls
@@ -46,6 +49,7 @@ class CloudStack(Block):
             timeout=self.request_timeout,
             verify=verify,
             job_timeout=self.job_timeout,
+            poll_interval=self.poll_interval,
         )
 
     def device_root_path(self) -> Path:

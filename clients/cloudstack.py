@@ -157,7 +157,7 @@ class CloudStackClient:
         verify: bool | str = True,
         read_attempts: int = 3,
         expires_after: float = 600.0,
-        poll_interval: float = 1.0,
+        poll_interval: float = 0.2,
         max_poll_interval: float = 5.0,
         job_timeout: float = 600.0,
     ) -> None:
@@ -241,7 +241,9 @@ class CloudStackClient:
             inner = next(iter(body.values()))
         if not isinstance(inner, dict):
             raise CloudStackUnreachable(
-                command, f"unexpected answer: {str(body)[:200]}", http_status=response.status_code
+                command,
+                f"HTTP {response.status_code}, not a CloudStack answer: {str(body)[:200]}",
+                http_status=response.status_code,
             )
         if response.status_code >= 400 or "errorcode" in inner:
             errortext = str(inner.get("errortext") or f"HTTP {response.status_code}")
@@ -285,7 +287,7 @@ class CloudStackClient:
             if remaining <= 0:
                 raise CloudStackTimeout(
                     command,
-                    f"job still pending after {limit:.0f} s; it may still complete, check before retrying",
+                    f"job still pending after {limit:g} s; it may still complete, check before retrying",
                     job_id=job_id,
                 )
             time.sleep(min(interval, remaining))

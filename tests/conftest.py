@@ -143,3 +143,31 @@ def make_scratch_vm(lab):
         return name
 
     return make
+
+
+@pytest.fixture
+def cloudstack_sim(tmp_path: Path):
+    """Our CloudStack simulator in-process, with its hub VM and volumes as sparse files under tmp_path."""
+    from infra.lab.cloudstack import CloudStackSimulator
+
+    with CloudStackSimulator(tmp_path / "cloudstack", job_delay=0.02) as sim:
+        yield sim
+
+
+@pytest.fixture
+def cloudstack_block(cloudstack_sim):
+    from blocks.cloudstack import CloudStack
+
+    i = cloudstack_sim.info()
+    return CloudStack(
+        endpoint=i.url,
+        api_key=i.api_key,
+        secret_key=i.secret_key,
+        zone_id=i.zone_id,
+        disk_offering_id=i.custom_disk_offering_id,
+        service_offering_id=i.service_offering_id,
+        template_id=i.template_id,
+        hub_vm_id=i.hub_vm_id,
+        device_root=i.dev_root,
+        poll_interval=0.01,
+    )

@@ -275,3 +275,32 @@ def test_requests_without_the_token_are_refused(agent_process, discovered, heade
         f"{agent_process.url}/api/v1/jobs/no-token", headers={"Authorization": f"Bearer {agent_process.token}"}
     )
     assert ok.status_code == 404  # the refused POST created nothing
+
+
+def test_jobs_are_idempotent_and_cancellable(lab, discovered, agent_process, tmp_path):
+    vm = discovered["db3"]
+    servers, targets = _served_targets(vm, tmp_path, range(21330, 21340))
+    try:
+        request = JobRequest(
+            job_id="cancel-me",
+            vm=vm.instance_uuid,
+            kind="full",
+            targets=targets,
+            bandwidth_limit_bytes_per_second=2**20,
+        )
+        with Agent(url=agent_process.url, token=agent_process.token).client() as client:
+            first = client.submit(request)
+            again = client.submit(request)  # a retried POST gets the same job, not a second snapshot
+            assert again.job_id == first.job_id
+            with pytest.raises(AgentError, match="409"):
+                client.submit(request.model_copy(update={"kind": "incremental"}))
+            _wait_for(lambda: client.status("cancel-me").state == "running" and vm_snapshot_names(lab, "db3"))
+            client.cancel("cancel-me")
+            with pytest.raises(AgentJobFailed, match="cancelled") as failed:
+                client.wait("cancel-me", timeout=60)
+        status = failed.value.status
+        assert status.state == "cancelled" and status.snapshot_removed
+        assert vm_snapshot_names(lab, "db3") == []
+    finally:
+        for server in servers:
+            stop_qemu_nbd(server.pid, server.file_path)

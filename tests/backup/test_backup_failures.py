@@ -75,9 +75,11 @@ def test_qemu_nbd_fails_to_start(
     two_disk_vm, lab, agent_block, lab_vcenter_block, repository_block, configured_catalog, monkeypatch
 ):
     previous = backup_vm(two_disk_vm, repository_block, agent_block, lab_vcenter_block)
-    monkeypatch.setenv("VMFERRY_NBD_PORT_RANGE", "21160-21161")
+    # ports no other test uses, so no TIME_WAIT of an earlier export is in the way of the squatter
+    monkeypatch.setenv("VMFERRY_NBD_PORT_RANGE", "21260-21261")
     squatter = socket.socket()
-    squatter.bind(("127.0.0.1", 21161))  # somebody else's listener on a port the catalog thinks is free
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    squatter.bind(("127.0.0.1", 21261))  # somebody else's listener on a port the catalog thinks is free
     squatter.listen()
     try:
         with pytest.raises(QemuError, match="qemu-nbd"):

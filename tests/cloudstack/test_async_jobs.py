@@ -12,7 +12,7 @@ from tests.cloudstack.helpers import new_vm, new_volume
 
 
 def test_create_style_command_answers_id_and_jobid_then_job_goes_pending_to_succeeded(cs, cloudstack_sim):
-    cloudstack_sim.job_delay = 0.4
+    cloudstack_sim.job_delay = 0.8
     info = cloudstack_sim.info()
     answer = cs.submit(
         "createVolume", name="d1", size=2, zoneid=info.zone_id, diskofferingid=info.custom_disk_offering_id
@@ -98,7 +98,7 @@ def test_unknown_job_id_fails_parameter_translation(cs):
 
 
 def test_job_state_changes_only_when_the_job_completes(cs, cloudstack_sim):
-    cloudstack_sim.job_delay = 0.4
+    cloudstack_sim.job_delay = 0.8
     volume = new_volume(cs, cloudstack_sim)
     job_id = cs.submit("attachVolume", id=volume.id, virtualmachineid=cloudstack_sim.hub_vm_id)["jobid"]
     assert cs.get_volume(volume.id).virtual_machine_id is None

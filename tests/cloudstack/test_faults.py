@@ -87,8 +87,9 @@ def test_failed_deploy_job_leaves_the_vm_in_error(cs, cloudstack_sim):
 
 
 def test_fault_arguments_are_checked(cloudstack_sim):
-    with pytest.raises(ValueError, match="synchronous"):
-        cloudstack_sim.inject_fault("deleteVolume", kind="job-failure")
+    for sync_command in ("deleteVolume", "queryAsyncJobResult"):
+        with pytest.raises(ValueError, match="synchronous"):
+            cloudstack_sim.inject_fault(sync_command, kind="job-failure")
     with pytest.raises(ValueError, match="fault kind"):
         cloudstack_sim.inject_fault("listVolumes", kind="slow")
     with pytest.raises(ValueError, match="does not implement"):
@@ -105,3 +106,10 @@ def test_admin_endpoint_injects_and_lists_faults(cs, cloudstack_sim):
     assert httpx.post(f"{admin}/faults", json={"command": "listZones", "bogus": 1}, timeout=5).status_code == 400
     assert httpx.get(f"{admin}/info", timeout=5).json()["hub_vm_id"] == cloudstack_sim.hub_vm_id
     assert not cloudstack_sim.admin_url.endswith("/client/api")
+
+
+def test_polling_survives_a_lost_job_query(cs, cloudstack_sim):
+    volume = new_volume(cs, cloudstack_sim)
+    cloudstack_sim.inject_fault("queryAsyncJobResult", errorcode=503)
+    assert cs.attach_volume(volume.id, cloudstack_sim.hub_vm_id).device_id == 1
+    assert cloudstack_sim.faults() == []

@@ -330,11 +330,12 @@ class CloudStackSimulator:
         ``job-failure`` (async commands): accepted, and its job ends jobstatus 2 with ``errorcode``/``errortext``
         while the work is not done.
         """
-        if command not in COMMANDS and command != self._query_job.name:
+        known = self._query_job if command == self._query_job.name else COMMANDS.get(command)
+        if known is None:
             raise ValueError(f"the simulator does not implement {command}")
         if kind not in FAULT_KINDS:
             raise ValueError(f"fault kind must be one of {', '.join(FAULT_KINDS)}, not {kind!r}")
-        if kind == "job-failure" and not COMMANDS[command].is_async:
+        if kind == "job-failure" and not known.is_async:
             raise ValueError(f"{command} is synchronous: it has no job to fail")
         if nth < 1:
             raise ValueError("nth counts from 1")
