@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -21,6 +23,8 @@ class ExportView(BaseModel):
     file_path: str
     pid: int | None
     state: str
+    created_at: dt.datetime
+    stopped_at: dt.datetime | None
 
 
 def _view(row: NbdExport) -> ExportView:
@@ -34,6 +38,8 @@ def _view(row: NbdExport) -> ExportView:
         file_path=row.file_path,
         pid=row.pid,
         state=row.state,
+        created_at=row.created_at,
+        stopped_at=row.stopped_at,
     )
 
 

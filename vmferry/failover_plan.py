@@ -1,0 +1,91 @@
+"""Which volume goes on which device of the destination VM. Pure: the rules are CloudStack's own.
+
+Device id 0 is the ROOT disk; 3 is reserved for the CD-ROM on every hypervisor, so data disks take 1, 2, 4,
+5, ... in the source's order (bus, controller bus number, unit number). The OS disk is the one the catalog
+records as boot disk (vSphere boot order, else the first disk, or the operator's choice), never "disk-2000".
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from catalog.inventory import RecordedDisk, RecordedVM
+from catalog.replication import VolumeView
+from vmferry.inventory import BUS_BOOT_RANK
+
+ROOT_DEVICE_ID = 0
+CDROM_DEVICE_ID = 3
+
+
+class FailoverRefused(Exception):
+    """The failover cannot be planned; nothing was changed in CloudStack."""
+
+
+class PlannedAttachment(BaseModel):
+    vm_disk_id: int
+    disk_id: str
+    volume_id: str
+    replicated_volume_id: int
+    device_id: int
+    is_root: bool
+
+
+def data_device_ids(count: int, max_data_disks: int = 6) -> list[int]:
+    if count > max_data_disks:
+        raise FailoverRefused(f"{count} data disks, but a CloudStack VM takes at most {max_data_disks}")
+    ids = [n for n in range(1, max_data_disks + 2) if n != CDROM_DEVICE_ID]
+    return ids[:count]
+
+
+def _source_order(disk: RecordedDisk) -> tuple[int, int, int, int]:
+    return (BUS_BOOT_RANK.get(disk.bus, 9), disk.bus_number, disk.unit_number or 0, disk.device_key)
+
+
+def plan_attachments(
+    vm: RecordedVM, volumes: dict[int, VolumeView], max_data_disks: int = 6
+) -> list[PlannedAttachment]:
+    disks = vm.present_disks()
+    if not disks:
+        raise FailoverRefused(f"VM {vm.name!r} has no disks in the catalog")
+    missing = [d.disk_id for d in disks if d.id not in volumes or volumes[d.id].last_synced_at is None]
+    if missing:
+        raise FailoverRefused(f"VM {vm.name!r}: disk(s) {missing} have no replicated volume yet; replicate first")
+    roots = [d for d in disks if d.is_boot]
+    if len(roots) != 1:
+        raise FailoverRefused(f"VM {vm.name!r} has no recorded OS disk; set one with set_boot_disk")
+    (root,) = roots
+    data = sorted((d for d in disks if d is not root), key=_source_order)
+    ordered = [(root, ROOT_DEVICE_ID), *zip(data, data_device_ids(len(data), max_data_disks), strict=True)]
+    return [
+        PlannedAttachment(
+            vm_disk_id=disk.id,
+            disk_id=disk.disk_id,
+            volume_id=volumes[disk.id].volume_id,
+            replicated_volume_id=volumes[disk.id].id,
+            device_id=device_id,
+            is_root=device_id == ROOT_DEVICE_ID,
+        )
+        for disk, device_id in ordered
+    ]
+
+
+def check_attached(plan: list[PlannedAttachment], actual: dict[str, tuple[int | None, str]]) -> None:
+    """``actual`` maps volume id -> (device id, type) as CloudStack lists the destination VM's volumes."""
+    problems = []
+    planned_ids = {p.volume_id for p in plan}
+    extra = sorted(set(actual) - planned_ids)
+    if extra:
+        problems.append(f"unexpected volume(s) {extra} on the VM")
+    for item in plan:
+        device_id, volume_type = actual.get(item.volume_id, (None, "missing"))
+        if device_id != item.device_id:
+            problems.append(
+                f"{item.disk_id} (volume {item.volume_id}) is on device {device_id}, planned {item.device_id}"
+            )
+        expected_type = "ROOT" if item.is_root else "DATADISK"
+        if volume_type != expected_type:
+            problems.append(f"{item.disk_id} (volume {item.volume_id}) is {volume_type}, expected {expected_type}")
+    if len(actual) != len(plan):
+        problems.append(f"{len(actual)} volumes attached for {len(plan)} source disks")
+    if problems:
+        raise FailoverRefused("device check failed: " + "; ".join(problems))
