@@ -2,7 +2,9 @@
 
 Start the lab (vcsim, seeded) and the reference agent; discover the VMs and print every VM's disks; take a
 full backup of pgtest1, change data in the lab VM, take an incremental, verify both restore points and
-restore a single file from the incremental. Run by ``bash infra/bootstrap.sh demo``.
+restore a single file from the incremental; replicate pgtest1 into CloudStack volumes (our simulator), sync
+it incrementally, run a test failover (root on device 0, data after it), print the device table and clean
+the failover up. Run by ``bash infra/bootstrap.sh demo``.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
+from blocks.cloudstack import CloudStack
 from blocks.vcenter import VCenter
 from catalog.inventory import RecordedVM
 from catalog.restore_points import PointView
+from flows.replicate import ReplicationResult
 from infra.lab.__main__ import ensure_lab_up
 from infra.lab.vcenter import LabVCenter
 
@@ -65,7 +69,10 @@ def main() -> int:
     from blocks.agent import Agent
     from blocks.repository import BackupRepository
     from flows.backup import backup_vm
+    from flows.cleanup import cleanup_failover
     from flows.discover import discover
+    from flows.failover import failover_vm
+    from flows.replicate import replicate_vm
     from flows.restore import restore_files
     from flows.verify import verify_restore_point
     from infra.lab.agent import start_agent
@@ -94,6 +101,10 @@ def main() -> int:
         # New data in the guest: 1 MiB at 40 MiB of the data disk (its second, raw partition).
         write_disk_bytes(lab, "pgtest1", data_disk.device_key, 40 * 2**20, os.urandom(2**20))
         incremental = backup_vm("pgtest1", repository, agent, vcenter, kind="incremental")
+        cloudstack = lab_cloudstack_block(state["cloudstack"]["info"])
+        initial = replicate_vm("pgtest1", cloudstack, agent, vcenter)
+        write_disk_bytes(lab, "pgtest1", data_disk.device_key, 41 * 2**20, os.urandom(2**20))
+        sync = replicate_vm("pgtest1", cloudstack, agent, vcenter)
     finally:
         agent_process.stop()
     console.print(
@@ -108,7 +119,51 @@ def main() -> int:
         incremental.id, os_disk.disk_id, 2, ["/etc/vmferry-lab.txt"], str(destination), repository, overwrite=True
     )
     console.print(f"restored /etc/vmferry-lab.txt from point {incremental.id} to {restored}: {restored.read_text()!r}")
+
+    console.print(replication_table(initial, sync))
+    failover = failover_vm("pgtest1", cloudstack, mode="test")
+    devices = Table(title=f"test failover of pgtest1: CloudStack VM {failover.destination_vm_id}")
+    for column in ("device id", "role", "disk", "catalog id", "volume"):
+        devices.add_column(column)
+    for device in failover.devices:
+        devices.add_row(str(device.device_id), device.role, device.disk_id, str(device.vm_disk_id), device.volume_id)
+    console.print(devices)
+    cleaned = cleanup_failover("pgtest1", cloudstack)
+    console.print(
+        f"cleanup: test VM(s) {cleaned.removed_vms} destroyed, {len(cleaned.volumes_on_hub)} volumes back on the hub"
+    )
     return 0
+
+
+def lab_cloudstack_block(info: dict[str, object]) -> CloudStack:
+    return CloudStack(
+        endpoint=str(info["url"]),
+        api_key=str(info["api_key"]),
+        secret_key=str(info["secret_key"]),
+        zone_id=str(info["zone_id"]),
+        disk_offering_id=str(info["custom_disk_offering_id"]),
+        service_offering_id=str(info["service_offering_id"]),
+        template_id=str(info["template_id"]),
+        hub_vm_id=str(info["hub_vm_id"]),
+        device_root=str(info["dev_root"]),
+    )
+
+
+def replication_table(initial: ReplicationResult, sync: ReplicationResult) -> Table:
+    table = Table(title="pgtest1 replicated into CloudStack volumes (initial, then a sync after 1 MiB changed)")
+    for column in ("disk", "catalog id", "volume", "hub device", "initial MiB written", "sync MiB written"):
+        table.add_column(column)
+    synced = {d.vm_disk_id: d for d in sync.disks}
+    for disk in initial.disks:
+        table.add_row(
+            disk.disk_id,
+            str(disk.vm_disk_id),
+            disk.volume_id,
+            disk.device_path,
+            f"{disk.bytes_written / 2**20:.1f}",
+            f"{synced[disk.vm_disk_id].bytes_written / 2**20:.1f}",
+        )
+    return table
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from infra.lab.build import ensure_vcsim_binary
+from infra.lab.cloudstack.process import simulator_alive, start_simulator_process, stop_simulator_pid
 from infra.lab.paths import lab_dir
 from infra.lab.seed import seed_lab
 from infra.lab.vcenter import LabVCenter, is_running, start_vcsim, stop_vcsim
@@ -21,6 +22,7 @@ from infra.lab.vcenter import LabVCenter, is_running, start_vcsim, stop_vcsim
 STATE_FILE = "lab.json"
 VCENTER_DIR = "vcenter"
 SEED_DIR = "seed"
+CLOUDSTACK_DIR = "cloudstack"
 
 
 def _state_path(root: Path) -> Path:
@@ -56,7 +58,9 @@ def _write_state(root: Path, state: dict[str, Any]) -> None:
 def _teardown(root: Path, state: dict[str, Any] | None) -> None:
     if state is not None:
         stop_vcsim(LabVCenter.from_dict(state["vcenter"]))
-    for name in (VCENTER_DIR, SEED_DIR):
+        if "cloudstack" in state:
+            stop_simulator_pid(state["cloudstack"]["pid"])
+    for name in (VCENTER_DIR, SEED_DIR, CLOUDSTACK_DIR):
         shutil.rmtree(root / name, ignore_errors=True)
     _state_path(root).unlink(missing_ok=True)
 
@@ -70,6 +74,9 @@ def ensure_lab_up(root: Path | None = None, *, reseed: bool = False) -> tuple[di
         manifest = root / SEED_DIR / "manifest.json"
         if reseed or not manifest.is_file():
             seed_lab(lab, root / SEED_DIR)
+        if "cloudstack" not in state or not simulator_alive(state["cloudstack"]["pid"]):
+            state["cloudstack"] = _start_cloudstack(root)
+            _write_state(root, state)
         return state, True
     # A description without a live process is left over from a crash or reboot.
     _teardown(root, state)
@@ -79,9 +86,20 @@ def ensure_lab_up(root: Path | None = None, *, reseed: bool = False) -> tuple[di
     except BaseException:
         stop_vcsim(lab)
         raise
-    state = {"vcenter": lab.to_dict(), "manifest": str(root / SEED_DIR / "manifest.json")}
+    state = {
+        "vcenter": lab.to_dict(),
+        "manifest": str(root / SEED_DIR / "manifest.json"),
+        "cloudstack": _start_cloudstack(root),
+    }
     _write_state(root, state)
     return state, False
+
+
+def _start_cloudstack(root: Path) -> dict[str, Any]:
+    """The lab's CloudStack simulator; its state lives in memory, so it goes and comes with the lab."""
+    shutil.rmtree(root / CLOUDSTACK_DIR, ignore_errors=True)
+    simulator = start_simulator_process(root / CLOUDSTACK_DIR, job_delay=0.05)
+    return {"pid": simulator.process.pid, "info": simulator.info.to_dict()}
 
 
 def cmd_up(root: Path, reseed: bool) -> int:
