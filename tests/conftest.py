@@ -99,9 +99,13 @@ def agent_block(agent_process):
 
 @pytest.fixture
 def nbd_port_range(monkeypatch: pytest.MonkeyPatch) -> str:
-    """A port range of the tests' own, away from a lab demo that may run on the same machine."""
-    monkeypatch.setenv("VMFERRY_NBD_PORT_RANGE", "21100-21199")
-    return "21100-21199"
+    """A port range of the tests' own, away from a lab demo that may run on the same machine.
+
+    VMFERRY_TEST_NBD_PORT_RANGE moves it, so two test runs on one machine do not take each other's ports.
+    """
+    port_range = os.environ.get("VMFERRY_TEST_NBD_PORT_RANGE", "21100-21199")
+    monkeypatch.setenv("VMFERRY_NBD_PORT_RANGE", port_range)
+    return port_range
 
 
 @pytest.fixture
