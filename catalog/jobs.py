@@ -95,3 +95,39 @@ def list_jobs(catalog: Catalog, *, limit: int = 50) -> list[JobView]:
     with catalog.session() as session:
         jobs = session.scalars(select(Job).order_by(Job.created_at.desc()).limit(limit)).all()
         return [_view(job) for job in jobs]
+
+
+def running_jobs(catalog: Catalog) -> list[JobView]:
+    """Every job row in state ``running``: what the reconciler has to judge alive or crashed."""
+    with catalog.session() as session:
+        jobs = session.scalars(select(Job).where(Job.state == "running").order_by(Job.created_at)).all()
+        return [_view(job) for job in jobs]
+
+
+def fail_running_job(catalog: Catalog, job_id: str, error: str) -> bool:
+    """Mark a job failed only if it is still running: a job that closed itself meanwhile keeps its outcome."""
+
+    def work(session: Session) -> bool:
+        job = session.get(Job, job_id)
+        if job is None or job.state != "running":
+            return False
+        job.state = "failed"
+        job.error = error
+        job.finished_at = utcnow()
+        return True
+
+    return catalog.write(work)
+
+
+def fail_running_jobs_of_flow_run(catalog: Catalog, flow_run_id: str, error: str) -> list[str]:
+    """Mark failed every job of a flow run that is still running (a crashed or cancelled flow's jobs)."""
+
+    def work(session: Session) -> list[str]:
+        jobs = session.scalars(select(Job).where(Job.flow_run_id == flow_run_id, Job.state == "running")).all()
+        for job in jobs:
+            job.state = "failed"
+            job.error = error
+            job.finished_at = utcnow()
+        return [job.id for job in jobs]
+
+    return catalog.write(work)

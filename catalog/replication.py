@@ -107,3 +107,9 @@ def record_attachment(
 
 def record_sync(catalog: Catalog, volume_id: str, change_id: str | None) -> VolumeView:
     return _update(catalog, volume_id, last_change_id=change_id, last_synced_at=utcnow())
+
+
+def recorded_volume_ids(catalog: Catalog) -> set[str]:
+    """Every CloudStack volume id the catalog owns (one per replicated disk)."""
+    with catalog.session() as session:
+        return set(session.scalars(select(ReplicatedVolume.volume_id)))

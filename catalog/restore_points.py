@@ -201,3 +201,25 @@ def points_in_state(catalog: Catalog, state: str) -> list[PointView]:
     with catalog.session() as session:
         query = select(RestorePoint).where(RestorePoint.state == state).options(selectinload(RestorePoint.disks))
         return [_view(session, point) for point in session.scalars(query)]
+
+
+def find_point(catalog: Catalog, point_id: int) -> PointView | None:
+    """The point, or None when the catalog has no such point (a stray directory's id)."""
+    with catalog.session() as session:
+        point = session.scalar(
+            select(RestorePoint).where(RestorePoint.id == point_id).options(selectinload(RestorePoint.disks))
+        )
+        return _view(session, point) if point is not None else None
+
+
+def fail_pending_point(catalog: Catalog, point_id: int) -> bool:
+    """Mark a point failed only while it is pending: a point committed meanwhile stays committed."""
+
+    def work(session: Session) -> bool:
+        point = session.get(RestorePoint, point_id)
+        if point is None or point.state != "pending":
+            return False
+        point.state = "failed"
+        return True
+
+    return catalog.write(work)

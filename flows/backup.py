@@ -23,9 +23,10 @@ from tasks.backup import (
 )
 from tasks.discovery import read_vcenter_inventory, record_vm_inventory
 from tasks.jobs import close_job, open_job
+from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
 
 
-@flow(name="backup-vm")
+@flow(name="backup-vm", on_running=ON_RUNNING, on_crashed=ON_CRASHED, on_cancellation=ON_CANCELLATION)
 def backup_vm(
     vm: str,
     repository: BackupRepository | str,

@@ -20,6 +20,7 @@ from catalog.replication import record_attachment, volumes_of_vm
 from tasks.failover import destination_name, remove_destination_vm, return_volume_to_hub
 from tasks.jobs import close_job, open_job
 from vmferry.failover_plan import plan_attachments
+from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
 
 
 class CleanupResult(BaseModel):
@@ -31,7 +32,7 @@ class CleanupRefused(Exception):
     """Cleanup would undo something it must not (a live failover in production)."""
 
 
-@flow(name="cleanup-failover")
+@flow(name="cleanup-failover", on_running=ON_RUNNING, on_crashed=ON_CRASHED, on_cancellation=ON_CANCELLATION)
 def cleanup_failover(vm: str, cloudstack: CloudStack | str) -> CleanupResult:
     logger = get_run_logger()
     cloud = load_block(CloudStack, cloudstack)

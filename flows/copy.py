@@ -30,6 +30,7 @@ from tasks.jobs import close_job, open_job
 from tasks.nbd import check_target_file, lease_nbd_port, start_nbd_export
 from tasks.vsphere import remove_job_snapshots
 from vmferry.exports import stop_export_quietly
+from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
 from vmferry.targets import DiskTarget, check_plan
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,7 @@ def run_copy(
             raise
 
 
-@flow(name="copy-vm-disks")
+@flow(name="copy-vm-disks", on_running=ON_RUNNING, on_crashed=ON_CRASHED, on_cancellation=ON_CANCELLATION)
 def copy_vm_disks(
     vm: str,
     targets: list[DiskTarget],

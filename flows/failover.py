@@ -45,6 +45,7 @@ from tasks.failover import (
 from tasks.jobs import close_job, open_job
 from vmferry.compensation import quietly
 from vmferry.failover_plan import check_attached, plan_attachments
+from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
 
 
 class FailoverDevice(BaseModel):
@@ -62,7 +63,7 @@ class FailoverResult(BaseModel):
     devices: list[FailoverDevice]
 
 
-@flow(name="failover-vm")
+@flow(name="failover-vm", on_running=ON_RUNNING, on_crashed=ON_CRASHED, on_cancellation=ON_CANCELLATION)
 def failover_vm(
     vm: str,
     cloudstack: CloudStack | str,

@@ -26,6 +26,7 @@ from flows.copy import run_copy
 from tasks.cloudstack import attach_to_hub, ensure_volume
 from tasks.discovery import read_vcenter_inventory, record_vm_inventory
 from tasks.jobs import close_job, open_job
+from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
 from vmferry.targets import DiskTarget
 
 
@@ -46,7 +47,7 @@ class ReplicationResult(BaseModel):
     disks: list[ReplicatedDisk]
 
 
-@flow(name="replicate-vm")
+@flow(name="replicate-vm", on_running=ON_RUNNING, on_crashed=ON_CRASHED, on_cancellation=ON_CANCELLATION)
 def replicate_vm(
     vm: str,
     cloudstack: CloudStack | str,

@@ -176,6 +176,13 @@ def test_snapshot_create_remove_and_read(lab: RunningLab) -> None:
         WaitForTask(vm.RemoveAllSnapshots_Task())
         assert vm.snapshot is None
 
+        # vcsim renumbers its file layout keys while snapshots exist; unpatched, removing a snapshot then
+        # deleted whichever disk file had inherited the snapshot's key (db3's data2 descriptor, here)
+        cookie = dsfiles.session_cookie(si)
+        for disk in virtual_disks(vm):
+            assert (dsfiles.stat_size(lab.vcenter, disk.backing.fileName, cookie=cookie) or 0) > 0
+            assert (dsfiles.stat_size(lab.vcenter, dsfiles.flat_path(disk.backing.fileName), cookie=cookie) or 0) > 0
+
 
 def test_add_write_read_remove_disk(lab: RunningLab) -> None:
     with session(lab.vcenter) as si:

@@ -1,0 +1,182 @@
+"""Deploy vmferry's flows: the work pool, the global concurrency limits, then ``prefect deploy`` on prefect.yaml.
+
+    .venv/bin/python deployments/deploy.py [--repository-limit 2] [--vcenter-limit 4] [--no-deploy]
+
+Against the server of PREFECT_API_URL (the active profile's). Safe to run again: the pool is created only when
+missing, limits are upserted, deployments are updated in place.
+
+Global concurrency limits (the flows take them with ``strict=True``, so a missing limit is an error, never
+"unlimited"): ``repo-backup-<repository name>`` for every repository the deployments write to and
+``vcenter-snapshots-<vcenter block name>`` for every vCenter they snapshot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+DEFAULT_PREFECT_FILE = HERE / "prefect.yaml"
+
+
+def load_deployments(prefect_file: Path) -> list[dict[str, Any]]:
+    """The deployments of a prefect.yaml, YAML anchors and merge keys resolved."""
+    config = yaml.safe_load(prefect_file.read_text())
+    return list(config.get("deployments") or [])
+
+
+def entrypoint_file(deployment: dict[str, Any]) -> Path:
+    return ROOT / deployment["entrypoint"].split(":", 1)[0]
+
+
+def flow_selector(deployment: dict[str, Any]) -> str:
+    """``<flow>/<deployment>`` as ``prefect deploy --name`` matches it (the function name with dashes)."""
+    function = deployment["entrypoint"].rsplit(":", 1)[1]
+    return f"{function.replace('_', '-')}/{deployment['name']}"
+
+
+def parameter_values(deployments: Iterable[dict[str, Any]], name: str) -> list[str]:
+    values = {d.get("parameters", {}).get(name) for d in deployments}
+    return sorted(v for v in values if isinstance(v, str))
+
+
+def repository_name(block_name: str) -> str:
+    """The name a repository's limit is keyed on: the block's ``name`` field, the block name until it exists."""
+    from blocks import BackupRepository
+
+    try:
+        return BackupRepository.load(block_name).name
+    except ValueError:
+        print(f"BackupRepository block {block_name!r} is not saved yet: its limit is named after the block")
+        return block_name
+
+
+def ensure_work_pool(name: str) -> bool:
+    """Create a process work pool with Prefect's default job template; True when it had to be created."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectNotFound
+    from prefect.workers.process import ProcessWorker
+
+    with get_client(sync_client=True) as client:
+        try:
+            pool = client.read_work_pool(name)
+        except ObjectNotFound:
+            client.create_work_pool(
+                WorkPoolCreate(
+                    name=name, type="process", base_job_template=ProcessWorker.get_default_base_job_template()
+                )
+            )
+            return True
+    if pool.type != "process":
+        raise SystemExit(f"work pool {name!r} exists with type {pool.type!r}; vmferry's flows need a process pool")
+    return False
+
+
+def upsert_limits(limits: dict[str, int]) -> None:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        for name, limit in limits.items():
+            client.upsert_global_concurrency_limit_by_name(name, limit)
+
+
+def concurrency_limits(deployments: list[dict[str, Any]], repository_limit: int, vcenter_limit: int) -> dict[str, int]:
+    limits = {
+        f"repo-backup-{repository_name(block)}": repository_limit
+        for block in parameter_values(deployments, "repository")
+    }
+    limits |= {f"vcenter-snapshots-{block}": vcenter_limit for block in parameter_values(deployments, "vcenter")}
+    return limits
+
+
+# `prefect deploy` (3.8.8) ends every deployment by asking for the pool's online workers with "limit": null and
+# "offset": null in the body; FastAPI 0.154 (the version our pin allows) rejects those nulls with 422, so the
+# command fails right after creating the first deployment. Until Prefect or the pin changes, the CLI runs with
+# that one call sending numbers (it only looks at whether any worker is online, so one is enough).
+PREFECT_CLI = """
+import sys
+from prefect.cli import app
+from prefect.client.orchestration import PrefectClient
+
+_read_workers = PrefectClient.read_workers_for_work_pool
+
+
+async def read_workers_for_work_pool(self, work_pool_name, worker_filter=None, offset=None, limit=None):
+    return await _read_workers(
+        self, work_pool_name, worker_filter, offset=offset or 0, limit=1 if limit is None else limit
+    )
+
+
+PrefectClient.read_workers_for_work_pool = read_workers_for_work_pool
+sys.exit(app())
+"""
+
+
+def prefect_deploy_command(prefect_file: Path, deployments: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """The ``prefect deploy`` argv, and the deployments left out because their flow file does not exist yet.
+
+    ``--all`` stops at the first deployment it cannot load, so while a flow is still being written the others
+    are deployed by name.
+    """
+    missing = [flow_selector(d) for d in deployments if not entrypoint_file(d).is_file()]
+    argv = [sys.executable, "-c", PREFECT_CLI, "deploy", "--prefect-file", str(prefect_file)]
+    if not missing:
+        return [*argv, "--all"], []
+    for deployment in deployments:
+        if entrypoint_file(deployment).is_file():
+            argv += ["--name", flow_selector(deployment)]
+    return argv, missing
+
+
+def run_prefect_deploy(prefect_file: Path, deployments: list[dict[str, Any]]) -> int:
+    from prefect.settings import get_current_settings
+
+    argv, missing = prefect_deploy_command(prefect_file, deployments)
+    for selector in missing:
+        print(f"skipping {selector}: its flow file does not exist yet")
+    env = {**os.environ, "PREFECT_CLI_PROMPT": "false"}
+    # The API this process talks to, even when it came from a temporary setting rather than the environment.
+    api_url = get_current_settings().api.url
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
+    # Entrypoints are relative to the repository root.
+    return subprocess.run(argv, cwd=ROOT, env=env, check=False).returncode
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prefect-file", type=Path, default=DEFAULT_PREFECT_FILE)
+    parser.add_argument(
+        "--repository-limit", type=int, default=2, help="concurrent backups writing to one repository (default 2)"
+    )
+    parser.add_argument(
+        "--vcenter-limit", type=int, default=4, help="concurrent snapshot operations on one vCenter (default 4)"
+    )
+    parser.add_argument("--no-deploy", action="store_true", help="only the work pool and the limits")
+    args = parser.parse_args(argv)
+
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))  # `blocks` when run as a script from a checkout that is not installed
+    deployments = load_deployments(args.prefect_file)
+    for pool in sorted({d["work_pool"]["name"] for d in deployments if d.get("work_pool")}):
+        print(f"work pool {pool}: {'created' if ensure_work_pool(pool) else 'exists'}")
+    limits = concurrency_limits(deployments, args.repository_limit, args.vcenter_limit)
+    upsert_limits(limits)
+    for name, limit in limits.items():
+        print(f"global concurrency limit {name}: {limit}")
+    if args.no_deploy:
+        return 0
+    return run_prefect_deploy(args.prefect_file, deployments)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

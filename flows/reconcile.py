@@ -1,0 +1,105 @@
+"""The reconciler: compare the catalog with reality and clean what no running job owns.
+
+Run it on the hub (it stops the hub's qemu-nbd and removes repository files), on a schedule and after a
+crash. What it sweeps, and how it decides a job's owner is gone, is in vmferry/reconcile.py. A running job's
+resources are never touched; every action is idempotent, so running it twice changes nothing more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_table_artifact
+
+from blocks import load_block
+from blocks.cloudstack import CloudStack
+from blocks.repository import BackupRepository
+from blocks.vcenter import VCenter
+from catalog import default_catalog
+from tasks.jobs import close_job, open_job
+from tasks.reconcile import (
+    read_flow_run_facts,
+    sweep_crashed_jobs,
+    sweep_hub_volumes,
+    sweep_nbd_exports,
+    sweep_port_leases,
+    sweep_restore_points,
+    sweep_snapshots,
+)
+from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
+from vmferry.reconcile import Finding, FindingKind, OwnerJudge, Reconciler, ReconcileReport
+
+
+class ReconcileIncomplete(Exception):
+    """Some orphan could not be cleaned; ``report`` says which and why. Running again retries them."""
+
+    def __init__(self, report: ReconcileReport) -> None:
+        self.report = report
+        problems = "; ".join(f"{f.kind} {f.subject}: {f.error}" for f in report.errors)
+        super().__init__(f"reconciliation left {len(report.errors)} problem(s): {problems}")
+
+
+@flow(name="reconcile", on_running=ON_RUNNING, on_crashed=ON_CRASHED, on_cancellation=ON_CANCELLATION)
+def reconcile(
+    repository: BackupRepository | str | None = None,
+    vcenter: VCenter | str | None = None,
+    cloudstack: CloudStack | str | None = None,
+    dry_run: bool = False,
+) -> ReconcileReport:
+    """Stop orphaned qemu-nbd, release leases, remove partial points and agent snapshots, detach foreign
+    volumes from the hub and mark crashed jobs failed. Only the parts whose block is given are swept
+    (exports, leases, pending points and jobs always). ``dry_run`` reports and changes nothing."""
+    logger = get_run_logger()
+    repo = load_block(BackupRepository, repository).repository() if repository is not None else None
+    vcenter_block = load_block(VCenter, vcenter) if vcenter is not None else None
+    cloud = load_block(CloudStack, cloudstack) if cloudstack is not None else None
+    catalog = default_catalog()
+    # A dry run changes nothing, not even the job ledger.
+    job_id = None if dry_run else open_job("reconcile")
+    report = ReconcileReport(dry_run=dry_run)
+    try:
+        judge = OwnerJudge(catalog, read_flow_run_facts)
+        judge.prefetch()
+        reconciler = Reconciler(catalog, judge, dry_run=dry_run)
+
+        def sweep(kind: FindingKind, call: Callable[[], list[Finding]]) -> None:
+            try:
+                report.findings.extend(call())
+            except Exception as exc:
+                # one unreachable system must not stop the other sweeps
+                logger.exception("the %s sweep failed", kind)
+                error = f"{type(exc).__name__}: {exc}"
+                report.findings.append(Finding(kind=kind, subject="(the whole sweep)", action="failed", error=error))
+
+        # Processes first, then the ports they held, then files, then the job rows that owned it all, so an
+        # interrupted pass leaves the jobs still marked running for the next one.
+        sweep("nbd-export", lambda: sweep_nbd_exports(reconciler))
+        sweep("port-lease", lambda: sweep_port_leases(reconciler))
+        sweep("restore-point", lambda: sweep_restore_points(reconciler, repo))
+        if vcenter_block is not None:
+            sweep("snapshot", lambda: sweep_snapshots(reconciler, vcenter_block))
+        if cloud is not None:
+            sweep("hub-volume", lambda: sweep_hub_volumes(reconciler, cloud))
+        sweep("job", lambda: sweep_crashed_jobs(reconciler))
+    except BaseException as exc:
+        if job_id is not None:
+            close_job(job_id, "failed", f"{type(exc).__name__}: {exc}")
+        raise
+    for finding in report.findings:
+        if finding.action != "kept":
+            logger.info("%s %s: %s (owner %s)", finding.kind, finding.subject, finding.action, finding.owner)
+    logger.info("reconciliation: %s", report.summary())
+    create_table_artifact(
+        key="reconcile",
+        table=report.table()
+        or [{"kind": "", "subject": "nothing found", "job": "", "owner": "", "action": "", "error": ""}],
+        description=f"Reconciliation{' (dry run)' if dry_run else ''}: {report.summary()}",
+    )
+    if report.errors:
+        if job_id is not None:
+            close_job(job_id, "failed", f"{len(report.errors)} orphan(s) could not be cleaned")
+        raise ReconcileIncomplete(report)
+    if job_id is not None:
+        close_job(job_id, "succeeded")
+    return report

@@ -1,0 +1,127 @@
+"""deployments/prefect.yaml against the flows it names, and deployments/deploy.py against the session's server."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+from prefect import Flow
+from prefect.client.schemas.schedules import CronSchedule
+from prefect.utilities.callables import parameter_schema
+from prefect.utilities.schema_tools import validate
+
+ROOT = Path(__file__).resolve().parents[2]
+PREFECT_FILE = ROOT / "deployments" / "prefect.yaml"
+CONFIG = yaml.safe_load(PREFECT_FILE.read_text())
+DEPLOYMENTS: list[dict[str, Any]] = CONFIG["deployments"]
+BLOCK_PARAMETERS = {"vcenter", "agent", "repository", "cloudstack"}
+POOL = "vmferry-hub"
+
+
+def selector(deployment: dict[str, Any]) -> str:
+    return f"{deployment['entrypoint']}/{deployment['name']}"
+
+
+def entrypoint_file(deployment: dict[str, Any]) -> Path:
+    return ROOT / deployment["entrypoint"].split(":", 1)[0]
+
+
+def load_flow(deployment: dict[str, Any]) -> Flow:
+    path, function = deployment["entrypoint"].split(":", 1)
+    if not (ROOT / path).is_file():
+        # a flow being written on another branch (reconcile was): its deployment is checked once it lands
+        pytest.skip(f"{path} does not exist yet")
+    module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+    flow = getattr(module, function, None)
+    assert isinstance(flow, Flow), f"{deployment['entrypoint']} is not a Prefect flow"
+    return flow
+
+
+def load_deploy_script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("vmferry_deploy_script", ROOT / "deployments" / "deploy.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=selector)
+def test_deployment_matches_its_flow(deployment):
+    flow = load_flow(deployment)
+    signature = inspect.signature(flow.fn)
+    parameters = deployment.get("parameters") or {}
+    assert set(parameters) <= set(signature.parameters), f"not parameters of {flow.name}"
+    required = {name for name, p in signature.parameters.items() if p.default is inspect.Parameter.empty}
+    missing = required - set(parameters)
+    # blocks are always named; only per-run values (a VM, a point id, paths) may come with each run
+    assert not missing & BLOCK_PARAMETERS, f"{selector(deployment)} names no {missing & BLOCK_PARAMETERS} block"
+    schema = parameter_schema(flow).model_dump_for_openapi()
+    validate(parameters, schema, raise_on_error=True, ignore_required=True)  # values of the right types
+    assert deployment["work_pool"]["name"] == POOL
+    for schedule in deployment.get("schedules") or []:
+        CronSchedule(cron=schedule["cron"], timezone=schedule.get("timezone"))  # raises on a bad cron
+        merged = {**parameters, **(schedule.get("parameters") or {})}
+        # a scheduled run has nobody to pass the rest: everything required is there
+        validate(merged, schema, raise_on_error=True)
+
+
+def test_every_flow_has_a_deployment():
+    registered = {d["entrypoint"] for d in DEPLOYMENTS}
+    found = set()
+    for path in sorted((ROOT / "flows").glob("*.py")):
+        module = importlib.import_module(f"flows.{path.stem}")
+        for name, value in vars(module).items():
+            if isinstance(value, Flow) and value.fn.__module__ == module.__name__:
+                found.add(f"flows/{path.name}:{name}")
+    assert found, "no flows found"
+    assert found <= registered, f"flows without a deployment: {sorted(found - registered)}"
+    assert "flows/reconcile.py:reconcile" in registered
+
+
+def test_schedules_and_pull_step():
+    def crons(entrypoint: str) -> dict[str, dict[str, Any]]:
+        return {
+            s["cron"]: s.get("parameters") or {}
+            for d in DEPLOYMENTS
+            if d["entrypoint"] == entrypoint
+            for s in d.get("schedules") or []
+        }
+
+    backup = crons("flows/backup.py:backup_vm")
+    assert backup["0 1 * * 1-6"] == {"kind": "auto"} and backup["0 1 * * 0"] == {"kind": "full"}
+    assert "*/30 * * * *" in crons("flows/replicate.py:replicate_vm")
+    assert "0 * * * *" in crons("flows/reconcile.py:reconcile")
+    for entrypoint in ("flows/failover.py:failover_vm", "flows/cleanup.py:cleanup_failover"):
+        assert not crons(entrypoint), f"{entrypoint} must never run on a schedule"
+    (step,) = CONFIG["pull"]
+    assert set(step) == {"prefect.deployments.steps.set_working_directory"}
+
+
+def test_deploy_script_creates_pool_limits_and_deployments(prefect_backend):
+    """deploy.py against the session's Prefect server: the pool, the limits, then `prefect deploy`."""
+    from prefect.client.orchestration import get_client
+
+    script = load_deploy_script()
+    assert script.main([]) == 0
+    deployable = [d for d in DEPLOYMENTS if entrypoint_file(d).is_file()]
+    with get_client(sync_client=True) as client:
+        assert client.read_work_pool(POOL).type == "process"
+        assert client.read_global_concurrency_limit_by_name("repo-backup-main").limit == 2
+        assert client.read_global_concurrency_limit_by_name("vcenter-snapshots-prod").limit == 4
+        for deployment in deployable:
+            flow = load_flow(deployment)
+            stored = client.read_deployment_by_name(f"{flow.name}/{deployment['name']}")
+            assert stored.work_pool_name == POOL
+            assert stored.parameters == (deployment.get("parameters") or {})
+            assert sorted(s.schedule.cron for s in stored.schedules) == sorted(
+                s["cron"] for s in deployment.get("schedules") or []
+            )
+            assert stored.pull_steps == CONFIG["pull"]
+    # a second run changes nothing and still succeeds (pool exists, limits upserted, deployments updated)
+    assert script.main(["--no-deploy"]) == 0
