@@ -22,7 +22,11 @@ class CloudStack(Block):
     secret_key: SecretStr = Field(description="That account's secret key (signs every request).")
     zone_id: str = Field(description="Zone (uuid) where volumes and VMs are created.")
     disk_offering_id: str = Field(description="Custom-size disk offering (uuid) for replicated volumes.")
-    service_offering_id: str = Field(description="Service offering (uuid) for failover VMs.")
+    service_offering_id: str = Field(
+        description="Service offering (uuid) for failover VMs. A custom (dynamic) offering gets the source VM's "
+        "CPU count and memory; a fixed one decides them itself."
+    )
+    cpu_speed_mhz: int = Field(default=2000, description="CPU speed given to failover VMs on a custom offering.")
     template_id: str = Field(description="Template (uuid) failover VMs are deployed from before their root swap.")
     hub_vm_id: str = Field(description="The hub VM (uuid) volumes are attached to while they are written.")
     device_root: str = Field(

@@ -52,6 +52,8 @@ class RecordedVM(BaseModel):
     moref: str
     boot_disk_id: str | None
     boot_disk_source: str | None
+    cpu_count: int | None = None
+    memory_mb: int | None = None
     disks: list[RecordedDisk]
 
     def present_disks(self) -> list[RecordedDisk]:
@@ -203,6 +205,8 @@ def _recorded(session: Session, context_id: int, changes: dict[int, DiskChange])
         moref=context.moref,
         boot_disk_id=context.boot_disk_id,
         boot_disk_source=context.boot_disk_source,
+        cpu_count=context.cpu_count,
+        memory_mb=context.memory_mb,
         disks=[
             RecordedDisk(
                 id=d.id,

@@ -142,6 +142,21 @@ class VirtualMachine(BaseModel):
     zone_id: str | None = Field(default=None, alias="zoneid")
     template_id: str | None = Field(default=None, alias="templateid")
     service_offering_id: str | None = Field(default=None, alias="serviceofferingid")
+    cpu_number: int | None = Field(default=None, alias="cpunumber")
+    memory_mb: int | None = Field(default=None, alias="memory")
+
+
+class ServiceOffering(BaseModel):
+    """The ServiceOfferingResponse fields vmferry uses."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    id: str
+    name: str
+    customized: bool = Field(default=False, alias="iscustomized")
+    cpu_number: int | None = Field(default=None, alias="cpunumber")
+    cpu_speed: int | None = Field(default=None, alias="cpuspeed")
+    memory_mb: int | None = Field(default=None, alias="memory")
 
 
 class CloudStackClient:
@@ -355,8 +370,17 @@ class CloudStackClient:
         display_name: str | None = None,
         startvm: bool = False,
         root_disk_size_gb: int | None = None,
+        cpu_number: int | None = None,
+        cpu_speed_mhz: int | None = None,
+        memory_mb: int | None = None,
         timeout: float | None = None,
     ) -> VirtualMachine:
+        """CPU and memory go as ``details[0].cpuNumber/cpuSpeed/memory``: only a custom offering takes them."""
+        custom = {
+            "details[0].cpuNumber": cpu_number,
+            "details[0].cpuSpeed": cpu_speed_mhz,
+            "details[0].memory": memory_mb,
+        }
         result = self.call_async(
             "deployVirtualMachine",
             timeout=timeout,
@@ -367,6 +391,7 @@ class CloudStackClient:
             displayname=display_name,
             startvm=startvm,
             rootdisksize=root_disk_size_gb,
+            **{key: value for key, value in custom.items() if value is not None},
         )
         return VirtualMachine.model_validate(result["virtualmachine"])
 
@@ -395,6 +420,13 @@ class CloudStackClient:
             expunge=expunge,
             volumeids=",".join(volume_ids) if volume_ids else None,
         )
+
+    def get_service_offering(self, offering_id: str) -> ServiceOffering:
+        answer = self.call("listServiceOfferings", id=offering_id)
+        offerings = answer.get("serviceoffering", [])
+        if not offerings:
+            raise CloudStackNotFound("listServiceOfferings", f"no service offering {offering_id}")
+        return ServiceOffering.model_validate(offerings[0])
 
     def list_vms(self, *, vm_id: str | None = None, name: str | None = None) -> list[VirtualMachine]:
         answer = self.call("listVirtualMachines", id=vm_id, name=name, listall=True)

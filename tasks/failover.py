@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from blocks.cloudstack import CloudStack
@@ -21,7 +21,8 @@ def destination_name(vm: RecordedVM, mode: str) -> str:
 
 @task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def deploy_destination_vm(cloudstack: CloudStack, vm: RecordedVM, mode: str) -> VirtualMachine:
-    """The destination VM, stopped (startvm=false); an existing one of the same name is reused."""
+    """The destination VM, stopped (startvm=false), with the source's CPUs and memory when the service offering
+    is a custom one (a fixed offering decides them itself); an existing one of the same name is reused."""
     name = destination_name(vm, mode)
     with cloudstack.client() as client:
         existing = [
@@ -29,12 +30,27 @@ def deploy_destination_vm(cloudstack: CloudStack, vm: RecordedVM, mode: str) -> 
         ]
         if existing:
             return existing[0]
+        offering = client.get_service_offering(cloudstack.service_offering_id)
+        sizing: dict[str, int] = {}
+        if offering.customized:
+            sizing = {
+                "cpu_number": vm.cpu_count or 1,
+                "cpu_speed_mhz": cloudstack.cpu_speed_mhz,
+                "memory_mb": vm.memory_mb or 1024,
+            }
+        elif (offering.cpu_number or 0) < (vm.cpu_count or 0) or (offering.memory_mb or 0) < (vm.memory_mb or 0):
+            get_run_logger().warning(
+                "service offering %s (%s CPUs, %s MiB) is smaller than VM %r (%s CPUs, %s MiB); a custom offering "
+                "sizes the destination like the source",
+                offering.name, offering.cpu_number, offering.memory_mb, vm.name, vm.cpu_count, vm.memory_mb,
+            )  # fmt: skip
         return client.deploy_vm(
             zone_id=cloudstack.zone_id,
             service_offering_id=cloudstack.service_offering_id,
             template_id=cloudstack.template_id,
             name=name,
             startvm=False,
+            **sizing,
         )
 
 

@@ -85,17 +85,16 @@ app.add_typer(lab_app, name="lab", no_args_is_help=True)
 class Cli:
     """Per-invocation state (global options and consoles), kept on the typer context."""
 
-    debug: bool = False
-    verbose: bool = False
-    out: Console = field(default_factory=Console)
+    debug: bool
+    verbose: bool
+    out: Console
     err: Console = field(default_factory=lambda: Console(stderr=True))
 
 
 def _cli(ctx: typer.Context) -> Cli:
-    root = ctx.find_root()
-    if not isinstance(root.obj, Cli):
-        root.obj = Cli()
-    return root.obj
+    cli = ctx.find_root().obj
+    assert isinstance(cli, Cli), "main() sets it before any command runs"
+    return cli
 
 
 @app.callback()
@@ -143,34 +142,33 @@ def _operation(ctx: typer.Context, what: str) -> Iterator[None]:
         raise typer.Exit(code) from None
 
 
-class _DropAll(logging.Filter):
+class _PrefectConsoleMute(logging.Filter):
+    """On Prefect's console handler: drops every record while ``active``."""
+
+    active = False
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return False
+        return not self.active
 
 
-@contextmanager
-def _prefect_console_logs(verbose: bool) -> Iterator[None]:
+_MUTE = _PrefectConsoleMute()
+
+
+def _quiet_prefect_console(verbose: bool) -> None:
     """Without --verbose, Prefect's console log lines (and the tracebacks it logs on failure) stay off stderr.
 
     Only the console handler is muted: the records still reach the Prefect API, so the UI keeps the run's logs.
-    A filter rather than a level, because Prefect re-applies its logging config (handler levels included).
+    A filter rather than a level, because Prefect re-applies its logging config (handler levels included); it
+    stays on after the command, because Prefect still logs while its event worker drains at exit.
     """
     from prefect.logging.configuration import ensure_logging_setup
     from prefect.logging.handlers import PrefectConsoleHandler
 
-    if verbose:
-        yield
-        return
     ensure_logging_setup()  # Prefect configures logging lazily: make the handler exist before muting it
-    handlers = [h for h in logging.getLogger().handlers if isinstance(h, PrefectConsoleHandler)]
-    mute = _DropAll()
-    for handler in handlers:
-        handler.addFilter(mute)
-    try:
-        yield
-    finally:
-        for handler in handlers:
-            handler.removeFilter(mute)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler) and _MUTE not in handler.filters:
+            handler.addFilter(_MUTE)
+    _MUTE.active = not verbose
 
 
 def _emit_json(data: Any) -> None:
@@ -504,7 +502,8 @@ def discover(
     Without VM names every VM is read, and VMs vCenter no longer has are marked absent.
     """
     cli = _cli(ctx)
-    with _operation(ctx, "discover"), _prefect_console_logs(cli.verbose):
+    with _operation(ctx, "discover"):
+        _quiet_prefect_console(cli.verbose)
         from flows.discover import discover as discover_flow
         from vmferry.demo import disks_table
 
@@ -539,7 +538,8 @@ def backup(
     """
     cli = _cli(ctx)
     blocks = BlockChoice(vcenter=vcenter, agent=agent, repository=repository)
-    with _operation(ctx, f"backup {vm}"), _prefect_console_logs(cli.verbose):
+    with _operation(ctx, f"backup {vm}"):
+        _quiet_prefect_console(cli.verbose)
         if submit is not None:
             parameters = {"vm": vm, "kind": kind.value, **blocks.parameters("repository", "agent", "vcenter")}
             run = submit_deployment(submit, "backup-vm", parameters, wait=wait)
@@ -593,7 +593,8 @@ def restore(
         raise typer.BadParameter("--file needs the partition it is on", param_hint="--partition")
     if partition is not None and not files:
         raise typer.BadParameter("--partition only goes with --file", param_hint="--partition")
-    with _operation(ctx, f"restore {point_id}"), _prefect_console_logs(cli.verbose):
+    with _operation(ctx, f"restore {point_id}"):
+        _quiet_prefect_console(cli.verbose)
         from catalog import default_catalog
         from catalog.inventory import get_vm
         from catalog.restore_points import get_point
@@ -661,7 +662,8 @@ def replicate(
     """Copy every disk of a VM into its CloudStack volume (created on the first run, synced after)."""
     cli = _cli(ctx)
     blocks = BlockChoice(vcenter=vcenter, agent=agent, cloudstack=cloudstack)
-    with _operation(ctx, f"replicate {vm}"), _prefect_console_logs(cli.verbose):
+    with _operation(ctx, f"replicate {vm}"):
+        _quiet_prefect_console(cli.verbose)
         if submit is not None:
             parameters = {"vm": vm, "kind": kind.value, **blocks.parameters("cloudstack", "agent", "vcenter")}
             run = submit_deployment(submit, "replicate-vm", parameters, wait=wait)
@@ -711,7 +713,8 @@ def failover(
     """
     cli = _cli(ctx)
     blocks = BlockChoice(vcenter=vcenter, agent=agent, cloudstack=cloudstack)
-    with _operation(ctx, f"failover {vm}"), _prefect_console_logs(cli.verbose):
+    with _operation(ctx, f"failover {vm}"):
+        _quiet_prefect_console(cli.verbose)
         from flows.failover import failover_vm
 
         _recorded_vm(vm)  # unknown VM: exit 3 before anything in CloudStack is touched
@@ -749,7 +752,8 @@ def cleanup(
 ) -> None:
     """Roll a test failover back: test VM destroyed, every volume back on the hub. Safe to run again."""
     cli = _cli(ctx)
-    with _operation(ctx, f"cleanup {vm}"), _prefect_console_logs(cli.verbose):
+    with _operation(ctx, f"cleanup {vm}"):
+        _quiet_prefect_console(cli.verbose)
         from flows.cleanup import cleanup_failover
 
         _recorded_vm(vm)

@@ -142,7 +142,8 @@ def lab_cloudstack_block(info: dict[str, object]) -> CloudStack:
         secret_key=str(info["secret_key"]),
         zone_id=str(info["zone_id"]),
         disk_offering_id=str(info["custom_disk_offering_id"]),
-        service_offering_id=str(info["service_offering_id"]),
+        # the custom offering: failover VMs get the source's CPUs and memory
+        service_offering_id=str(info.get("custom_service_offering_id") or info["service_offering_id"]),
         template_id=str(info["template_id"]),
         hub_vm_id=str(info["hub_vm_id"]),
         device_root=str(info["dev_root"]),

@@ -8,6 +8,9 @@ lab's, and saved blocks on the session's Prefect server for the --vcenter/--agen
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +41,20 @@ def vmferry():
 
     def run(*args: object) -> Result:
         return runner.invoke(app, [str(a) for a in args])
+
+    return run
+
+
+@pytest.fixture
+def vmferry_process(prefect_backend):
+    """Run ``python -m vmferry.cli ARGS...`` as a script would, against the session's Prefect server."""
+    import prefect.settings as ps
+
+    def run(*args: object) -> subprocess.CompletedProcess[str]:
+        # the harness's server URL is a temporary setting of this process: hand it over explicitly
+        env = {**os.environ, "PREFECT_API_URL": str(ps.PREFECT_API_URL.value())}
+        argv = [sys.executable, "-m", "vmferry.cli", *(str(a) for a in args)]
+        return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120, check=False)
 
     return run
 

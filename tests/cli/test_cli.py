@@ -71,7 +71,9 @@ def test_lab_status(vmferry, lab_home, tmp_path, monkeypatch):
 
 
 @pytest.mark.usefixtures("prefect_backend", "nbd_port_range")
-def test_discover_backup_status_restore_on_the_lab(vmferry, lab, lab_home, configured_catalog, tmp_path):
+def test_discover_backup_status_restore_on_the_lab(
+    vmferry, vmferry_process, lab, lab_home, configured_catalog, tmp_path
+):
     """No block named: the CLI takes the lab's vCenter, starts an agent for the backup, uses the lab repository."""
     expected = lab.manifest.vm("pgtest1")
     result = vmferry("discover", "pgtest1")
@@ -106,10 +108,16 @@ def test_discover_backup_status_restore_on_the_lab(vmferry, lab, lab_home, confi
     restored = {p.stem: sha256_of(p) for p in (tmp_path / "vm").iterdir()}
     assert restored == checksums
 
-    # again into the same place: refused (exit 1, one line naming the file), nothing overwritten
-    result = vmferry("restore", point["id"], "--to", tmp_path / "vm")
-    assert result.exit_code == 1
-    assert "exists" in result.stderr and "Traceback" not in result.stderr
+    # again into the same place, run as a script would: refused with exit 1 and ONE line on stderr naming the
+    # file (no traceback, none of Prefect's log lines); nothing overwritten
+    again = vmferry_process("restore", point["id"], "--to", tmp_path / "vm")
+    assert again.returncode == 1
+    (line,) = again.stderr.splitlines()
+    assert line.startswith(f"vmferry restore {point['id']}: failed") and "exists" in line
+    assert {p.stem: sha256_of(p) for p in (tmp_path / "vm").iterdir()} == checksums
+    # --debug adds the traceback
+    result = vmferry("--debug", "restore", point["id"], "--to", tmp_path / "vm")
+    assert result.exit_code == 1 and "Traceback" in result.stderr
 
     # one disk as qcow2, and a single file out of the OS disk's ext4 root
     data = next(d for d in point["disks"] if d["device_key"] != expected.boot_disk_key)

@@ -14,3 +14,9 @@ from tests.databases import fresh_catalog_url
 def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     with fresh_catalog_url(request.param, tmp_path) as url:
         yield url
+
+
+@pytest.fixture
+def cloudstack_block(cloudstack_block, cloudstack_sim):
+    """Failover VMs take their size from the source: the simulator's custom (dynamic) service offering."""
+    return cloudstack_block.model_copy(update={"service_offering_id": cloudstack_sim.info().custom_service_offering_id})

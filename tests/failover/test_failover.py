@@ -80,8 +80,10 @@ def test_test_failover_then_cleanup(
         d.disk_id for d in vm.present_disks() if d.is_boot
     )
     with cloudstack_block.client() as client:
-        assert client.get_vm(result.destination_vm_id).state == "Running"
+        destination = client.get_vm(result.destination_vm_id)
         on_vm = {v.id: (v.device_id, v.type) for v in client.list_volumes(virtual_machine_id=result.destination_vm_id)}
+    assert destination.state == "Running"
+    assert (destination.cpu_number, destination.memory_mb) == (vm.cpu_count, vm.memory_mb)  # sized like the source
     assert on_vm == {d.volume_id: (d.device_id, "ROOT" if d.device_id == 0 else "DATADISK") for d in result.devices}
     for device in result.devices:  # each volume holds its own source disk
         sha, capacity = expected[device.vm_disk_id]

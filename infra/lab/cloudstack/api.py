@@ -32,7 +32,7 @@ TEMPLATE_FILTERS = ("featured", "self", "selfexecutable", "sharedexecutable", "e
 @dataclass(frozen=True)
 class Param:
     name: str
-    type: str  # uuid, uuid_list, long, boolean, string
+    type: str  # uuid, uuid_list, long, boolean, string, map
     required: bool = False
     entity: str | None = None
 
@@ -76,6 +76,13 @@ def process_parameters(command: Command, raw: dict[str, str], resolve: Resolver)
     short = command.response_name[: -len("response")]
     values: dict[str, Any] = {}
     for param in command.params:
+        if param.type == "map":
+            entries = _map_entries(raw, param.name)
+            if entries:
+                values[param.name] = entries
+            elif param.required:
+                raise param_error(f"Unable to execute API command {short} due to missing parameter {param.name}")
+            continue
         value = raw.get(param.name)
         if value is None:
             if param.required:
@@ -98,6 +105,21 @@ def process_parameters(command: Command, raw: dict[str, str], resolve: Resolver)
         else:  # pragma: no cover - a typo in the table below
             raise AssertionError(param.type)
     return values
+
+
+_MAP_ENTRY = re.compile(r"^(?P<name>[a-z]+)\[(?P<index>\d+)\]\.(?P<key>\w+)$")
+# Request names arrive lower-cased; CloudStack's own detail keys are camelCase.
+_DETAIL_KEYS = {"cpunumber": "cpuNumber", "cpuspeed": "cpuSpeed", "memory": "memory", "rootdisksize": "rootdisksize"}
+
+
+def _map_entries(raw: dict[str, str], name: str) -> dict[str, str]:
+    """A map parameter, ``details[0].cpuNumber=2&details[0].memory=2048``, flattened as CloudStack does."""
+    entries: dict[str, str] = {}
+    for key, value in raw.items():
+        match = _MAP_ENTRY.match(key)
+        if match and match["name"] == name:
+            entries[_DETAIL_KEYS.get(match["key"], match["key"])] = value
+    return entries
 
 
 def _translate(short: str, param: Param, value: str, resolve: Resolver) -> Any:
@@ -202,6 +224,36 @@ def _detach_volume(cloud: Cloud, p: dict[str, Any]) -> AsyncWork:
 # ---- virtual machines --------------------------------------------------------------------------------------
 
 
+def _custom_parameters(offering: ServiceOffering, details: dict[str, str]) -> dict[str, int]:
+    """UserVmManagerImpl.validateCustomParameters, with its texts (min CPU 1, min memory 32 MiB by default)."""
+    wanted = {k: details[k] for k in ("cpuNumber", "cpuSpeed", "memory") if k in details}
+    if not offering.customized:
+        for key, what in (("cpuNumber", "cpu cores"), ("cpuSpeed", "cpu speed"), ("memory", "memory")):
+            if key in wanted:
+                raise invalid_value(
+                    f"The {what} of this offering id:{offering.id} is not customizable. This is predefined in the "
+                    "template."
+                )
+        return {}
+    if not wanted:
+        raise invalid_value(
+            "Need to specify custom parameter values cpu, cpu speed and memory when using custom offering"
+        )
+
+    def number(key: str) -> int:
+        text = wanted.get(key, "")
+        return int(text) if _LONG.match(text) else -1
+
+    custom = {"cpuNumber": number("cpuNumber"), "cpuSpeed": number("cpuSpeed"), "memory": number("memory")}
+    if custom["cpuNumber"] < 1:
+        raise invalid_value(f"Invalid cpu cores value, specify a value between 1 and {2**31 - 1}")
+    if custom["cpuSpeed"] <= 0:
+        raise invalid_value(f"Invalid cpu speed value, specify a value between 1 and {2**31 - 1}")
+    if custom["memory"] < 32:
+        raise invalid_value(f"Invalid memory value, specify a value between 32 and {2**31 - 1}")
+    return custom
+
+
 def _deploy_vm(cloud: Cloud, p: dict[str, Any]) -> AsyncWork:
     zone: Zone = p["zoneid"]
     offering: ServiceOffering = p["serviceofferingid"]
@@ -209,6 +261,7 @@ def _deploy_vm(cloud: Cloud, p: dict[str, Any]) -> AsyncWork:
     root_gb: int | None = p.get("rootdisksize")
     if root_gb is not None and root_gb < 1:
         raise invalid_value(f"Root disk size should be a positive number, but got {root_gb}")  # [U]
+    custom = _custom_parameters(offering, p.get("details", {}))
     vm = cloud.allocate_vm(
         zone=zone,
         service_offering=offering,
@@ -216,6 +269,7 @@ def _deploy_vm(cloud: Cloud, p: dict[str, Any]) -> AsyncWork:
         name=p.get("name"),
         display_name=p.get("displayname"),
         root_disk_size_gb=root_gb,
+        custom=custom,
     )
     start = p.get("startvm", True)
 
@@ -381,6 +435,7 @@ COMMANDS: dict[str, Command] = {
                 Param("displayname", "string"),
                 Param("startvm", "boolean"),
                 Param("rootdisksize", "long"),
+                Param("details", "map"),
             ),
             _deploy_vm,
             _ADMIN_VM + "DeployVMCmdByAdmin",

@@ -123,22 +123,30 @@ class DiskOffering:
 class ServiceOffering:
     id: str
     name: str
-    cpu_number: int
-    cpu_speed: int
-    memory_mb: int
+    # None: chosen per VM at deploy time (a "custom"/dynamic offering; CloudStack stores NULL there too)
+    cpu_number: int | None
+    cpu_speed: int | None
+    memory_mb: int | None
     db_id: int = field(default_factory=_next_db_id)
 
+    @property
+    def customized(self) -> bool:
+        return self.cpu_number is None or self.cpu_speed is None or self.memory_mb is None
+
     def response(self) -> dict[str, Any]:
-        return {
+        answer = {
             "id": self.id,
             "name": self.name,
             "displaytext": self.name,
-            "cpunumber": self.cpu_number,
-            "cpuspeed": self.cpu_speed,
-            "memory": self.memory_mb,
+            "iscustomized": self.customized,
             "storagetype": "shared",
             "provisioningtype": "thin",
         }
+        # a dynamic offering's response leaves out what the VM chooses
+        for key, value in (("cpunumber", self.cpu_number), ("cpuspeed", self.cpu_speed), ("memory", self.memory_mb)):
+            if value is not None:
+                answer[key] = value
+        return answer
 
 
 @dataclass
@@ -182,6 +190,8 @@ class VirtualMachine:
     template: Template
     created: datetime = field(default_factory=now)
     db_id: int = field(default_factory=_next_db_id)
+    # what a dynamic offering was given at deploy time (details cpuNumber, cpuSpeed, memory)
+    custom: dict[str, int] = field(default_factory=dict)
 
     def response(self) -> dict[str, Any]:
         return {
@@ -202,9 +212,9 @@ class VirtualMachine:
             "templatename": self.template.name,
             "serviceofferingid": self.service_offering.id,
             "serviceofferingname": self.service_offering.name,
-            "cpunumber": self.service_offering.cpu_number,
-            "cpuspeed": self.service_offering.cpu_speed,
-            "memory": self.service_offering.memory_mb,
+            "cpunumber": self.custom.get("cpuNumber", self.service_offering.cpu_number),
+            "cpuspeed": self.custom.get("cpuSpeed", self.service_offering.cpu_speed),
+            "memory": self.custom.get("memory", self.service_offering.memory_mb),
             "isdynamicallyscalable": False,
             "nic": [],
             "tags": [],
@@ -282,6 +292,7 @@ class SeedIds:
     custom_disk_offering_id: str
     fixed_disk_offering_id: str
     service_offering_id: str
+    custom_service_offering_id: str
     template_id: str
     hub_vm_id: str
 
@@ -325,6 +336,8 @@ class Cloud:
         self.disk_offerings = {custom.id: custom, fixed.id: fixed}
         offering = ServiceOffering(str(uuid.uuid4()), "Medium Instance", 2, 1000, 2048)
         self.service_offerings[offering.id] = offering
+        custom_offering = ServiceOffering(str(uuid.uuid4()), "Custom Instance", None, None, None)
+        self.service_offerings[custom_offering.id] = custom_offering
         template = Template(str(uuid.uuid4()), "vmferry-hub-template", template_size_bytes, zone)
         self.templates[template.id] = template
 
@@ -336,7 +349,7 @@ class Cloud:
             display_name=hub_name,
             vm_id=hub_vm_id,
         )
-        self.seed = SeedIds(zone.id, custom.id, fixed.id, offering.id, template.id, hub.id)
+        self.seed = SeedIds(zone.id, custom.id, fixed.id, offering.id, custom_offering.id, template.id, hub.id)
         self.start_vm(hub)
 
     # ---- lookups ---------------------------------------------------------------------------------------------
@@ -565,6 +578,7 @@ class Cloud:
         display_name: str | None,
         vm_id: str | None = None,
         root_disk_size_gb: int | None = None,
+        custom: dict[str, int] | None = None,
     ) -> VirtualMachine:
         """The synchronous half of deployVirtualMachine: a Stopped VM with its ROOT volume, both only allocated."""
         new_id = vm_id or str(uuid.uuid4())
@@ -577,6 +591,7 @@ class Cloud:
             zone=zone,
             service_offering=service_offering,
             template=template,
+            custom=dict(custom or {}),
         )
         self.vms[vm.id] = vm
         root_size = root_disk_size_gb * GIB if root_disk_size_gb else template.size_bytes

@@ -124,6 +124,7 @@ class SimulatorInfo:
     custom_disk_offering_id: str
     fixed_disk_offering_id: str
     service_offering_id: str
+    custom_service_offering_id: str
     template_id: str
     hub_vm_id: str
     state_dir: str
@@ -299,6 +300,7 @@ class CloudStackSimulator:
             custom_disk_offering_id=seed.custom_disk_offering_id,
             fixed_disk_offering_id=seed.fixed_disk_offering_id,
             service_offering_id=seed.service_offering_id,
+            custom_service_offering_id=seed.custom_service_offering_id,
             template_id=seed.template_id,
             hub_vm_id=seed.hub_vm_id,
             state_dir=str(self.state_dir),
