@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -39,14 +40,12 @@ from rich.table import Table
 
 if TYPE_CHECKING:
     from prefect.blocks.core import Block
-    from prefect.client.schemas.objects import FlowRun
 
     from blocks import Agent, BackupRepository, CloudStack, VCenter
     from catalog.inventory import RecordedVM
+    from clients.agent import AgentClient
 
-EXIT_OK = 0
 EXIT_FAILED = 1
-EXIT_USAGE = 2
 EXIT_NOT_FOUND = 3
 
 EXIT_CODES = (
@@ -206,6 +205,7 @@ class BlockChoice:
         """The named blocks as flow parameters (a deployment's defaults fill the rest)."""
         return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
+    @cached_property
     def _lab(self) -> dict[str, Any]:
         from infra.lab.__main__ import load_state
         from infra.lab.vcenter import LabVCenter, is_running
@@ -225,7 +225,7 @@ class BlockChoice:
 
         if self.vcenter is not None:
             return _load_saved(VCenter, self.vcenter)
-        return lab_vcenter_block(LabVCenter.from_dict(self._lab()["vcenter"]))
+        return lab_vcenter_block(LabVCenter.from_dict(self._lab["vcenter"]))
 
     def repository_block(self) -> BackupRepository:
         from blocks import BackupRepository
@@ -241,7 +241,7 @@ class BlockChoice:
 
         if self.cloudstack is not None:
             return _load_saved(CloudStack, self.cloudstack)
-        state = self._lab()
+        state = self._lab
         if "cloudstack" not in state:
             raise LabNotRunning("the running lab has no CloudStack simulator: run `vmferry lab up` again")
         return lab_cloudstack_block(state["cloudstack"]["info"])
@@ -260,7 +260,7 @@ class BlockChoice:
         if self.vcenter is not None:
             # A lab agent reads the lab vCenter: it cannot serve a saved vCenter block.
             raise typer.BadParameter("name the agent for that vCenter too", param_hint="--agent")
-        lab = LabVCenter.from_dict(self._lab()["vcenter"])
+        lab = LabVCenter.from_dict(self._lab["vcenter"])
         workdir = Path(tempfile.mkdtemp(prefix="cli-agent-", dir=lab_dir()))
         process = start_agent(lab, workdir)
         try:
@@ -271,18 +271,26 @@ class BlockChoice:
 
 
 VCenterOption = Annotated[
-    str | None, typer.Option("--vcenter", help="Saved VCenter block (default: the running lab's vCenter).")
+    str | None,
+    typer.Option("--vcenter", metavar="BLOCK", help="Saved VCenter block (default: the running lab's vCenter)."),
 ]
 AgentOption = Annotated[
     str | None,
-    typer.Option("--agent", help="Saved Agent block (default: a reference agent started for this command)."),
+    typer.Option(
+        "--agent", metavar="BLOCK", help="Saved Agent block (default: a reference agent started for this command)."
+    ),
 ]
 RepositoryOption = Annotated[
     str | None,
-    typer.Option("--repository", help=f"Saved BackupRepository block (default: the lab's {LAB_REPOSITORY_NAME!r})."),
+    typer.Option(
+        "--repository",
+        metavar="BLOCK",
+        help=f"Saved BackupRepository block (default: the lab's {LAB_REPOSITORY_NAME!r}).",
+    ),
 ]
 CloudStackOption = Annotated[
-    str | None, typer.Option("--cloudstack", help="Saved CloudStack block (default: the lab's simulator).")
+    str | None,
+    typer.Option("--cloudstack", metavar="BLOCK", help="Saved CloudStack block (default: the lab's simulator)."),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout (for scripts).")]
 ProgressOption = Annotated[
@@ -400,7 +408,7 @@ class AgentJobProgress:
                 return job.id
         return None
 
-    def _poll(self, client: Any) -> bool:
+    def _poll(self, client: AgentClient) -> bool:
         """Update the bars; True once the agent's job has finished."""
         from clients.agent import AgentError
 
@@ -440,25 +448,27 @@ def _with_progress(cli: Cli, show: bool | None, agent: Agent, vm: str, job_kind:
 # --- --submit: a flow run on a worker ------------------------------------------------------------------------
 
 
-def submit_deployment(deployment: str, flow_name: str, parameters: dict[str, Any], *, wait: bool) -> FlowRun:
-    """``run_deployment`` of ``<flow>/<deployment>`` (a bare name is taken as the flow's deployment)."""
+def submit_to_deployment(
+    cli: Cli, deployment: str, flow_name: str, parameters: dict[str, Any], *, wait: bool, as_json: bool
+) -> None:
+    """``run_deployment`` of ``<flow>/<deployment>`` (a bare name is the flow's deployment of that name).
+
+    Without ``wait`` it returns once the run is created (a worker runs it); with it, the run's final state
+    decides the exit code.
+    """
     from prefect.deployments import run_deployment
     from prefect.exceptions import ObjectNotFound
 
     name = deployment if "/" in deployment else f"{flow_name}/{deployment}"
     try:
-        # timeout=0 returns as soon as the run is created; None waits for its final state.
-        return run_deployment(name=name, parameters=parameters, timeout=None if wait else 0, as_subflow=False)
+        run = run_deployment(name=name, parameters=parameters, timeout=None if wait else 0, as_subflow=False)
     except ObjectNotFound as exc:
         raise NotFound(f"no deployment {name!r} on the Prefect server") from exc
-
-
-def _report_submitted(cli: Cli, run: FlowRun, deployment: str, as_json: bool, wait: bool) -> None:
     state = run.state.type.value if run.state else "UNKNOWN"
     if as_json:
-        _emit_json({"flow_run_id": str(run.id), "flow_run_name": run.name, "deployment": deployment, "state": state})
+        _emit_json({"flow_run_id": str(run.id), "flow_run_name": run.name, "deployment": name, "state": state})
     else:
-        cli.out.print(f"flow run {run.name} ({run.id}) of deployment {deployment}: {state}")
+        cli.out.print(f"flow run {run.name} ({run.id}) of deployment {name}: {state}")
     if wait and not (run.state and run.state.is_completed()):
         message = run.state.message if run.state and run.state.message else state
         raise RuntimeError(f"flow run {run.name} ({run.id}) ended {state}: {message}")
@@ -492,7 +502,9 @@ class FailoverMode(StrEnum):
 @app.command(epilog=EXIT_CODES)
 def discover(
     ctx: typer.Context,
-    vms: Annotated[list[str] | None, typer.Argument(help="VM names, instance UUIDs or morefs (default: all).")] = None,
+    vms: Annotated[
+        list[str] | None, typer.Argument(metavar="VM", help="VM names, instance UUIDs or morefs (default: all).")
+    ] = None,
     vcenter: VCenterOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -521,7 +533,7 @@ def discover(
 @app.command(epilog=EXIT_CODES)
 def backup(
     ctx: typer.Context,
-    vm: Annotated[str, typer.Argument(help="VM name, instance UUID or moref.")],
+    vm: Annotated[str, typer.Argument(metavar="VM", help="VM name, instance UUID or moref.")],
     kind: Annotated[BackupKind, typer.Option(help="auto: incremental on a valid chain, else full.")] = BackupKind.auto,
     repository: RepositoryOption = None,
     agent: AgentOption = None,
@@ -542,8 +554,7 @@ def backup(
         _quiet_prefect_console(cli.verbose)
         if submit is not None:
             parameters = {"vm": vm, "kind": kind.value, **blocks.parameters("repository", "agent", "vcenter")}
-            run = submit_deployment(submit, "backup-vm", parameters, wait=wait)
-            _report_submitted(cli, run, submit, as_json, wait)
+            submit_to_deployment(cli, submit, "backup-vm", parameters, wait=wait, as_json=as_json)
             return
         from flows.backup import backup_vm
         from vmferry.demo import points_table
@@ -575,7 +586,9 @@ def restore(
     image_format: Annotated[ImageFormat, typer.Option("--format", help="Disk image format.")] = ImageFormat.raw,
     files: Annotated[
         list[str] | None,
-        typer.Option("--file", help="Restore this file instead of disks (repeatable); needs --partition."),
+        typer.Option(
+            "--file", metavar="PATH", help="Restore this file instead of disks (repeatable); needs --partition."
+        ),
     ] = None,
     partition: Annotated[int | None, typer.Option(help="Partition number the --file paths are on (1 = first).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace files that already exist.")] = False,
@@ -647,7 +660,7 @@ def restore(
 @app.command(epilog=EXIT_CODES)
 def replicate(
     ctx: typer.Context,
-    vm: Annotated[str, typer.Argument(help="VM name, instance UUID or moref.")],
+    vm: Annotated[str, typer.Argument(metavar="VM", help="VM name, instance UUID or moref.")],
     kind: Annotated[
         ReplicationKind, typer.Option(help="auto: initial the first time, incremental after.")
     ] = ReplicationKind.auto,
@@ -666,8 +679,7 @@ def replicate(
         _quiet_prefect_console(cli.verbose)
         if submit is not None:
             parameters = {"vm": vm, "kind": kind.value, **blocks.parameters("cloudstack", "agent", "vcenter")}
-            run = submit_deployment(submit, "replicate-vm", parameters, wait=wait)
-            _report_submitted(cli, run, submit, as_json, wait)
+            submit_to_deployment(cli, submit, "replicate-vm", parameters, wait=wait, as_json=as_json)
             return
         from flows.replicate import replicate_vm
 
@@ -697,7 +709,7 @@ def replicate(
 @app.command(epilog=EXIT_CODES)
 def failover(
     ctx: typer.Context,
-    vm: Annotated[str, typer.Argument(help="VM name, instance UUID or moref (replicated before).")],
+    vm: Annotated[str, typer.Argument(metavar="VM", help="VM name, instance UUID or moref (replicated before).")],
     mode: Annotated[
         FailoverMode, typer.Option(help="test: a copy beside the source; live: source powered off, final sync.")
     ] = FailoverMode.test,
@@ -746,7 +758,7 @@ def failover(
 @app.command(epilog=EXIT_CODES)
 def cleanup(
     ctx: typer.Context,
-    vm: Annotated[str, typer.Argument(help="VM name, instance UUID or moref.")],
+    vm: Annotated[str, typer.Argument(metavar="VM", help="VM name, instance UUID or moref.")],
     cloudstack: CloudStackOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -770,7 +782,9 @@ def cleanup(
 @app.command(epilog=EXIT_CODES)
 def status(
     ctx: typer.Context,
-    vms: Annotated[list[str] | None, typer.Argument(help="Only these VMs (default: every VM).")] = None,
+    vms: Annotated[
+        list[str] | None, typer.Argument(metavar="[VM]...", help="Only these VMs (default: every VM).")
+    ] = None,
     jobs: Annotated[int, typer.Option(help="How many of the newest jobs to show.")] = 20,
     as_json: JsonOption = False,
 ) -> None:

@@ -201,7 +201,7 @@ def test_submit_creates_a_flow_run_of_the_deployment(vmferry, configured_catalog
     )
     assert result.exit_code == 0, result.output
     submitted = json.loads(result.stdout)
-    assert submitted["deployment"] == "cli-submit-test" and submitted["state"] == "SCHEDULED"
+    assert submitted["deployment"] == "backup-vm/cli-submit-test" and submitted["state"] == "SCHEDULED"
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(submitted["flow_run_id"])
         assert run.deployment_id == deployment_id
