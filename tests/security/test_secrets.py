@@ -12,8 +12,7 @@ from typing import Any
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, FlowRunFilter, TaskRunFilter
-from prefect.client.schemas.sorting import ArtifactSort, FlowRunSort, LogSort, TaskRunSort
+from prefect.client.schemas.sorting import FlowRunSort, LogSort, TaskRunSort
 from prefect.logging.handlers import APILogWorker
 from prefect.settings import PREFECT_LOGGING_TO_API_ENABLED, PREFECT_SERVER_DATABASE_CONNECTION_URL, temporary_settings
 from sqlalchemy import MetaData, select
@@ -37,6 +36,13 @@ def _every_page(read: Callable[..., list[Any]], **kwargs: Any) -> list[Any]:
         found += page
         if len(page) < PAGE:
             return found
+
+
+def _read_artifacts(client, *, limit: int, offset: int) -> list[dict[str, Any]]:
+    """Every artifact, unfiltered. The client's read_artifacts cannot say that to this server: it sends null
+    filters (422), and empty ones join on task runs, which drops every artifact made by a flow itself."""
+    response = client.request("POST", "/artifacts/filter", json={"sort": "ID_DESC", "limit": limit, "offset": offset})
+    return response.json()
 
 
 def _catalog_dump(catalog) -> str:
@@ -91,21 +97,14 @@ def test_secrets_stay_out_of_the_catalog_logs_parameters_and_artifacts(
         flow_runs = _every_page(client.read_flow_runs, sort=FlowRunSort.ID_DESC)
         task_runs = _every_page(client.read_task_runs, sort=TaskRunSort.EXPECTED_START_TIME_DESC)
         logs = _every_page(client.read_logs, sort=LogSort.TIMESTAMP_ASC)
-        # this server wants every filter and a sort spelled out (422 on None)
-        artifacts = _every_page(
-            client.read_artifacts,
-            artifact_filter=ArtifactFilter(),
-            flow_run_filter=FlowRunFilter(),
-            task_run_filter=TaskRunFilter(),
-            sort=ArtifactSort.ID_DESC,
-        )
+        artifacts = _every_page(lambda **page: _read_artifacts(client, **page))
     stores = {
         "catalog tables": _catalog_dump(configured_catalog),
         "catalog database file": _raw_files(make_url(configured_catalog.url).database).decode("latin-1"),
         "flow runs (parameters, states)": json.dumps([r.model_dump(mode="json") for r in flow_runs]),
         "task runs": json.dumps([r.model_dump(mode="json") for r in task_runs]),
         "Prefect logs": "\n".join(log.message for log in logs),
-        "artifacts": json.dumps([a.model_dump(mode="json") for a in artifacts]),
+        "artifacts": json.dumps(artifacts),
         "Prefect database file": _raw_files(make_url(PREFECT_SERVER_DATABASE_CONNECTION_URL.value()).database).decode(
             "latin-1"
         ),
