@@ -394,8 +394,16 @@ class Reconciler:
         findings = []
         with VSphereClient(endpoint) as client:
             for vm in client.list_vms():
-                handle = VSphereSnapshots(client, vm.moref)
-                for snapshot in handle.snapshots():
+                try:
+                    handle = VSphereSnapshots(client, vm.moref)
+                    snapshots = handle.snapshots()
+                except Exception as exc:
+                    # one VM we cannot read (gone meanwhile, no permission) must not hide the others' snapshots
+                    error = f"{type(exc).__name__}: {exc}"
+                    subject = f"VM {vm.name} ({vm.moref})"
+                    findings.append(Finding(kind="snapshot", subject=subject, action="failed to list", error=error))
+                    continue
+                for snapshot in snapshots:
                     if not snapshot.name.startswith(SNAPSHOT_PREFIX):
                         continue  # somebody else's snapshot
                     job_id = snapshot.name[len(SNAPSHOT_PREFIX) :]
