@@ -12,7 +12,7 @@ from clients.vsphere import VSphereClient
 from vmferry.inventory import ObservedVM
 
 
-@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def read_vcenter_inventory(vcenter: VCenter, vm_names: list[str] | None = None) -> list[ObservedVM]:
     """Every VM of the vCenter (or just ``vm_names``, by name, instance UUID or moref) with its disks."""
     with VSphereClient(vcenter.endpoint()) as client:
