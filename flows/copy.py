@@ -29,18 +29,12 @@ from tasks.agent import follow_agent_job, submit_agent_job
 from tasks.jobs import close_job, open_job
 from tasks.nbd import check_target_file, lease_nbd_port, start_nbd_export
 from tasks.vsphere import remove_job_snapshots
-from vmferry.exports import stop_export_quietly
+from vmferry.compensation import quietly
+from vmferry.exports import stop_export
 from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
 from vmferry.targets import DiskTarget, check_plan
 
 log = logging.getLogger(__name__)
-
-
-def _release_port_quietly(port: int, job_id: str) -> None:
-    try:
-        release_port(default_catalog(), port, job_id)
-    except Exception:
-        log.exception("could not release port %s of job %s", port, job_id)
 
 
 def _stop_agent_job(agent: Agent, vcenter: VCenter | None, vm: RecordedVM, job_id: str) -> None:
@@ -91,9 +85,9 @@ def run_copy(
         agent_targets = []
         for target in targets:
             port = lease_nbd_port(job_id, target)
-            undo.callback(_release_port_quietly, port, job_id)
+            undo.callback(quietly(release_port, catalog, port, job_id))
             export = start_nbd_export(job_id, vm.vm_context_id, target, port, log_dir)
-            undo.callback(stop_export_quietly, catalog, export)
+            undo.callback(quietly(stop_export, catalog, export))
             url = f"nbd://{export.bind_address}:{export.port}/{export.export_name}"
             logger.info("disk %s (catalog id %s) -> %s", target.disk_id, target.vm_disk_id, url)
             agent_targets.append(

@@ -5,15 +5,12 @@ Prefect-free, so a flow's compensation stack can call ``stop_export`` even when 
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from catalog.db import Catalog
 from catalog.exports import ExportView, mark_export_running, mark_export_stopped, record_export
 from catalog.ports import release_port
 from clients.qemu import QemuError, start_qemu_nbd, stop_qemu_nbd
-
-log = logging.getLogger(__name__)
 
 
 def export_name_for(vm_context_id: int, disk_id: str) -> str:
@@ -64,11 +61,3 @@ def stop_export(catalog: Catalog, export: ExportView) -> None:
         stop_qemu_nbd(export.pid, export.file_path)
     mark_export_stopped(catalog, export.id)
     release_port(catalog, export.port, export.job_id)
-
-
-def stop_export_quietly(catalog: Catalog, export: ExportView) -> None:
-    """The compensation form: never raises, logs what it could not do (the reconciler will retry)."""
-    try:
-        stop_export(catalog, export)
-    except Exception:
-        log.exception("could not stop NBD export %s (pid %s, port %s)", export.export_name, export.pid, export.port)

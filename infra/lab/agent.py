@@ -6,7 +6,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import httpx
 
+from infra.lab.processes import free_port, stop_child
 from infra.lab.vcenter import LabVCenter
 
 
@@ -27,19 +27,7 @@ class AgentProcess:
     log_path: Path
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        stop_child(self.process, sig, timeout)
 
 
 def start_agent(lab: LabVCenter, workdir: Path, *, timeout: float = 30) -> AgentProcess:
@@ -62,7 +50,7 @@ def start_agent(lab: LabVCenter, workdir: Path, *, timeout: float = 30) -> Agent
             },
             handle,
         )
-    port = _free_port()
+    port = free_port()
     log_path = workdir / "agent.log"
     with open(log_path, "ab") as log:
         process = subprocess.Popen(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 import httpx
 
 from infra.lab.cloudstack.server import SimulatorInfo
+from infra.lab.processes import free_port, stop_child
 
 INFO_FILE = "simulator.json"
 
@@ -37,20 +37,7 @@ class SimulatorProcess:
         httpx.delete(f"{self.info.admin_url}/faults", timeout=5).raise_for_status()
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        stop_child(self.process, sig, timeout)
 
 
 def start_simulator_process(
