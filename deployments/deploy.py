@@ -5,9 +5,11 @@
 Against the server of PREFECT_API_URL (the active profile's). Safe to run again: the pool is created only when
 missing, limits are upserted, deployments are updated in place.
 
-Global concurrency limits (the flows take them with ``strict=True``, so a missing limit is an error, never
-"unlimited"): ``repo-backup-<repository name>`` for every repository the deployments write to and
-``vcenter-snapshots-<vcenter block name>`` for every vCenter they snapshot.
+Global concurrency limits (vmferry/limits.py; the flows hold them with ``strict=True``):
+``repo-backup-<repository name>`` for every repository the deployments write to and
+``vcenter-snapshots-<vCenter host>`` for every vCenter they snapshot, read from the saved blocks the
+deployments name. A block saved later gets its limit from its first run, with the default of
+VMFERRY_REPOSITORY_BACKUP_LIMIT / VMFERRY_VCENTER_SNAPSHOT_LIMIT; run this again to set yours.
 """
 
 from __future__ import annotations
@@ -48,15 +50,29 @@ def parameter_values(deployments: Iterable[dict[str, Any]], name: str) -> list[s
     return sorted(v for v in values if isinstance(v, str))
 
 
-def repository_name(block_name: str) -> str:
-    """The name a repository's limit is keyed on: the block's ``name`` field, the block name until it exists."""
+def repository_limit_of(block_name: str) -> str | None:
+    """The limit of a saved BackupRepository block: it is keyed on the repository's ``name`` field."""
     from blocks import BackupRepository
+    from vmferry.limits import repository_limit_name
 
     try:
-        return BackupRepository.load(block_name).name
+        return repository_limit_name(BackupRepository.load(block_name).name)
     except ValueError:
-        print(f"BackupRepository block {block_name!r} is not saved yet: its limit is named after the block")
-        return block_name
+        print(f"BackupRepository block {block_name!r} is not saved yet: no limit set for it")
+        return None
+
+
+def vcenter_limit_of(block_name: str) -> str | None:
+    """The limit of a saved VCenter block: it is keyed on the vCenter's host, shared by every block naming it."""
+    from blocks import VCenter
+    from vmferry.limits import vcenter_limit_name
+
+    try:
+        vcenter = VCenter.load(block_name)
+    except ValueError:
+        print(f"VCenter block {block_name!r} is not saved yet: no limit set for it")
+        return None
+    return vcenter_limit_name(vcenter.host, vcenter.port)
 
 
 def ensure_work_pool(name: str) -> bool:
@@ -90,11 +106,14 @@ def upsert_limits(limits: dict[str, int]) -> None:
 
 
 def concurrency_limits(deployments: list[dict[str, Any]], repository_limit: int, vcenter_limit: int) -> dict[str, int]:
-    limits = {
-        f"repo-backup-{repository_name(block)}": repository_limit
-        for block in parameter_values(deployments, "repository")
-    }
-    limits |= {f"vcenter-snapshots-{block}": vcenter_limit for block in parameter_values(deployments, "vcenter")}
+    """Limits for the blocks the deployments name; a block not saved yet gets its limit on its first run."""
+    limits = {}
+    for block in parameter_values(deployments, "repository"):
+        if name := repository_limit_of(block):
+            limits[name] = repository_limit
+    for block in parameter_values(deployments, "vcenter"):
+        if name := vcenter_limit_of(block):
+            limits[name] = vcenter_limit
     return limits
 
 
@@ -159,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         "--repository-limit", type=int, default=2, help="concurrent backups writing to one repository (default 2)"
     )
     parser.add_argument(
-        "--vcenter-limit", type=int, default=4, help="concurrent snapshot operations on one vCenter (default 4)"
+        "--vcenter-limit", type=int, default=4, help="VMs of one vCenter with a snapshot open at once (default 4)"
     )
     parser.add_argument("--no-deploy", action="store_true", help="only the work pool and the limits")
     args = parser.parse_args(argv)

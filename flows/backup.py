@@ -24,6 +24,8 @@ from tasks.backup import (
 from tasks.discovery import read_vcenter_inventory, record_vm_inventory
 from tasks.jobs import close_job, open_job
 from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
+from vmferry.limits import holding, repository_limit_name
+from vmferry.settings import get_settings
 
 
 @flow(name="backup-vm", on_running=ON_RUNNING, on_crashed=ON_CRASHED, on_cancellation=ON_CANCELLATION)
@@ -51,40 +53,42 @@ def backup_vm(
     # The VM as vCenter has it now: a disk added since the last discovery is backed up too.
     (observed,) = read_vcenter_inventory(vcenter_block, [vm])
     recorded = record_vm_inventory(observed)
-    job_id = open_job("backup", recorded.vm_context_id)
-    point_id: int | None = None
-    try:
-        plan = plan_vm_backup(recorded, kind, repo)
-        logger.info("backing up %s: %s backup (%s)", recorded.name, plan.kind, plan.reason)
-        point_id = open_restore_point(recorded, job_id, plan, repo)
-        targets = create_backup_targets(recorded, point_id, plan, repo)
-        status = run_copy(
-            job_id=job_id,
-            vm=recorded,
-            targets=targets,
-            agent=agent_block,
-            vcenter=vcenter_block,
-            kind=plan.kind,
-            quiesce=quiesce,
-            bandwidth_limit_bytes_per_second=bandwidth_limit_bytes_per_second,
-        )
-        copied = {d.disk_key: d for d in status.disks}
-        outcomes = [
-            DiskOutcome(
-                vm_disk_id=target.vm_disk_id,
-                bytes_written=copied[target.device_key].bytes_written,
-                change_id=copied[target.device_key].change_id,
-                checksum=checksum_target(target),
+    # Held from the job's start to its end, so a backup waiting for a slot has taken nothing yet.
+    with holding(repository_limit_name(repo.name), get_settings().repository_backup_limit, logger):
+        job_id = open_job("backup", recorded.vm_context_id)
+        point_id: int | None = None
+        try:
+            plan = plan_vm_backup(recorded, kind, repo)
+            logger.info("backing up %s: %s backup (%s)", recorded.name, plan.kind, plan.reason)
+            point_id = open_restore_point(recorded, job_id, plan, repo)
+            targets = create_backup_targets(recorded, point_id, plan, repo)
+            status = run_copy(
+                job_id=job_id,
+                vm=recorded,
+                targets=targets,
+                agent=agent_block,
+                vcenter=vcenter_block,
+                kind=plan.kind,
+                quiesce=quiesce,
+                bandwidth_limit_bytes_per_second=bandwidth_limit_bytes_per_second,
             )
-            for target in targets
-        ]
-        point = commit_restore_point(recorded, point_id, repo, outcomes)
-    except BaseException as exc:
-        if point_id is not None:
-            discard_restore_point(repo, recorded.vm_context_id, point_id)
-        close_job(job_id, "failed", f"{type(exc).__name__}: {exc}")
-        raise
-    close_job(job_id, "succeeded")
+            copied = {d.disk_key: d for d in status.disks}
+            outcomes = [
+                DiskOutcome(
+                    vm_disk_id=target.vm_disk_id,
+                    bytes_written=copied[target.device_key].bytes_written,
+                    change_id=copied[target.device_key].change_id,
+                    checksum=checksum_target(target),
+                )
+                for target in targets
+            ]
+            point = commit_restore_point(recorded, point_id, repo, outcomes)
+        except BaseException as exc:
+            if point_id is not None:
+                discard_restore_point(repo, recorded.vm_context_id, point_id)
+            close_job(job_id, "failed", f"{type(exc).__name__}: {exc}")
+            raise
+        close_job(job_id, "succeeded")
     create_table_artifact(
         key=f"backup-vm-{recorded.vm_context_id}",
         table=[

@@ -32,6 +32,8 @@ from tasks.vsphere import remove_job_snapshots
 from vmferry.compensation import quietly
 from vmferry.exports import stop_export
 from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
+from vmferry.limits import holding, vcenter_limit_name
+from vmferry.settings import get_settings
 from vmferry.targets import DiskTarget, check_plan
 
 log = logging.getLogger(__name__)
@@ -82,6 +84,12 @@ def run_copy(
     catalog = default_catalog()
     by_key = {t.device_key: t for t in targets}
     with ExitStack() as undo:
+        # Taken before any port or qemu-nbd, so a copy waiting for vCenter holds nothing else meanwhile.
+        if vcenter is not None:
+            limit = vcenter_limit_name(vcenter.host, vcenter.port)
+            undo.enter_context(holding(limit, get_settings().vcenter_snapshot_limit, logger))
+        else:
+            logger.warning("no vCenter block given: this copy does not count against a vCenter snapshot limit")
         agent_targets = []
         for target in targets:
             port = lease_nbd_port(job_id, target)

@@ -71,6 +71,17 @@ class Settings(BaseSettings):
     port_lease_seconds: int = Field(
         default=6 * 3600, description="A lease not released by then is considered abandoned and reusable."
     )
+    repository_backup_limit: int = Field(
+        default=2,
+        ge=1,
+        description="Backups writing to one repository at once, when its global concurrency limit does not "
+        "exist yet (deployments/deploy.py creates it with the operator's value).",
+    )
+    vcenter_snapshot_limit: int = Field(
+        default=4,
+        ge=1,
+        description="VMs of one vCenter with a vmferry snapshot open at once, when that limit does not exist yet.",
+    )
 
     @field_validator("nbd_port_range")
     @classmethod

@@ -106,14 +106,20 @@ def test_schedules_and_pull_step():
 def test_deploy_script_creates_pool_limits_and_deployments(prefect_backend):
     """deploy.py against the session's Prefect server: the pool, the limits, then `prefect deploy`."""
     from prefect.client.orchestration import get_client
+    from pydantic import SecretStr
 
+    from blocks import BackupRepository, VCenter
+
+    # limits are keyed on what the saved blocks hold: the repository's name and the vCenter's host and port
+    BackupRepository(name="nightly-store", path="/srv/vmferry/main").save("main", overwrite=True)
+    VCenter(host="VC01.example.test", port=8443, username="u", password=SecretStr("p")).save("prod", overwrite=True)
     script = load_deploy_script()
-    assert script.main([]) == 0
+    assert script.main(["--repository-limit", "3"]) == 0
     deployable = [d for d in DEPLOYMENTS if entrypoint_file(d).is_file()]
     with get_client(sync_client=True) as client:
         assert client.read_work_pool(POOL).type == "process"
-        assert client.read_global_concurrency_limit_by_name("repo-backup-main").limit == 2
-        assert client.read_global_concurrency_limit_by_name("vcenter-snapshots-prod").limit == 4
+        assert client.read_global_concurrency_limit_by_name("repo-backup-nightly-store").limit == 3
+        assert client.read_global_concurrency_limit_by_name("vcenter-snapshots-vc01.example.test-8443").limit == 4
         for deployment in deployable:
             flow = load_flow(deployment)
             stored = client.read_deployment_by_name(f"{flow.name}/{deployment['name']}")

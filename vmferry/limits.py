@@ -1,0 +1,71 @@
+"""The global concurrency limits vmferry's flows hold, always with ``strict=True``.
+
+- ``repo-backup-<repository name>``: backups writing into one repository at once (the disks and the network
+  of one backup target are shared by every VM backed up into it).
+- ``vcenter-snapshots-<vCenter host>[-<port>]``: VMs of one vCenter with a vmferry snapshot open at once,
+  keyed on the vCenter itself rather than on a block, so two blocks naming the same vCenter share one limit.
+
+``deployments/deploy.py`` creates them with the operator's values. A run that finds its limit missing creates
+it with the default from settings (VMFERRY_REPOSITORY_BACKUP_LIMIT, VMFERRY_VCENTER_SNAPSHOT_LIMIT) and says
+so: without ``strict`` a missing limit is silently not enforced, and with it a missing limit would fail every
+run of a fresh install.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+log = logging.getLogger(__name__)
+
+# Prefect refuses / % & > < in limit names; vCenter hosts are DNS names or addresses (IPv6 has colons).
+_UNSAFE = re.compile(r"[^a-z0-9.-]+")
+
+
+def repository_limit_name(repository_name: str) -> str:
+    return f"repo-backup-{repository_name}"
+
+
+def vcenter_limit_name(host: str, port: int = 443) -> str:
+    name = _UNSAFE.sub("-", host.strip().lower()).strip("-")
+    suffix = "" if port == 443 else f"-{port}"
+    return f"vcenter-snapshots-{name}{suffix}"
+
+
+def ensure_limit(name: str, default: int, logger: logging.Logger | logging.LoggerAdapter = log) -> None:
+    """Create the limit with ``default`` slots when it does not exist; an existing one is left as it is."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            limit = client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            try:
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=default))
+                logger.warning(
+                    "global concurrency limit %s did not exist: created it with %d slots "
+                    "(deployments/deploy.py sets the operator's value)",
+                    name,
+                    default,
+                )
+            except ObjectAlreadyExists:
+                pass  # another run created it between our read and our create
+            return
+    if not limit.active:
+        logger.warning("global concurrency limit %s is inactive: Prefect does not enforce it", name)
+    elif limit.active_slots >= limit.limit:
+        logger.info("waiting for a slot of %s (%d of %d taken)", name, limit.active_slots, limit.limit)
+
+
+@contextmanager
+def holding(name: str, default: int, logger: logging.Logger | logging.LoggerAdapter = log) -> Iterator[None]:
+    """One slot of the limit ``name`` for the duration of the block, waiting as long as it takes."""
+    from prefect.concurrency.sync import concurrency
+
+    ensure_limit(name, default, logger)
+    with concurrency(name, strict=True):
+        yield
