@@ -25,7 +25,9 @@ class Target(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     disk_key: int
-    nbd_url: str = Field(description="nbd://host:port/export of a qemu-nbd serving this disk's target")
+    nbd_url: str = Field(
+        description="nbd://host:port/export of a qemu-nbd serving this disk's target; nbds:// when it requires TLS"
+    )
     capacity_bytes: int = Field(gt=0, description="The source disk's size as the hub recorded it")
     previous_change_id: str | None = Field(
         default=None, description="CBT change id of the previous copy; absent for a full copy"
@@ -39,9 +41,13 @@ class Target(BaseModel):
     @field_validator("nbd_url")
     @classmethod
     def _nbd_scheme(cls, value: str) -> str:
-        if not value.startswith("nbd://"):
-            raise ValueError(f"{value!r} is not an nbd:// URL")
+        if not value.startswith(("nbd://", "nbds://")):
+            raise ValueError(f"{value!r} is not an nbd:// or nbds:// URL")
         return value
+
+    @property
+    def requires_tls(self) -> bool:
+        return self.nbd_url.startswith("nbds://")
 
 
 class JobRequest(BaseModel):

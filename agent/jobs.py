@@ -69,6 +69,8 @@ class JobManager:
 
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
+        # Built once, at start-up: a missing or unreadable CA or key stops the agent, not a job.
+        self.nbd_tls = config.nbd_tls.ssl_context() if config.nbd_tls is not None else None
         self._lock = threading.Lock()
         self._jobs: dict[str, _Job] = {}
 
@@ -129,6 +131,15 @@ class JobManager:
     # -- validation before anything is touched ---------------------------------------------------------------
 
     def _preflight(self, request: JobRequest) -> None:
+        if self.nbd_tls is None:
+            tls_targets = [t.nbd_url for t in request.targets if t.requires_tls]
+            if tls_targets:
+                raise JobRejected(
+                    422,
+                    f"target(s) {', '.join(tls_targets)} require TLS, but this agent has no nbd_tls section in its "
+                    "config (ca_file of the hub's NBD CA, cert_file and key_file of the agent's client "
+                    "certificate); nothing was snapshotted or written",
+                )
         try:
             with VSphereClient(self.config.vcenter.endpoint()) as client:
                 vm = VSphereSnapshots(client, request.vm)
@@ -149,7 +160,9 @@ class JobManager:
 
     def _target_size(self, vm_name: str, target: Target) -> int:
         try:
-            client = NBDClient(target.nbd_url, connect_timeout=self.config.nbd_connect_timeout, timeout=30)
+            client = NBDClient(
+                target.nbd_url, connect_timeout=self.config.nbd_connect_timeout, timeout=30, tls=self.nbd_tls
+            )
         except (NBDError, OSError) as exc:
             raise JobRejected(
                 422, f"VM {vm_name!r} disk {target.disk_key}: target {target.nbd_url} is unreachable: {exc}"
@@ -262,6 +275,7 @@ class JobManager:
                 cancel=job.cancel,
                 connections=self.config.connections_per_disk,
                 block_size=self._block_size(request, len(copy_jobs)),
+                tls=self.nbd_tls,
             )
         for copy_job, result in zip(copy_jobs, results, strict=True):
             key = int(copy_job.key or 0)

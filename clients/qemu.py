@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from dataclasses import dataclass
@@ -30,10 +31,11 @@ class NbdServer:
     port: int
     export_name: str
     file_path: Path
+    tls: bool = False
 
     @property
     def url(self) -> str:
-        return f"nbd://{self.bind_address}:{self.port}/{self.export_name}"
+        return f"{'nbds' if self.tls else 'nbd'}://{self.bind_address}:{self.port}/{self.export_name}"
 
 
 def _run(argv: list[str], *, timeout: float = 120) -> str:
@@ -101,15 +103,42 @@ def _port_open(address: str, port: int) -> bool:
         return False
 
 
-def _serves_export(address: str, port: int, export_name: str) -> bool:
+def _serves_export(address: str, port: int, export_name: str, tls: ssl.SSLContext | None = None) -> bool:
     """A full NBD handshake for the export: an open port alone may belong to somebody else's listener."""
     from agent.dataplane.nbd import NBDClient, NBDError
 
+    scheme = "nbds" if tls is not None else "nbd"
     try:
-        NBDClient(f"nbd://{address}:{port}/{export_name}", connect_timeout=2, timeout=2).close()
+        NBDClient(f"{scheme}://{address}:{port}/{export_name}", connect_timeout=2, timeout=2, tls=tls).close()
         return True
     except (NBDError, OSError):
         return False
+
+
+def readiness_tls_context(tls_creds_dir: Path) -> ssl.SSLContext:
+    """The context of the hub's own handshake with a qemu-nbd using ``tls_creds_dir`` (qemu's x509 layout).
+
+    It trusts ca-cert.pem and presents client-cert.pem / client-key.pem when they exist (a server with
+    verify-peer on refuses clients without a certificate).
+    """
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    # The hub only proves that its own server answers; the certificate must chain to the hub's CA, but the
+    # address it names is the agent's concern (the hub may bind 0.0.0.0, which no certificate names).
+    context.check_hostname = False
+    ca_file = tls_creds_dir / "ca-cert.pem"
+    cert_file, key_file = tls_creds_dir / "client-cert.pem", tls_creds_dir / "client-key.pem"
+    try:
+        context.load_verify_locations(cafile=str(ca_file))
+        if cert_file.exists() and key_file.exists():
+            context.load_cert_chain(str(cert_file), str(key_file))
+    except (OSError, ssl.SSLError) as exc:
+        raise QemuError(f"cannot load the NBD TLS credentials in {tls_creds_dir}: {exc}") from exc
+    return context
+
+
+def _qemu_opt_value(value: str) -> str:
+    # QemuOpts separates options with commas; a comma inside a value is written twice.
+    return value.replace(",", ",,")
 
 
 def _cmdline(pid: int) -> list[str] | None:
@@ -149,11 +178,17 @@ def start_qemu_nbd(
     read_only: bool = False,
     log_path: Path | None = None,
     tls_creds_dir: Path | None = None,
+    tls_verify_peer: bool = True,
     timeout: float = 15.0,
 ) -> NbdServer:
-    """Start qemu-nbd serving one file on one port and wait until it accepts connections."""
+    """Start qemu-nbd serving one file on one port and wait until it accepts connections.
+
+    With `tls_creds_dir` (qemu's x509 layout: ca-cert.pem, server-cert.pem, server-key.pem) the server
+    speaks TLS only; `tls_verify_peer` makes it accept only clients with a certificate signed by that CA.
+    """
     if not EXPORT_NAME.match(export_name):
         raise ValueError(f"export name {export_name!r} must match {EXPORT_NAME.pattern}")
+    readiness_tls = readiness_tls_context(tls_creds_dir) if tls_creds_dir is not None else None
     argv = [
         "qemu-nbd",
         "--persistent",
@@ -172,9 +207,10 @@ def start_qemu_nbd(
     if read_only:
         argv.append("--read-only")
     if tls_creds_dir is not None:
+        verify = "on" if tls_verify_peer else "off"
         argv += [
             "--object",
-            f"tls-creds-x509,id=tls0,endpoint=server,dir={tls_creds_dir}",
+            f"tls-creds-x509,id=tls0,endpoint=server,dir={_qemu_opt_value(str(tls_creds_dir))},verify-peer={verify}",
             "--tls-creds",
             "tls0",
         ]
@@ -196,15 +232,23 @@ def start_qemu_nbd(
                 f"qemu-nbd for {file_path} on {bind_address}:{port} exited with {process.returncode}: {detail.strip()}"
             )
         if _port_open(bind_address, port):
-            if _serves_export(bind_address, port, export_name) and process.poll() is None:
+            if _serves_export(bind_address, port, export_name, readiness_tls) and process.poll() is None:
                 _children[process.pid] = process
-                return NbdServer(process.pid, bind_address, port, export_name, Path(file_path))
+                return NbdServer(
+                    process.pid, bind_address, port, export_name, Path(file_path), tls=readiness_tls is not None
+                )
             foreign_listener = True
             break
         time.sleep(0.02)
     if process.poll() is None:
         process.kill()
         process.wait()
+        if foreign_listener and readiness_tls is not None:
+            raise QemuError(
+                f"qemu-nbd for {file_path} is not serving {bind_address}:{port} over TLS: another program listens "
+                f"on that port, or the hub's own TLS handshake was refused (with verify-peer on, {tls_creds_dir} "
+                "needs client-cert.pem and client-key.pem signed by ca-cert.pem)"
+            )
         if foreign_listener:
             raise QemuError(
                 f"qemu-nbd for {file_path} is not serving {bind_address}:{port}: another program listens on that "

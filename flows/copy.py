@@ -30,7 +30,7 @@ from tasks.jobs import close_job, open_job
 from tasks.nbd import check_target_file, lease_nbd_port, start_nbd_export
 from tasks.vsphere import remove_job_snapshots
 from vmferry.compensation import quietly
-from vmferry.exports import stop_export
+from vmferry.exports import export_url, stop_export
 from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
 from vmferry.limits import holding, vcenter_limit_name
 from vmferry.settings import get_settings
@@ -96,7 +96,7 @@ def run_copy(
             undo.callback(quietly(release_port, catalog, port, job_id))
             export = start_nbd_export(job_id, vm.vm_context_id, target, port, log_dir)
             undo.callback(quietly(stop_export, catalog, export))
-            url = f"nbd://{export.bind_address}:{export.port}/{export.export_name}"
+            url = export_url(export)
             logger.info("disk %s (catalog id %s) -> %s", target.disk_id, target.vm_disk_id, url)
             agent_targets.append(
                 Target(

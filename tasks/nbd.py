@@ -40,16 +40,19 @@ def check_target_file(vm_name: str, target: DiskTarget) -> None:
 @task(cache_policy=NO_CACHE, task_run_name="start-nbd-{target.disk_id}")
 def start_nbd_export(job_id: str, vm_context_id: int, target: DiskTarget, port: int, log_dir: Path) -> ExportView:
     """No retries: a half-started export is stopped by the flow's compensation, not started twice."""
+    settings = get_settings()
     return start_export(
         default_catalog(),
         job_id=job_id,
         vm_disk_id=target.vm_disk_id,
         export_name=export_name_for(vm_context_id, target.disk_id),
         file_path=target.file_path,
-        bind_address=get_settings().nbd_bind_address,
+        bind_address=settings.nbd_bind_address,
         port=port,
         image_format=target.image_format,
         log_path=log_dir / f"qemu-nbd-{target.disk_id}.log",
+        tls_creds_dir=settings.nbd_tls_dir,
+        tls_verify_client=settings.nbd_tls_verify_client,
     )
 
 

@@ -18,6 +18,18 @@ def export_name_for(vm_context_id: int, disk_id: str) -> str:
     return f"vm{vm_context_id}-{disk_id}"
 
 
+def export_url(export: ExportView, tls: bool | None = None) -> str:
+    """The URL the agent writes to: ``nbds://`` (TLS required) when the hub's exports use TLS.
+
+    `tls` defaults to the hub's settings (VMFERRY_NBD_TLS_DIR), which started the export in the same run.
+    """
+    if tls is None:
+        from vmferry.settings import get_settings
+
+        tls = get_settings().nbd_tls_dir is not None
+    return f"{'nbds' if tls else 'nbd'}://{export.bind_address}:{export.port}/{export.export_name}"
+
+
 def start_export(
     catalog: Catalog,
     *,
@@ -29,8 +41,13 @@ def start_export(
     port: int,
     image_format: str = "qcow2",
     log_path: Path | None = None,
+    tls_creds_dir: Path | None = None,
+    tls_verify_client: bool = True,
 ) -> ExportView:
-    """Record the export, start qemu-nbd for it, record its pid. A failed start is recorded as failed."""
+    """Record the export, start qemu-nbd for it, record its pid. A failed start is recorded as failed.
+
+    With `tls_creds_dir` (qemu's x509 layout) the export speaks TLS only; see `clients.qemu.start_qemu_nbd`.
+    """
     export = record_export(
         catalog,
         vm_disk_id=vm_disk_id,
@@ -48,6 +65,8 @@ def start_export(
             port=port,
             image_format=image_format,
             log_path=log_path,
+            tls_creds_dir=tls_creds_dir,
+            tls_verify_peer=tls_verify_client,
         )
     except (QemuError, OSError, ValueError):
         mark_export_stopped(catalog, export.id, state="failed")

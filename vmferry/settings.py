@@ -11,7 +11,7 @@ from functools import cached_property
 from pathlib import Path
 
 import platformdirs
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -68,6 +68,16 @@ class Settings(BaseSettings):
     )
     nbd_port_range: str = Field(default="10100-10200", description="Ports qemu-nbd exports may use.")
     nbd_bind_address: str = Field(default="127.0.0.1", description="Address qemu-nbd listens on.")
+    # Declared before nbd_tls_dir: its validator reads this one.
+    nbd_tls_verify_client: bool = Field(
+        default=True,
+        description="qemu-nbd accepts only clients with a certificate signed by the TLS CA (qemu's verify-peer).",
+    )
+    nbd_tls_dir: Path | None = Field(
+        default=None,
+        description="qemu x509 credentials (ca-cert.pem, server-cert.pem, server-key.pem, and client-cert.pem + "
+        "client-key.pem for the hub's readiness check); when set, exports speak TLS only (nbds://).",
+    )
     port_lease_seconds: int = Field(
         default=6 * 3600, description="A lease not released by then is considered abandoned and reusable."
     )
@@ -87,6 +97,26 @@ class Settings(BaseSettings):
     @classmethod
     def _valid_range(cls, value: str) -> str:
         PortRange.parse(value)
+        return value
+
+    @field_validator("nbd_tls_dir", mode="before")
+    @classmethod
+    def _unset_when_empty(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("nbd_tls_dir")
+    @classmethod
+    def _usable_tls_dir(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        # Checked whenever settings are read, so a broken directory stops a flow before any port or export.
+        if value is not None:
+            from vmferry.nbd_tls import check_nbd_tls_dir
+
+            value = value.expanduser().absolute()
+            check_nbd_tls_dir(
+                value,
+                bind_address=info.data.get("nbd_bind_address", "127.0.0.1"),
+                verify_client=info.data.get("nbd_tls_verify_client", True),
+            )
         return value
 
     @cached_property

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -395,12 +396,14 @@ def copy_disk(
     use_allocation: bool = True,
     flush: bool = True,
     timeout: float = 60.0,
+    tls: ssl.SSLContext | None = None,
 ) -> CopyResult:
     """Copy one disk image to an NBD export and return what was read and written.
 
     `source` is a `Source`, a path, or an nbd/http(s) URL (opened here and closed at the end; a `Source`
-    object passed in stays open, its clones are closed). `target_url` is ``nbd://host:port/export``; the
-    server must allow `connections` clients at once (qemu-nbd ``--shared``).
+    object passed in stays open, its clones are closed). `target_url` is ``nbd://host:port/export``, or
+    ``nbds://`` with `tls` the context of every connection to it; the server must allow `connections` clients
+    at once (qemu-nbd ``--shared``).
 
     `target_is_zero` (default: True for a whole-disk copy, False with `changed_areas`) says whether the
     target already reads as zeros, so that zero blocks need not be written. Pass False for a reused volume.
@@ -434,7 +437,7 @@ def copy_disk(
     clients: list[NBDClient] = []
     failed = True
     try:
-        first = NBDClient(address, timeout=timeout, max_in_flight=max_in_flight, max_request=request_size)
+        first = NBDClient(address, timeout=timeout, max_in_flight=max_in_flight, max_request=request_size, tls=tls)
         clients.append(first)
         if first.read_only:
             raise CopyError(f"target {address.url} is read-only")
@@ -455,7 +458,9 @@ def copy_disk(
 
         n_workers = max(1, min(connections, _count_items(ranges, block_size)))
         for _ in range(n_workers - 1):
-            clients.append(NBDClient(address, timeout=timeout, max_in_flight=max_in_flight, max_request=request_size))
+            clients.append(
+                NBDClient(address, timeout=timeout, max_in_flight=max_in_flight, max_request=request_size, tls=tls)
+            )
         sources = [src]
         for _ in range(n_workers - 1):
             clone = src.clone()

@@ -2,9 +2,11 @@
 
 What it covers: NBD_OPT_GO (with NBD_OPT_EXPORT_NAME as a fallback for servers that do not know GO),
 block size constraints, READ / WRITE / WRITE_ZEROES / TRIM / FLUSH / DISC, optional structured replies with
-``base:allocation`` block status, and a bounded number of requests in flight per connection.
+``base:allocation`` block status, a bounded number of requests in flight per connection, and TLS
+(``nbds://``: NBD_OPT_STARTTLS, then everything else inside TLS, with an ``ssl.SSLContext`` the caller builds).
 
-What it does not cover: TLS (``nbds://``), the old-style handshake, extended headers (64-bit lengths).
+What it does not cover: TLS over Unix sockets (``nbds+unix://``), the old-style handshake, extended headers
+(64-bit lengths).
 
 One client object is one connection and must be used from one thread at a time; open one client per thread
 (qemu-nbd ``--shared=N`` allows N of them) to copy in parallel.
@@ -13,6 +15,7 @@ One client object is one connection and must be used from one thread at a time; 
 from __future__ import annotations
 
 import socket
+import ssl
 import struct
 import time
 import urllib.parse
@@ -44,6 +47,7 @@ _FLAG_NO_ZEROES = 1 << 1
 
 _OPT_EXPORT_NAME = 1
 _OPT_ABORT = 2
+_OPT_STARTTLS = 5
 _OPT_GO = 7
 _OPT_STRUCTURED_REPLY = 8
 _OPT_SET_META_CONTEXT = 10
@@ -53,6 +57,7 @@ _REP_INFO = 3
 _REP_META_CONTEXT = 4
 _REP_ERR_BIT = 1 << 31
 _REP_ERR_UNSUP = _REP_ERR_BIT | 1
+_REP_ERR_TLS_REQD = _REP_ERR_BIT | 5
 _REP_ERR_NAMES = {
     _REP_ERR_BIT | 1: "NBD_REP_ERR_UNSUP",
     _REP_ERR_BIT | 2: "NBD_REP_ERR_POLICY",
@@ -133,6 +138,14 @@ _NBD_ERRORS = {
 _DEFAULT_MAX_BLOCK = 32 * 1024 * 1024
 # Zeroing/trimming carries no payload, so requests can be much larger than max_block; stay well inside u32.
 _MAX_ZERO_REQUEST = 1024 * 1024 * 1024
+# SSL sockets have no sendmsg: a write request up to this size is joined to its header (one TLS record, one
+# segment); a larger one is sent after it, since copying megabytes costs more than one 28-byte record.
+_TLS_JOIN_LIMIT = 64 * 1024
+# What to configure when TLS is missing on our side; the agent is this client's main user.
+_TLS_HINT = (
+    "the vmferry agent builds that context from the nbd_tls section of its config (ca_file, plus cert_file "
+    "and key_file when the server verifies clients)"
+)
 
 _REQUEST = struct.Struct(">IHHQQI")
 _SIMPLE_REPLY_REST = struct.Struct(">IQ")
@@ -184,12 +197,13 @@ class NBDError(Exception):
 
 @dataclass(frozen=True)
 class NBDAddress:
-    """Where an export lives: TCP host/port or a Unix socket, plus the export name."""
+    """Where an export lives: TCP host/port or a Unix socket, plus the export name; `tls` means TLS required."""
 
     export: str = ""
     host: str | None = None
     port: int = DEFAULT_PORT
     socket_path: str | None = None
+    tls: bool = False
 
     @property
     def url(self) -> str:
@@ -197,35 +211,38 @@ class NBDAddress:
         if self.socket_path is not None:
             return f"nbd+unix:///{name}?socket={urllib.parse.quote(self.socket_path, safe='/')}"
         host = f"[{self.host}]" if self.host and ":" in self.host else self.host
-        return f"nbd://{host}:{self.port}/{name}"
+        return f"{'nbds' if self.tls else 'nbd'}://{host}:{self.port}/{name}"
 
     def __str__(self) -> str:
         return self.url
 
 
 def parse_nbd_url(url: str) -> NBDAddress:
-    """Parse ``nbd://host[:port][/export]`` or ``nbd+unix:///export?socket=/path`` (NBD URI spec)."""
+    """Parse ``nbd[s]://host[:port][/export]`` or ``nbd+unix:///export?socket=/path`` (NBD URI spec).
+
+    ``nbds`` means TLS is required: the client never falls back to plaintext for it.
+    """
     parts = urllib.parse.urlsplit(url)
     scheme = parts.scheme.lower()
     # The first "/" ends the authority; everything after it (more slashes included) is the export name.
     export = urllib.parse.unquote(parts.path[1:] if parts.path.startswith("/") else parts.path)
-    if scheme in ("nbds", "nbds+unix"):
-        raise ValueError(f"{url!r}: NBD over TLS is not supported by this client")
+    if scheme == "nbds+unix":
+        raise ValueError(f"{url!r}: NBD over TLS on a Unix socket is not supported by this client")
     if scheme == "nbd+unix":
         query = urllib.parse.parse_qs(parts.query)
         sockets = query.get("socket")
         if not sockets or not sockets[0]:
             raise ValueError(f"{url!r}: nbd+unix URLs need ?socket=/path")
         return NBDAddress(export=export, socket_path=sockets[0])
-    if scheme != "nbd":
-        raise ValueError(f"{url!r}: expected an nbd:// or nbd+unix:// URL")
+    if scheme not in ("nbd", "nbds"):
+        raise ValueError(f"{url!r}: expected an nbd://, nbds:// or nbd+unix:// URL")
     if not parts.hostname:
         raise ValueError(f"{url!r}: missing host")
     try:
         port = parts.port or DEFAULT_PORT
     except ValueError as exc:
         raise ValueError(f"{url!r}: bad port") from exc
-    return NBDAddress(export=export, host=parts.hostname, port=port)
+    return NBDAddress(export=export, host=parts.hostname, port=port, tls=scheme == "nbds")
 
 
 class _Pending:
@@ -248,6 +265,9 @@ class NBDClient:
     oldest replies are collected to make room) and returns request cookies; ``wait``/``drain`` collect the
     replies and raise `NBDError` for a failed request. The plain methods (`read`, `write`, ...) split a
     request at the server's maximum block size, pipeline the pieces and wait for all of them.
+
+    The URL's scheme decides TLS: ``nbds://`` needs `tls` (its CA, and a client certificate when the server
+    verifies clients) and fails rather than continue in plaintext; ``nbd://`` never uses TLS, `tls` or not.
     """
 
     def __init__(
@@ -259,10 +279,13 @@ class NBDClient:
         max_in_flight: int = 4,
         block_status: bool = False,
         max_request: int | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.address = parse_nbd_url(address) if isinstance(address, str) else address
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be >= 1")
+        if self.address.tls and tls is None:
+            raise NBDError(f"an nbds:// URL needs a TLS context; {_TLS_HINT}", address=self.address)
         self.timeout = timeout
         self.max_in_flight = max_in_flight
         self.size = 0
@@ -278,12 +301,13 @@ class NBDClient:
         self._next_cookie = 1
         self._broken: str | None = None
         self._closed = False
-        self._sock = self._connect(connect_timeout)
+        self._tls = False
+        self._sock: socket.socket = self._connect(connect_timeout)
         # qemu-nbd writes its option replies in small pieces without TCP_NODELAY; with our delayed ACKs
         # every reply then waits ~40 ms for the ACK (measured: 43 ms per handshake, 0.5 ms with QUICKACK).
         self._quickack = hasattr(socket, "TCP_QUICKACK") and self.address.socket_path is None
         try:
-            self._handshake(want_block_status=block_status)
+            self._handshake(want_block_status=block_status, tls=tls if self.address.tls else None)
         except BaseException:
             self._sock.close()
             self._closed = True
@@ -347,7 +371,7 @@ class NBDClient:
             raise NBDError(f"cannot connect: {exc}", address=addr) from exc
         return sock
 
-    def _handshake(self, *, want_block_status: bool) -> None:
+    def _handshake(self, *, want_block_status: bool, tls: ssl.SSLContext | None) -> None:
         try:
             greeting = self._recv_exact(18)
         except NBDError as exc:
@@ -371,9 +395,48 @@ class NBDClient:
         cflags = _FLAG_FIXED_NEWSTYLE | (_FLAG_NO_ZEROES if self._no_zeroes else 0)
         self._sendall(struct.pack(">I", cflags))
 
-        if want_block_status:
-            self._negotiate_block_status()
-        self._opt_go()
+        if tls is not None:
+            self._start_tls(tls)
+        try:
+            if want_block_status:
+                self._negotiate_block_status()
+            self._opt_go()
+        except NBDError as exc:
+            # qemu checks the client's certificate after the TLS handshake and then just hangs up, so the
+            # first option reply is where a missing or unaccepted client certificate shows.
+            if self._tls and self._broken is not None:
+                raise NBDError(
+                    f"the server closed the TLS connection during negotiation ({self._broken}); a server that "
+                    "verifies clients (qemu's verify-peer) needs a client certificate signed by its CA "
+                    "(the agent's nbd_tls cert_file and key_file)",
+                    address=self.address,
+                ) from exc
+            raise
+
+    def _start_tls(self, context: ssl.SSLContext) -> None:
+        self._send_option(_OPT_STARTTLS)
+        rtype, data = self._recv_option_reply(_OPT_STARTTLS)
+        if rtype != _REP_ACK:
+            name = _REP_ERR_NAMES.get(rtype, f"reply type {rtype:#x}")
+            text = data.decode("utf-8", "replace").strip()
+            raise NBDError(
+                f"the server does not offer TLS (STARTTLS answered {name}); an nbds:// URL is never used in "
+                "plaintext: give the server TLS credentials (the hub's VMFERRY_NBD_TLS_DIR) or use nbd://",
+                address=self.address,
+                server_message=text or None,
+            )
+        try:
+            self._sock = context.wrap_socket(self._sock, server_hostname=self.address.host)
+        except ssl.SSLCertVerificationError as exc:
+            raise NBDError(
+                f"TLS handshake failed: the server's certificate was refused ({exc.verify_message}); the CA file "
+                "must be the one that signed the server's certificate, and the certificate must name the host "
+                "of the URL",
+                address=self.address,
+            ) from exc
+        except OSError as exc:
+            raise NBDError(f"TLS handshake failed: {exc}", address=self.address) from exc
+        self._tls = True
 
     def _send_option(self, option: int, data: bytes = b"") -> None:
         self._sendall(struct.pack(">QII", _IHAVEOPT, option, len(data)) + data)
@@ -393,6 +456,13 @@ class NBDClient:
         text = data.decode("utf-8", "replace").strip()
         if rtype == _REP_ERR_BIT | 6 and not text:
             text = "no such export"
+        if rtype == _REP_ERR_TLS_REQD:
+            return NBDError(
+                f"the export requires TLS ({what} refused: {name}): connect with an nbds:// URL and a TLS "
+                f"context; {_TLS_HINT}",
+                address=self.address,
+                server_message=text or None,
+            )
         return NBDError(f"{what} refused: {name}", address=self.address, server_message=text or None)
 
     def _negotiate_block_status(self) -> None:
@@ -474,6 +544,9 @@ class NBDClient:
             raise self._fail("send failed", exc) from exc
 
     def _send_parts(self, header: bytes, payload: BufferLike) -> None:
+        if self._tls:
+            self._send_parts_tls(header, payload)
+            return
         # One sendmsg for header + payload avoids a tiny TCP segment per request (TCP_NODELAY is on).
         try:
             sent = self._sock.sendmsg([header, payload])
@@ -483,6 +556,16 @@ class NBDClient:
                     self._sock.sendall(header[sent:])
                     sent = len(header)
                 self._sock.sendall(memoryview(payload)[sent - len(header) :])
+        except OSError as exc:
+            raise self._fail("send failed", exc) from exc
+
+    def _send_parts_tls(self, header: bytes, payload: BufferLike) -> None:
+        try:
+            if len(payload) <= _TLS_JOIN_LIMIT:
+                self._sock.sendall(b"".join((header, payload)))
+            else:
+                self._sock.sendall(header)
+                self._sock.sendall(payload)
         except OSError as exc:
             raise self._fail("send failed", exc) from exc
 
@@ -801,13 +884,13 @@ def _zero_buffer(length: int) -> bytes:
     return buf
 
 
-def wait_for_server(address: NBDAddress | str, timeout: float = 10.0) -> None:
+def wait_for_server(address: NBDAddress | str, timeout: float = 10.0, *, tls: ssl.SSLContext | None = None) -> None:
     """Poll until an NBD server answers the handshake for this export (useful right after starting one)."""
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
         try:
-            NBDClient(address, connect_timeout=1.0).close()
+            NBDClient(address, connect_timeout=1.0, tls=tls).close()
             return
         except NBDError as exc:
             last = exc

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 
+from agent.config import NbdTlsSettings
 from infra.lab.processes import free_port, stop_child
 from infra.lab.vcenter import LabVCenter
 
@@ -30,26 +31,31 @@ class AgentProcess:
         stop_child(self.process, sig, timeout)
 
 
-def start_agent(lab: LabVCenter, workdir: Path, *, timeout: float = 30) -> AgentProcess:
-    """Write a 0600 config for the lab vCenter, start ``python -m agent``, wait until it answers."""
+def start_agent(
+    lab: LabVCenter, workdir: Path, *, timeout: float = 30, nbd_tls: NbdTlsSettings | None = None
+) -> AgentProcess:
+    """Write a 0600 config for the lab vCenter, start ``python -m agent``, wait until it answers.
+
+    `nbd_tls` becomes the config's nbd_tls section, for hubs whose exports speak TLS (nbds://).
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(24)
+    config: dict[str, object] = {
+        "token": token,
+        "vcenter": {
+            "host": lab.host,
+            "port": lab.port,
+            "username": lab.user,
+            "password": lab.password,
+            "thumbprint": lab.thumbprint,
+        },
+    }
+    if nbd_tls is not None:
+        config["nbd_tls"] = nbd_tls.model_dump(exclude_none=True)
     config_path = workdir / "agent.json"
     fd = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
-        json.dump(
-            {
-                "token": token,
-                "vcenter": {
-                    "host": lab.host,
-                    "port": lab.port,
-                    "username": lab.user,
-                    "password": lab.password,
-                    "thumbprint": lab.thumbprint,
-                },
-            },
-            handle,
-        )
+        json.dump(config, handle)
     port = free_port()
     log_path = workdir / "agent.log"
     with open(log_path, "ab") as log:

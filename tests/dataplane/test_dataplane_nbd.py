@@ -24,6 +24,7 @@ MiB = 1024 * 1024
         ("nbd://hub.example", NBDAddress("", "hub.example", 10809)),
         ("nbd://[::1]:10900/a%20b/c", NBDAddress("a b/c", "::1", 10900)),
         ("nbd+unix:///vol?socket=/run/q.sock", NBDAddress("vol", None, 10809, "/run/q.sock")),
+        ("nbds://127.0.0.1:10100/vm1-disk-2000", NBDAddress("vm1-disk-2000", "127.0.0.1", 10100, tls=True)),
     ],
 )
 def test_parse_nbd_url(url: str, expected: NBDAddress):
@@ -31,7 +32,9 @@ def test_parse_nbd_url(url: str, expected: NBDAddress):
     assert parse_nbd_url(expected.url) == expected
 
 
-@pytest.mark.parametrize("url", ["http://x/y", "nbds://h/e", "nbd+unix:///e", "nbd:///e", "nbd://h:notaport/e"])
+@pytest.mark.parametrize(
+    "url", ["http://x/y", "nbds+unix:///e?socket=/s", "nbd+unix:///e", "nbd:///e", "nbds:///e", "nbd://h:notaport/e"]
+)
 def test_parse_nbd_url_rejects(url: str):
     with pytest.raises(ValueError):
         parse_nbd_url(url)
