@@ -1,6 +1,9 @@
 """Deploy vmferry's flows: the work pool, the global concurrency limits, then ``prefect deploy`` on prefect.yaml.
 
-    .venv/bin/python deployments/deploy.py [--repository-limit 2] [--vcenter-limit 4] [--no-deploy]
+    .venv/bin/python deployments/deploy.py [--repository-limit 2] [--vcenter-limit 4] [--vm NAME ...] [--no-deploy]
+
+Deployments tagged "per-vm" in prefect.yaml (scheduled backups, retention, replication) are templates: each
+VM of protected.yaml (or of --vm) gets its own copy, named after the VM, with its ``vm`` parameter set.
 
 Against the server of PREFECT_API_URL (the active profile's). Safe to run again: the pool is created only when
 missing, limits are upserted, deployments are updated in place.
@@ -15,10 +18,13 @@ VMFERRY_REPOSITORY_BACKUP_LIMIT / VMFERRY_VCENTER_SNAPSHOT_LIMIT; run this again
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +33,91 @@ import yaml
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 DEFAULT_PREFECT_FILE = HERE / "prefect.yaml"
+DEFAULT_PROTECTED_FILE = HERE / "protected.yaml"
+PER_VM_TAG = "per-vm"
+# Prefect refuses these in deployment names (they end up in URLs and limit names).
+_UNSAFE_NAME_CHARACTERS = set("/%&><")
+
+
+@dataclass(frozen=True)
+class ProtectedVM:
+    name: str
+    flows: frozenset[str] | None = None  # flow names (backup-vm, ...) of the per-VM deployments; None: all
+
+
+def load_config(prefect_file: Path) -> dict[str, Any]:
+    """A prefect.yaml, YAML anchors and merge keys resolved."""
+    return yaml.safe_load(prefect_file.read_text())
 
 
 def load_deployments(prefect_file: Path) -> list[dict[str, Any]]:
-    """The deployments of a prefect.yaml, YAML anchors and merge keys resolved."""
-    config = yaml.safe_load(prefect_file.read_text())
-    return list(config.get("deployments") or [])
+    return list(load_config(prefect_file).get("deployments") or [])
+
+
+def flow_name(deployment: dict[str, Any]) -> str:
+    return deployment["entrypoint"].rsplit(":", 1)[1].replace("_", "-")
+
+
+def is_per_vm(deployment: dict[str, Any]) -> bool:
+    return PER_VM_TAG in (deployment.get("tags") or [])
+
+
+def check_vm_name(name: object) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise SystemExit(f"protected VM {name!r}: a VM name is a non-empty string")
+    if bad := sorted(_UNSAFE_NAME_CHARACTERS & set(name)):
+        raise SystemExit(
+            f"protected VM {name!r}: its name has {' '.join(bad)}, which a Prefect deployment name cannot hold; "
+            "list it by its instance UUID instead"
+        )
+    return name
+
+
+def load_protected(path: Path) -> list[ProtectedVM]:
+    """protected.yaml's ``vms``: names, or ``{name: ..., flows: [backup-vm, ...]}`` for some of the schedules."""
+    entries = (yaml.safe_load(path.read_text()) or {}).get("vms") or []
+    protected = []
+    for entry in entries:
+        if isinstance(entry, dict):
+            flows = entry.get("flows")
+            protected.append(ProtectedVM(check_vm_name(entry.get("name")), frozenset(flows) if flows else None))
+        else:
+            protected.append(ProtectedVM(check_vm_name(entry)))
+    return protected
+
+
+def render_per_vm(config: dict[str, Any], protected: list[ProtectedVM]) -> dict[str, Any]:
+    """The config with each per-VM deployment replaced by one copy per protected VM, named after it."""
+    templates = [d for d in config.get("deployments") or [] if is_per_vm(d)]
+    known = {flow_name(d) for d in templates}
+    for vm in protected:
+        if vm.flows and (unknown := vm.flows - known):
+            raise SystemExit(
+                f"protected VM {vm.name!r}: no per-VM deployment of {sorted(unknown)}; known: {sorted(known)}"
+            )
+    deployments = [d for d in config.get("deployments") or [] if not is_per_vm(d)]
+    for template in templates:
+        for vm in protected:
+            if vm.flows is not None and flow_name(template) not in vm.flows:
+                continue
+            deployment = copy.deepcopy(template)
+            deployment["name"] = vm.name
+            deployment["parameters"] = {**(deployment.get("parameters") or {}), "vm": vm.name}
+            deployments.append(deployment)
+    rendered = {key: value for key, value in config.items() if key != "definitions"}
+    rendered["deployments"] = deployments
+    return rendered
+
+
+class _NoAliasDumper(yaml.SafeDumper):
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def write_rendered(config: dict[str, Any], directory: Path) -> Path:
+    path = directory / "prefect.yaml"
+    path.write_text(yaml.dump(config, Dumper=_NoAliasDumper, sort_keys=False))
+    return path
 
 
 def entrypoint_file(deployment: dict[str, Any]) -> Path:
@@ -41,8 +126,7 @@ def entrypoint_file(deployment: dict[str, Any]) -> Path:
 
 def flow_selector(deployment: dict[str, Any]) -> str:
     """``<flow>/<deployment>`` as ``prefect deploy --name`` matches it (the function name with dashes)."""
-    function = deployment["entrypoint"].rsplit(":", 1)[1]
-    return f"{function.replace('_', '-')}/{deployment['name']}"
+    return f"{flow_name(deployment)}/{deployment['name']}"
 
 
 def parameter_values(deployments: Iterable[dict[str, Any]], name: str) -> list[str]:
@@ -180,12 +264,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--vcenter-limit", type=int, default=4, help="VMs of one vCenter with a snapshot open at once (default 4)"
     )
+    parser.add_argument(
+        "--protected-file",
+        type=Path,
+        default=DEFAULT_PROTECTED_FILE,
+        help="the VMs that get the per-VM scheduled deployments (default deployments/protected.yaml)",
+    )
+    parser.add_argument(
+        "--vm",
+        action="append",
+        default=None,
+        help="a VM to give the per-VM deployments to, instead of those of the protected file (repeatable)",
+    )
     parser.add_argument("--no-deploy", action="store_true", help="only the work pool and the limits")
     args = parser.parse_args(argv)
 
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))  # `blocks` when run as a script from a checkout that is not installed
-    deployments = load_deployments(args.prefect_file)
+    protected = (
+        [ProtectedVM(check_vm_name(name)) for name in args.vm] if args.vm else load_protected(args.protected_file)
+    )
+    config = render_per_vm(load_config(args.prefect_file), protected)
+    deployments = config["deployments"]
+    print(f"per-VM deployments for: {', '.join(vm.name for vm in protected) or 'no VM'}")
     for pool in sorted({d["work_pool"]["name"] for d in deployments if d.get("work_pool")}):
         print(f"work pool {pool}: {'created' if ensure_work_pool(pool) else 'exists'}")
     limits = concurrency_limits(deployments, args.repository_limit, args.vcenter_limit)
@@ -194,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"global concurrency limit {name}: {limit}")
     if args.no_deploy:
         return 0
-    return run_prefect_deploy(args.prefect_file, deployments)
+    with tempfile.TemporaryDirectory(prefix="vmferry-deploy-") as scratch:
+        return run_prefect_deploy(write_rendered(config, Path(scratch)), deployments)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -47,6 +48,7 @@ def load_deploy_script() -> ModuleType:
     spec = importlib.util.spec_from_file_location("vmferry_deploy_script", ROOT / "deployments" / "deploy.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # as a script run has it: its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -114,7 +116,7 @@ def test_deploy_script_creates_pool_limits_and_deployments(prefect_backend):
     BackupRepository(name="nightly-store", path="/srv/vmferry/main").save("main", overwrite=True)
     VCenter(host="VC01.example.test", port=8443, username="u", password=SecretStr("p")).save("prod", overwrite=True)
     script = load_deploy_script()
-    assert script.main(["--repository-limit", "3"]) == 0
+    assert script.main(["--repository-limit", "3", "--vm", "db3", "--vm", "pgtest1"]) == 0
     deployable = [d for d in DEPLOYMENTS if entrypoint_file(d).is_file()]
     with get_client(sync_client=True) as client:
         assert client.read_work_pool(POOL).type == "process"
@@ -129,5 +131,46 @@ def test_deploy_script_creates_pool_limits_and_deployments(prefect_backend):
                 s["cron"] for s in deployment.get("schedules") or []
             )
             assert stored.pull_steps == CONFIG["pull"]
+        per_vm = [d for d in DEPLOYMENTS if "per-vm" in (d.get("tags") or [])]
+        assert {load_flow(d).name for d in per_vm} == {"backup-vm", "prune-restore-points", "replicate-vm"}
+        for template in per_vm:  # the second VM got its own copy of every per-VM deployment
+            stored = client.read_deployment_by_name(f"{load_flow(template).name}/pgtest1")
+            assert stored.parameters == {**template["parameters"], "vm": "pgtest1"}
+            assert sorted(s.schedule.cron for s in stored.schedules) == sorted(s["cron"] for s in template["schedules"])
     # a second run changes nothing and still succeeds (pool exists, limits upserted, deployments updated)
     assert script.main(["--no-deploy"]) == 0
+
+
+def test_protected_vms_get_their_own_copies_of_the_per_vm_deployments(tmp_path):
+    script = load_deploy_script()
+    protected_file = tmp_path / "protected.yaml"
+    protected_file.write_text("vms:\n  - web1\n  - name: files2\n    flows: [backup-vm, prune-restore-points]\n")
+    protected = script.load_protected(protected_file)
+    rendered = script.render_per_vm(CONFIG, protected)["deployments"]
+
+    def names(flow: str) -> set[str]:
+        return {d["name"] for d in rendered if script.flow_name(d) == flow}
+
+    assert names("backup-vm") == {"web1", "files2", "on-demand"}
+    assert names("prune-restore-points") == {"web1", "files2"}
+    assert names("replicate-vm") == {"web1", "on-demand"}  # files2 is backed up, not replicated
+    assert "db3" not in names("backup-vm")  # the template itself is deployed only for the VMs listed
+    for deployment in rendered:
+        if deployment["name"] in {"web1", "files2"}:
+            assert deployment["parameters"]["vm"] == deployment["name"]
+    assert script.load_protected(ROOT / "deployments" / "protected.yaml") == [script.ProtectedVM("db3")]
+
+
+@pytest.mark.parametrize("bad", ["a/b", "50%", "", None])
+def test_a_protected_vm_name_prefect_cannot_hold_is_refused(tmp_path, bad):
+    script = load_deploy_script()
+    protected_file = tmp_path / "protected.yaml"
+    protected_file.write_text(yaml.safe_dump({"vms": [bad]}))
+    with pytest.raises(SystemExit, match="protected VM"):
+        script.load_protected(protected_file)
+
+
+def test_a_protected_vm_asking_for_an_unknown_schedule_is_refused(tmp_path):
+    script = load_deploy_script()
+    with pytest.raises(SystemExit, match="no per-VM deployment of \\['discover'\\]"):
+        script.render_per_vm(CONFIG, [script.ProtectedVM("web1", frozenset({"discover"}))])
