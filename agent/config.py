@@ -24,15 +24,7 @@ class VCenterSettings(BaseModel):
     ca_file: str | None = None
 
     def endpoint(self) -> VSphereEndpoint:
-        return VSphereEndpoint(
-            host=self.host,
-            port=self.port,
-            username=self.username,
-            password=self.password.get_secret_value(),
-            thumbprint=self.thumbprint,
-            verify_tls=self.verify_tls,
-            ca_file=self.ca_file,
-        )
+        return VSphereEndpoint.of(self)
 
 
 class NbdTlsSettings(BaseModel):

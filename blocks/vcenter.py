@@ -32,12 +32,4 @@ class VCenter(Block):
     ca_file: str | None = Field(default=None, description="PEM file of extra trusted authorities.")
 
     def endpoint(self) -> VSphereEndpoint:
-        return VSphereEndpoint(
-            host=self.host,
-            port=self.port,
-            username=self.username,
-            password=self.password.get_secret_value(),
-            thumbprint=self.thumbprint,
-            verify_tls=self.verify_tls,
-            ca_file=self.ca_file,
-        )
+        return VSphereEndpoint.of(self)

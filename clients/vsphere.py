@@ -7,8 +7,9 @@ import re
 import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
+from pydantic import SecretStr
 from pyVim.connect import Disconnect, SmartConnect
 from pyVmomi import vim, vmodl
 from pyVmomi.Security import CertificateMismatchException, ThumbprintMismatchException
@@ -18,6 +19,18 @@ from vmferry.inventory import ObservedDisk, ObservedVM, base_disk_file
 
 class VSphereError(Exception):
     """A vCenter call failed; the message names the vCenter and, where known, the VM."""
+
+
+class VSphereSettings(Protocol):
+    """Where a vCenter is and how to trust it, as the hub's block and the agent's config both hold it."""
+
+    host: str
+    port: int
+    username: str
+    password: SecretStr
+    thumbprint: str | None
+    verify_tls: bool
+    ca_file: str | None
 
 
 @dataclass(frozen=True)
@@ -30,6 +43,19 @@ class VSphereEndpoint:
     thumbprint: str | None = None
     verify_tls: bool = True
     ca_file: str | None = None
+
+    @classmethod
+    def of(cls, source: VSphereSettings) -> VSphereEndpoint:
+        """From a VCenter block or the agent's vcenter section: the same fields, the password a SecretStr."""
+        return cls(
+            host=source.host,
+            port=source.port,
+            username=source.username,
+            password=source.password.get_secret_value(),
+            thumbprint=source.thumbprint,
+            verify_tls=source.verify_tls,
+            ca_file=source.ca_file,
+        )
 
     def ssl_context(self) -> ssl.SSLContext:
         if self.thumbprint:

@@ -474,6 +474,49 @@ def submit_to_deployment(
         raise RuntimeError(f"flow run {run.name} ({run.id}) ended {state}: {message}")
 
 
+@dataclass(frozen=True)
+class VMCopyRun:
+    """What backup and replicate share: submit to a deployment, or check the VM and run the flow with progress."""
+
+    command: str  # as the operation names itself in errors: "backup db3"
+    vm: str
+    job_kind: str  # the agent job's kind the progress bars follow
+    flow_name: str  # the deployment's flow, for --submit
+    parameters: dict[str, Any]  # flow parameters besides the VM and the blocks
+    blocks: BlockChoice
+    block_parameters: tuple[str, ...]
+
+
+def _run_vm_copy(
+    ctx: typer.Context,
+    what: VMCopyRun,
+    run: Callable[[VCenter, Agent], T],
+    show: Callable[[T], Any],
+    *,
+    submit: str | None,
+    wait: bool,
+    progress: bool | None,
+    as_json: bool,
+) -> None:
+    cli = _cli(ctx)
+    with _operation(ctx, f"{what.command} {what.vm}"):
+        _quiet_prefect_console(cli.verbose)
+        if submit is not None:
+            parameters = {"vm": what.vm, **what.parameters, **what.blocks.parameters(*what.block_parameters)}
+            submit_to_deployment(cli, submit, what.flow_name, parameters, wait=wait, as_json=as_json)
+            return
+        vcenter_block = what.blocks.vcenter_block()
+        _require_in_vcenter(vcenter_block, [what.vm])
+        with what.blocks.agent_block() as agent_block:
+            result = _with_progress(
+                cli, progress, agent_block, what.vm, what.job_kind, lambda: run(vcenter_block, agent_block)
+            )
+        if as_json:
+            _emit_json(_dump(result))
+            return
+        cli.out.print(show(result))
+
+
 # --- commands ----------------------------------------------------------------------------------------------------
 
 
@@ -548,33 +591,31 @@ def backup(
     The restore point is committed only when every disk was copied and checksummed.
     A failure leaves no partial file, NBD export, port lease or snapshot behind.
     """
-    cli = _cli(ctx)
     blocks = BlockChoice(vcenter=vcenter, agent=agent, repository=repository)
-    with _operation(ctx, f"backup {vm}"):
-        _quiet_prefect_console(cli.verbose)
-        if submit is not None:
-            parameters = {"vm": vm, "kind": kind.value, **blocks.parameters("repository", "agent", "vcenter")}
-            submit_to_deployment(cli, submit, "backup-vm", parameters, wait=wait, as_json=as_json)
-            return
+
+    def run(vcenter_block: VCenter, agent_block: Agent) -> Any:
         from flows.backup import backup_vm
+
+        return backup_vm(vm, blocks.repository_block(), agent_block, vcenter_block, kind=kind.value)
+
+    def show(point: Any) -> Any:
         from vmferry.demo import points_table
 
-        vcenter_block = blocks.vcenter_block()
-        repository_block = blocks.repository_block()
-        _require_in_vcenter(vcenter_block, [vm])
-        with blocks.agent_block() as agent_block:
-            point = _with_progress(
-                cli,
-                progress,
-                agent_block,
-                vm,
-                "backup",
-                lambda: backup_vm(vm, repository_block, agent_block, vcenter_block, kind=kind.value),
-            )
-        if as_json:
-            _emit_json(_dump(point))
-            return
-        cli.out.print(points_table(f"{vm}: restore point {point.id} ({point.kind}) in {point.repository}", [point]))
+        return points_table(f"{vm}: restore point {point.id} ({point.kind}) in {point.repository}", [point])
+
+    what = VMCopyRun(
+        "backup", vm, "backup", "backup-vm", {"kind": kind.value}, blocks, ("repository", "agent", "vcenter")
+    )
+    _run_vm_copy(
+        ctx,
+        what,
+        run,
+        show,
+        submit=submit,
+        wait=wait,
+        progress=progress,
+        as_json=as_json,
+    )
 
 
 @app.command(epilog=EXIT_CODES)
@@ -673,37 +714,34 @@ def replicate(
     as_json: JsonOption = False,
 ) -> None:
     """Copy every disk of a VM into its CloudStack volume (created on the first run, synced after)."""
-    cli = _cli(ctx)
     blocks = BlockChoice(vcenter=vcenter, agent=agent, cloudstack=cloudstack)
-    with _operation(ctx, f"replicate {vm}"):
-        _quiet_prefect_console(cli.verbose)
-        if submit is not None:
-            parameters = {"vm": vm, "kind": kind.value, **blocks.parameters("cloudstack", "agent", "vcenter")}
-            submit_to_deployment(cli, submit, "replicate-vm", parameters, wait=wait, as_json=as_json)
-            return
+
+    def run(vcenter_block: VCenter, agent_block: Agent) -> Any:
         from flows.replicate import replicate_vm
 
-        vcenter_block = blocks.vcenter_block()
-        cloudstack_block = blocks.cloudstack_block()
-        _require_in_vcenter(vcenter_block, [vm])
-        with blocks.agent_block() as agent_block:
-            result = _with_progress(
-                cli,
-                progress,
-                agent_block,
-                vm,
-                "replication",
-                lambda: replicate_vm(vm, cloudstack_block, agent_block, vcenter_block, kind=kind.value),
-            )
-        if as_json:
-            _emit_json(_dump(result))
-            return
+        return replicate_vm(vm, blocks.cloudstack_block(), agent_block, vcenter_block, kind=kind.value)
+
+    def show(result: Any) -> Table:
         table = Table(title=f"{result.vm}: {result.kind} replication (job {result.job_id})")
         for column in ("disk", "catalog id", "volume", "hub device", "MiB written"):
             table.add_column(column)
         for d in result.disks:
             table.add_row(d.disk_id, str(d.vm_disk_id), d.volume_id, d.device_path, f"{d.bytes_written / 2**20:.1f}")
-        cli.out.print(table)
+        return table
+
+    what = VMCopyRun(
+        "replicate", vm, "replication", "replicate-vm", {"kind": kind.value}, blocks, ("cloudstack", "agent", "vcenter")
+    )
+    _run_vm_copy(
+        ctx,
+        what,
+        run,
+        show,
+        submit=submit,
+        wait=wait,
+        progress=progress,
+        as_json=as_json,
+    )
 
 
 @app.command(epilog=EXIT_CODES)
