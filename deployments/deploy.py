@@ -120,15 +120,6 @@ def write_rendered(config: dict[str, Any], directory: Path) -> Path:
     return path
 
 
-def entrypoint_file(deployment: dict[str, Any]) -> Path:
-    return ROOT / deployment["entrypoint"].split(":", 1)[0]
-
-
-def flow_selector(deployment: dict[str, Any]) -> str:
-    """``<flow>/<deployment>`` as ``prefect deploy --name`` matches it (the function name with dashes)."""
-    return f"{flow_name(deployment)}/{deployment['name']}"
-
-
 def parameter_values(deployments: Iterable[dict[str, Any]], name: str) -> list[str]:
     values = {d.get("parameters", {}).get(name) for d in deployments}
     return sorted(v for v in values if isinstance(v, str))
@@ -201,51 +192,10 @@ def concurrency_limits(deployments: list[dict[str, Any]], repository_limit: int,
     return limits
 
 
-# `prefect deploy` (3.8.8) ends every deployment by asking for the pool's online workers with "limit": null and
-# "offset": null in the body; FastAPI 0.154 (the version our pin allows) rejects those nulls with 422, so the
-# command fails right after creating the first deployment. Until Prefect or the pin changes, the CLI runs with
-# that one call sending numbers (it only looks at whether any worker is online, so one is enough).
-PREFECT_CLI = """
-import sys
-from prefect.cli import app
-from prefect.client.orchestration import PrefectClient
-
-_read_workers = PrefectClient.read_workers_for_work_pool
-
-
-async def read_workers_for_work_pool(self, work_pool_name, worker_filter=None, offset=None, limit=None):
-    return await _read_workers(
-        self, work_pool_name, worker_filter, offset=offset or 0, limit=1 if limit is None else limit
-    )
-
-
-PrefectClient.read_workers_for_work_pool = read_workers_for_work_pool
-sys.exit(app())
-"""
-
-
-def prefect_deploy_command(prefect_file: Path, deployments: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
-    """The ``prefect deploy`` argv, and the deployments left out because their flow file does not exist yet.
-
-    ``--all`` stops at the first deployment it cannot load, so while a flow is still being written the others
-    are deployed by name.
-    """
-    missing = [flow_selector(d) for d in deployments if not entrypoint_file(d).is_file()]
-    argv = [sys.executable, "-c", PREFECT_CLI, "deploy", "--prefect-file", str(prefect_file)]
-    if not missing:
-        return [*argv, "--all"], []
-    for deployment in deployments:
-        if entrypoint_file(deployment).is_file():
-            argv += ["--name", flow_selector(deployment)]
-    return argv, missing
-
-
-def run_prefect_deploy(prefect_file: Path, deployments: list[dict[str, Any]]) -> int:
+def run_prefect_deploy(prefect_file: Path) -> int:
     from prefect.settings import get_current_settings
 
-    argv, missing = prefect_deploy_command(prefect_file, deployments)
-    for selector in missing:
-        print(f"skipping {selector}: its flow file does not exist yet")
+    argv = [sys.executable, "-m", "prefect", "deploy", "--all", "--prefect-file", str(prefect_file)]
     env = {**os.environ, "PREFECT_CLI_PROMPT": "false"}
     # The API this process talks to, even when it came from a temporary setting rather than the environment.
     api_url = get_current_settings().api.url
@@ -296,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_deploy:
         return 0
     with tempfile.TemporaryDirectory(prefix="vmferry-deploy-") as scratch:
-        return run_prefect_deploy(write_rendered(config, Path(scratch)), deployments)
+        return run_prefect_deploy(write_rendered(config, Path(scratch)))
 
 
 if __name__ == "__main__":
