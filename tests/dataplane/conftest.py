@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-import shutil
 import signal
 import socket
 import subprocess
@@ -19,10 +18,6 @@ from pathlib import Path
 import pytest
 
 GRANULE = 64 * 1024
-
-needs_qemu = pytest.mark.skipif(
-    shutil.which("qemu-nbd") is None or shutil.which("qemu-img") is None, reason="qemu-utils not installed"
-)
 
 
 def free_port() -> int:

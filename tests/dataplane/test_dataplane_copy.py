@@ -30,12 +30,9 @@ from .conftest import (
     file_sha256,
     images_identical,
     make_image,
-    needs_qemu,
     qemu_img,
     raw_sha256,
 )
-
-pytestmark = needs_qemu
 
 MiB = 1024 * 1024
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import pytest
 
 from agent.dataplane.nbd import STATE_ZERO, NBDAddress, NBDClient, NBDError, parse_nbd_url
 
-from .conftest import NBDServers, create_qcow2, free_port, needs_qemu
+from .conftest import NBDServers, create_qcow2, free_port
 
 MiB = 1024 * 1024
 
@@ -38,9 +37,6 @@ def test_parse_nbd_url(url: str, expected: NBDAddress):
 def test_parse_nbd_url_rejects(url: str):
     with pytest.raises(ValueError):
         parse_nbd_url(url)
-
-
-pytestmark = needs_qemu
 
 
 def test_roundtrip_pipelined_and_split(tmp_path: Path, nbd_servers: NBDServers):
@@ -124,7 +120,6 @@ def test_timeout_is_an_nbd_error(tmp_path: Path, nbd_servers: NBDServers):
         client.abort()
 
 
-@pytest.mark.skipif(shutil.which("nbdkit") is None, reason="nbdkit not installed")
 def test_write_zeroes_fallback_without_server_support(tmp_path: Path):
     port = free_port()
     proc = subprocess.Popen(

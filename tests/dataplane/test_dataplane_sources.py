@@ -26,7 +26,7 @@ from agent.dataplane import (
 )
 from agent.dataplane.sources import ThumbprintMismatch, extent_url, open_vmdk_extents, resolve_extent_path
 
-from .conftest import NBDServers, create_qcow2, images_identical, make_image, needs_qemu
+from .conftest import NBDServers, create_qcow2, images_identical, make_image
 
 MiB = 1024 * 1024
 
@@ -305,7 +305,6 @@ def test_http_range_errors(http_payload):
     src.close()
 
 
-@needs_qemu
 def test_copy_disk_from_http(tmp_path: Path, nbd_servers: NBDServers):
     image = make_image(tmp_path / "src.raw", 16 * MiB, seed=42)
     handler = type("Handler", (_RangeHandler,), {"payload": image.path.read_bytes(), "seen": []})

@@ -24,7 +24,6 @@ from clients.qemu import NbdServer, create_qcow2, start_qemu_nbd, stop_qemu_nbd
 from tests.security.certs import NbdPKI, make_test_pki
 from vmferry.settings import PortRange, Settings
 
-needs_qemu = pytest.mark.skipif(shutil.which("qemu-nbd") is None, reason="qemu-utils not installed")
 MiB = 2**20
 
 
@@ -98,7 +97,6 @@ def _argv(pid: int) -> list[str]:
 # -- the NBD client against qemu-nbd with TLS -------------------------------------------------------------------
 
 
-@needs_qemu
 def test_mutual_tls_writes_and_reads_back(serve, pki: NbdPKI, agent_tls: ssl.SSLContext, tmp_path: Path):
     server = serve(tls_creds_dir=pki.hub_dir)
     assert server.url.startswith("nbds://127.0.0.1:")
@@ -128,7 +126,6 @@ def test_mutual_tls_writes_and_reads_back(serve, pki: NbdPKI, agent_tls: ssl.SSL
         assert hashlib.sha256(client.read(0, 8 * MiB)).digest() == hashlib.sha256(content).digest()
 
 
-@needs_qemu
 def test_a_plaintext_client_is_told_the_export_requires_tls(serve, pki: NbdPKI):
     server = serve(tls_creds_dir=pki.hub_dir)
     plain = server.url.replace("nbds://", "nbd://")
@@ -137,7 +134,6 @@ def test_a_plaintext_client_is_told_the_export_requires_tls(serve, pki: NbdPKI):
             NBDClient(plain, block_status=block_status)
 
 
-@needs_qemu
 def test_a_client_trusting_another_ca_refuses_the_server(serve, pki: NbdPKI):
     server = serve(tls_creds_dir=pki.hub_dir)
     wrong_trust = _context(pki.other_ca_file, pki.client_cert, pki.client_key)
@@ -145,7 +141,6 @@ def test_a_client_trusting_another_ca_refuses_the_server(serve, pki: NbdPKI):
         NBDClient(server.url, tls=wrong_trust)
 
 
-@needs_qemu
 def test_clients_without_a_certificate_of_the_ca_are_refused(serve, pki: NbdPKI):
     server = serve(tls_creds_dir=pki.hub_dir)
     for refused in (
@@ -156,7 +151,6 @@ def test_clients_without_a_certificate_of_the_ca_are_refused(serve, pki: NbdPKI)
             NBDClient(server.url, tls=refused)
 
 
-@needs_qemu
 def test_without_client_verification_a_ca_file_is_enough(serve, pki: NbdPKI, tmp_path: Path):
     hub_dir = tmp_path / "hub-no-client-cert"
     hub_dir.mkdir()
@@ -169,7 +163,6 @@ def test_without_client_verification_a_ca_file_is_enough(serve, pki: NbdPKI, tmp
         assert client.read(0, 28) == b"no client certificate needed"
 
 
-@needs_qemu
 def test_nbds_never_falls_back_to_plaintext(serve, agent_tls: ssl.SSLContext):
     server = serve()
     assert server.url.startswith("nbd://")
@@ -312,7 +305,6 @@ def test_agent_nbd_tls_section_is_checked(pki: NbdPKI, tmp_path: Path):
 # -- end to end: a backup whose exports speak TLS only ----------------------------------------------------------
 
 
-@needs_qemu
 @pytest.mark.usefixtures("prefect_backend", "nbd_port_range")
 def test_backup_over_mutual_tls(
     pki, make_scratch_vm, lab, lab_vcenter_block, repository_block, configured_catalog, tmp_path, monkeypatch
