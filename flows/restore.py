@@ -42,10 +42,16 @@ class RestoredDisk(BaseModel):
     path: Path
 
 
-def _restorable_point(point_id: int) -> PointView:
+def _restorable_point(point_id: int, repository: Repository) -> PointView:
     point = get_point(default_catalog(), point_id)
     if point.state != "committed":
         raise RestoreError(f"restore point {point_id} is {point.state}, not committed: it cannot be restored")
+    if point.repository != repository.name:
+        # Paths inside a repository repeat from one to the next: another repository may hold a different file there.
+        raise RestoreError(
+            f"restore point {point_id} is in repository {point.repository!r}, not {repository.name!r}: "
+            "pass the BackupRepository block of that repository"
+        )
     return point
 
 
@@ -78,7 +84,8 @@ def restore_disk(
 ) -> RestoredDisk:
     """One disk (``disk-2000`` style id or catalog id) of a restore point into the file ``destination``."""
     repo = load_block(BackupRepository, repository).repository()
-    point = _restorable_point(point_id)
+    point = _restorable_point(point_id, repo)
+    Path(destination).parent.mkdir(parents=True, exist_ok=True)
     return restore_disk_file(repo, point.disk(disk), Path(destination), image_format, overwrite)
 
 
@@ -92,7 +99,7 @@ def restore_vm(
 ) -> list[RestoredDisk]:
     """Every disk of a restore point into ``destination_dir/<disk id>.<raw|qcow2>``."""
     repo = load_block(BackupRepository, repository).repository()
-    point = _restorable_point(point_id)
+    point = _restorable_point(point_id, repo)
     directory = Path(destination_dir)
     directory.mkdir(parents=True, exist_ok=True)
     restored = [
@@ -118,7 +125,7 @@ def list_backup_files(
 ) -> FileListing:
     """Partitions of a backed-up disk, and the entries of ``path`` in one of them."""
     repo = load_block(BackupRepository, repository).repository()
-    point = _restorable_point(point_id)
+    point = _restorable_point(point_id, repo)
     with open_image(repo.absolute(point.disk(disk).file_path)) as image:
         partitions = list_partitions(image)
         entries = list_files(image, partition, path) if partition is not None else []
@@ -137,7 +144,7 @@ def restore_files(
 ) -> list[Path]:
     """Single files out of a backed-up disk's filesystem (ext or FAT): no root, no kernel NBD device."""
     repo = load_block(BackupRepository, repository).repository()
-    point = _restorable_point(point_id)
+    point = _restorable_point(point_id, repo)
     entry = point.disk(disk)
     destination = Path(destination_dir)
     destination.mkdir(parents=True, exist_ok=True)

@@ -53,6 +53,11 @@ def verify_restore_point(point_id: int, repository: BackupRepository | str) -> l
     point = get_point(default_catalog(), point_id)
     if point.state != "committed":
         raise VerificationFailed(f"restore point {point_id} is {point.state}, not committed")
+    if point.repository != repo.name:
+        raise VerificationFailed(
+            f"restore point {point_id} is in repository {point.repository!r}, not {repo.name!r}: "
+            "pass the BackupRepository block of that repository"
+        )
     verdicts = [verify_point_disk(repo, disk) for disk in point.disks]
     create_table_artifact(
         key=f"verify-point-{point_id}",

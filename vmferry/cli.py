@@ -549,6 +549,8 @@ def discover(
         list[str] | None, typer.Argument(metavar="VM", help="VM names, instance UUIDs or morefs (default: all).")
     ] = None,
     vcenter: VCenterOption = None,
+    submit: SubmitOption = None,
+    wait: WaitOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """Read VMs and their disks from vCenter into the catalog and print each VM's disks.
@@ -559,10 +561,15 @@ def discover(
     cli = _cli(ctx)
     with _operation(ctx, "discover"):
         _quiet_prefect_console(cli.verbose)
+        blocks = BlockChoice(vcenter=vcenter)
+        if submit is not None:
+            parameters = {"vms": list(vms) if vms else None, **blocks.parameters("vcenter")}
+            submit_to_deployment(cli, submit, "discover", parameters, wait=wait, as_json=as_json)
+            return
         from flows.discover import discover as discover_flow
         from vmferry.demo import disks_table
 
-        block = BlockChoice(vcenter=vcenter).vcenter_block()
+        block = blocks.vcenter_block()
         if vms:
             _require_in_vcenter(block, vms)
         recorded = discover_flow(block, list(vms) if vms else None)
@@ -634,6 +641,8 @@ def restore(
     partition: Annotated[int | None, typer.Option(help="Partition number the --file paths are on (1 = first).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace files that already exist.")] = False,
     repository: RepositoryOption = None,
+    submit: SubmitOption = None,
+    wait: WaitOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """Restore a whole VM, one disk (--disk) or single files (--file, --partition) from a restore point.
@@ -641,6 +650,7 @@ def restore(
     Disks are written as DIR/<disk id>.<raw|qcow2>; files keep their names.
     With --file and no --disk the files are read from the VM's OS disk.
     Nothing half-written is ever left under a final name.
+    With --submit, DIR is on the machine of the worker that runs it.
     """
     cli = _cli(ctx)
     if files and partition is None:
@@ -655,38 +665,58 @@ def restore(
         from flows.restore import restore_disk, restore_files, restore_vm
 
         point = get_point(default_catalog(), point_id)
-        repository_block = BlockChoice(repository=repository).repository_block()
-        if repository_block.name != point.repository:
-            raise typer.BadParameter(
-                f"restore point {point_id} is in repository {point.repository!r}, not {repository_block.name!r}: "
-                "name its block",
-                param_hint="--repository",
-            )
-        rows: list[dict[str, Any]]
+        blocks = BlockChoice(repository=repository)
+        repository_block = None
+        if submit is None or repository is not None:
+            repository_block = blocks.repository_block()
+            if repository_block.name != point.repository:
+                raise typer.BadParameter(
+                    f"restore point {point_id} is in repository {point.repository!r}, not "
+                    f"{repository_block.name!r}: name its block",
+                    param_hint="--repository",
+                )
+        run: Callable[..., Any]
         if files:
             assert partition is not None  # checked above
             source = disk or get_vm(default_catalog(), point.vm_context_id).boot_disk_id
             if source is None:
                 raise typer.BadParameter("the VM has no OS disk recorded: name the disk", param_hint="--disk")
             entry = point.disk(source)
-            restored = restore_files(
-                point_id, entry.disk_id, partition, list(files), str(to), repository_block, overwrite=overwrite
-            )
-            rows = [
-                {"disk": entry.disk_id, "partition": partition, "file": f, "path": str(p)}
-                for f, p in zip(files, restored, strict=True)
-            ]
+            run, flow_name = restore_files, "restore-files"
+            parameters: dict[str, Any] = {
+                "point_id": point_id,
+                "disk": entry.disk_id,
+                "partition": partition,
+                "paths": list(files),
+                "destination_dir": str(to),
+            }
         elif disk is not None:
             entry = point.disk(disk)  # unknown disk: exit 3 before anything is written
-            to.mkdir(parents=True, exist_ok=True)
-            destination = to / f"{entry.disk_id}.{image_format.value}"
-            one = restore_disk(
-                point_id, entry.disk_id, str(destination), repository_block, image_format.value, overwrite=overwrite
-            )
-            rows = [{"disk": one.disk_id, "catalog id": one.vm_disk_id, "path": str(one.path)}]
+            run, flow_name = restore_disk, "restore-disk"
+            parameters = {
+                "point_id": point_id,
+                "disk": entry.disk_id,
+                "destination": str(to / f"{entry.disk_id}.{image_format.value}"),
+                "image_format": image_format.value,
+            }
         else:
-            restored_disks = restore_vm(point_id, str(to), repository_block, image_format.value, overwrite=overwrite)
-            rows = [{"disk": d.disk_id, "catalog id": d.vm_disk_id, "path": str(d.path)} for d in restored_disks]
+            run, flow_name = restore_vm, "restore-vm"
+            parameters = {"point_id": point_id, "destination_dir": str(to), "image_format": image_format.value}
+        parameters["overwrite"] = overwrite
+        if submit is not None:
+            parameters |= blocks.parameters("repository")
+            submit_to_deployment(cli, submit, flow_name, parameters, wait=wait, as_json=as_json)
+            return
+        result = run(repository=repository_block, **parameters)
+        rows: list[dict[str, Any]]
+        if files:
+            rows = [
+                {"disk": parameters["disk"], "partition": partition, "file": f, "path": str(p)}
+                for f, p in zip(files, result, strict=True)
+            ]
+        else:
+            restored = result if isinstance(result, list) else [result]
+            rows = [{"disk": d.disk_id, "catalog id": d.vm_disk_id, "path": str(d.path)} for d in restored]
         if as_json:
             _emit_json(rows)
             return
@@ -755,6 +785,8 @@ def failover(
     agent: AgentOption = None,
     vcenter: VCenterOption = None,
     progress: ProgressOption = None,
+    submit: SubmitOption = None,
+    wait: WaitOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """Bring a replicated VM up in CloudStack: OS volume on device 0, data volumes after it in source order.
@@ -768,6 +800,10 @@ def failover(
         from flows.failover import failover_vm
 
         _recorded_vm(vm)  # unknown VM: exit 3 before anything in CloudStack is touched
+        if submit is not None:
+            parameters = {"vm": vm, "mode": mode.value, **blocks.parameters("cloudstack", "agent", "vcenter")}
+            submit_to_deployment(cli, submit, "failover-vm", parameters, wait=wait, as_json=as_json)
+            return
         cloudstack_block = blocks.cloudstack_block()
         if mode is FailoverMode.test:
             result = failover_vm(vm, cloudstack_block, mode="test")
@@ -798,6 +834,8 @@ def cleanup(
     ctx: typer.Context,
     vm: Annotated[str, typer.Argument(metavar="VM", help="VM name, instance UUID or moref.")],
     cloudstack: CloudStackOption = None,
+    submit: SubmitOption = None,
+    wait: WaitOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """Roll a test failover back: test VM destroyed, every volume back on the hub. Safe to run again."""
@@ -807,6 +845,10 @@ def cleanup(
         from flows.cleanup import cleanup_failover
 
         _recorded_vm(vm)
+        if submit is not None:
+            parameters = {"vm": vm, **BlockChoice(cloudstack=cloudstack).parameters("cloudstack")}
+            submit_to_deployment(cli, submit, "cleanup-failover", parameters, wait=wait, as_json=as_json)
+            return
         result = cleanup_failover(vm, BlockChoice(cloudstack=cloudstack).cloudstack_block())
         if as_json:
             _emit_json(_dump(result))

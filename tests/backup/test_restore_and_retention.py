@@ -17,7 +17,7 @@ from clients.qemu import images_identical
 from flows.backup import backup_vm
 from flows.restore import RestoreError, list_backup_files, restore_disk, restore_files, restore_vm
 from flows.retention import prune_restore_points
-from flows.verify import verify_restore_point
+from flows.verify import VerificationFailed, verify_restore_point
 from infra.lab.mutate import read_disk_bytes
 from infra.lab.seed import require_vm
 from infra.lab.vcenter import session
@@ -65,6 +65,13 @@ def test_restore_a_vm_a_disk_and_single_files(
     assert images_identical(as_qcow2.path, tmp_path / "vm" / f"{one.disk_id}.raw")
     with pytest.raises(RestoreError, match="exists"):
         restore_disk(point.id, one.disk_id, str(tmp_path / "one.qcow2"), repository_block)
+    # the same relative paths exist in every repository: a point is read only from its own
+    elsewhere = BackupRepository(name="elsewhere", path=str(tmp_path / "elsewhere"))
+    with pytest.raises(RestoreError, match=f"is in repository '{repository_block.name}', not 'elsewhere'"):
+        restore_vm(point.id, str(tmp_path / "from-elsewhere"), elsewhere)
+    assert not (tmp_path / "from-elsewhere").exists()
+    with pytest.raises(VerificationFailed, match="not 'elsewhere'"):
+        verify_restore_point(point.id, elsewhere)
 
     manifest = lab.manifest.vm("db3")
     for record in manifest.disks:

@@ -135,6 +135,60 @@ def test_discover_backup_status_restore_on_the_lab(
     result = vmferry("restore", point["id"], "--to", tmp_path / "x", "--disk", "disk-99999")
     assert result.exit_code == 3 and "disk-99999" in result.stderr
 
+    # every flow command can go to a deployment instead: the run carries what the in-process call would have
+    # passed, the blocks named on the command line, and the deployment's defaults for the rest
+    from flows.cleanup import cleanup_failover
+    from flows.discover import discover
+    from flows.failover import failover_vm
+    from flows.restore import restore_disk, restore_files, restore_vm
+
+    boot = f"disk-{expected.boot_disk_key}"
+    out = str(tmp_path / "w")
+    for flow, defaults, args, parameters in [
+        (discover, {"vcenter": "prod"}, ["discover", "pgtest1"], {"vms": ["pgtest1"]}),
+        (
+            restore_vm,
+            {"repository": "main"},
+            ["restore", point["id"], "--to", out],
+            {"point_id": point["id"], "destination_dir": out, "image_format": "raw", "overwrite": False},
+        ),
+        (
+            restore_disk,
+            {"repository": "main"},
+            ["restore", point["id"], "--to", out, "--disk", data["disk_id"], "--format", "qcow2", "--overwrite"],
+            {
+                "point_id": point["id"],
+                "disk": data["disk_id"],
+                "destination": f"{out}/{data['disk_id']}.qcow2",
+                "image_format": "qcow2",
+                "overwrite": True,
+            },
+        ),
+        (
+            restore_files,
+            {"repository": "main"},
+            ["restore", point["id"], "--to", out, "--file", "/etc/hostname", "--partition", 2],
+            {
+                "point_id": point["id"],
+                "disk": boot,
+                "partition": 2,
+                "paths": ["/etc/hostname"],
+                "destination_dir": out,
+                "overwrite": False,
+            },
+        ),
+        (
+            failover_vm,
+            {"cloudstack": "prod", "agent": "prod", "vcenter": "prod"},
+            ["failover", "pgtest1", "--mode", "live", "--cloudstack", "dr"],
+            {"vm": "pgtest1", "mode": "live", "cloudstack": "dr"},
+        ),
+        (cleanup_failover, {"cloudstack": "prod"}, ["cleanup", "pgtest1"], {"vm": "pgtest1"}),
+    ]:
+        run = submitted_run(vmferry, flow, defaults, args)
+        assert run.parameters == {**defaults, **parameters}, args
+    assert not (tmp_path / "w").exists()  # nothing ran here
+
 
 @pytest.mark.usefixtures("prefect_backend")
 def test_unknown_names_exit_3(vmferry, lab_home, configured_catalog, tmp_path):
@@ -185,6 +239,26 @@ def test_backup_and_restore_with_saved_blocks(vmferry, lab, saved_blocks, config
     )  # fmt: skip
     assert result.exit_code == 1, result.output
     assert "db3" in result.stderr and "Traceback" not in result.stderr
+
+
+def submitted_run(vmferry, flow, defaults: dict, args: list):
+    """``vmferry ARGS --submit`` to a deployment of ``flow`` made for it; the flow run it created (then removed)."""
+    from prefect.client.orchestration import get_client
+
+    deployment_id = flow.to_deployment(name="cli-submit-each", parameters=defaults).apply()
+    try:
+        result = vmferry(*args, "--submit", "cli-submit-each", "--json")
+        assert result.exit_code == 0, result.output
+        submitted = json.loads(result.stdout)
+        assert submitted["deployment"] == f"{flow.name}/cli-submit-each" and submitted["state"] == "SCHEDULED"
+        with get_client(sync_client=True) as client:
+            run = client.read_flow_run(submitted["flow_run_id"])
+            assert run.deployment_id == deployment_id
+            client.delete_flow_run(run.id)  # no worker here: nothing would ever run it
+        return run
+    finally:
+        with get_client(sync_client=True) as client:
+            client.delete_deployment(deployment_id)
 
 
 @pytest.mark.usefixtures("prefect_backend")
