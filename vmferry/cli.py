@@ -613,16 +613,7 @@ def backup(
     what = VMCopyRun(
         "backup", vm, "backup", "backup-vm", {"kind": kind.value}, blocks, ("repository", "agent", "vcenter")
     )
-    _run_vm_copy(
-        ctx,
-        what,
-        run,
-        show,
-        submit=submit,
-        wait=wait,
-        progress=progress,
-        as_json=as_json,
-    )
+    _run_vm_copy(ctx, what, run, show, submit=submit, wait=wait, progress=progress, as_json=as_json)
 
 
 @app.command(epilog=EXIT_CODES)
@@ -762,16 +753,7 @@ def replicate(
     what = VMCopyRun(
         "replicate", vm, "replication", "replicate-vm", {"kind": kind.value}, blocks, ("cloudstack", "agent", "vcenter")
     )
-    _run_vm_copy(
-        ctx,
-        what,
-        run,
-        show,
-        submit=submit,
-        wait=wait,
-        progress=progress,
-        as_json=as_json,
-    )
+    _run_vm_copy(ctx, what, run, show, submit=submit, wait=wait, progress=progress, as_json=as_json)
 
 
 @app.command(epilog=EXIT_CODES)
