@@ -1,6 +1,6 @@
 """Copy-engine benchmark: our pure-Python copy against nbdcopy, into fresh qemu-nbd qcow2 targets.
 
-    .venv/bin/python -m bench.copy [--size 2G] [--keep] [--connections N] [--block-size 8M] [--sparse]
+    .venv/bin/python -m bench.copy [--size 2G] [--keep] [--connections N] [--block-size 8M] [--sparse] [--tls]
 
 The source is a raw image, half incompressible data and half zeros, in mixed region sizes (64 KiB .. 64 MiB,
 log-uniform) like a used filesystem. By default the zeros are written out (a thick flat VMDK read over HTTP
@@ -8,11 +8,17 @@ or VDDK carries no hole information); ``--sparse`` leaves them as holes, which b
 Both tools read the same page-cached file and write to the same kind of target (qemu-nbd --shared=8 on a
 new qcow2); each target is verified with ``qemu-img compare``. Runs are interleaved and repeated because a
 shared machine's background load moves single runs by +-50 %; compare the best and median lines.
+``--tls`` makes every target TLS-only with client certificates verified, as the hub runs them (lab PKI):
+ours connects to ``nbds://`` with the context the agent builds (NbdTlsSettings), nbdcopy to ``nbds://`` with
+libnbd's ``tls-certificates`` directory holding the same client certificate.
 
 Measured on the shared 2-core development VM (2 GiB, defaults, three bench runs): ours/nbdcopy 1.07-1.15
 (best run of each) and 0.93-1.17 (medians), ~700-1000 MiB/s each; against a tuned nbdcopy
 (``--nbdcopy-args=--request-size=2097152``) 0.78 best / 0.85 median. Three disks (1 GiB + 512 + 256 MiB)
 copied concurrently took 1.19-1.52x the largest alone: on 2 cores the copy is CPU-bound (qemu-nbd included).
+Over TLS (``--tls``, 1 GiB, three bench runs): ours/nbdcopy 0.73-1.08 best (the low ones: a single fast nbdcopy
+run of ~500 MiB/s) and 1.02-1.11 median, medians ~270-380 MiB/s each; plaintext runs in the same session had
+medians of 430-640 MiB/s, so TLS costs both tools alike.
 """
 
 from __future__ import annotations
@@ -31,14 +37,19 @@ import random
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
+from agent.config import NbdTlsSettings
 from agent.dataplane import CopyJob, CopyResult, copy_disk, copy_disks
+from agent.dataplane.nbd import NBDClient
+from infra.lab.pki import make_test_pki
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -106,16 +117,45 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class Tls:
+    server_dir: Path  # qemu's x509 layout, for qemu-nbd
+    context: ssl.SSLContext  # ours
+    libnbd_dir: Path  # ca-cert.pem, client-cert.pem, client-key.pem: nbdcopy's
+
+
+def make_tls(directory: Path) -> Tls:
+    pki = make_test_pki(directory)
+    settings = NbdTlsSettings(ca_file=str(pki.ca_file), cert_file=str(pki.client_cert), key_file=str(pki.client_key))
+    # Both tools present the agent's client certificate, so the server does the same work for each.
+    libnbd_dir = directory / "libnbd"
+    libnbd_dir.mkdir()
+    for name, path in (
+        ("ca-cert.pem", pki.ca_file),
+        ("client-cert.pem", pki.client_cert),
+        ("client-key.pem", pki.client_key),
+    ):
+        (libnbd_dir / name).symlink_to(path.resolve())
+    return Tls(pki.hub_dir, settings.ssl_context(), libnbd_dir)
+
+
 @dataclass
 class Target:
     path: Path
     proc: subprocess.Popen[bytes]
     port: int
     export: str
+    tls: Tls | None = None
 
     @property
     def url(self) -> str:
-        return f"nbd://127.0.0.1:{self.port}/{self.export}"
+        return f"{'nbds' if self.tls else 'nbd'}://127.0.0.1:{self.port}/{self.export}"
+
+    @property
+    def libnbd_uri(self) -> str:
+        if self.tls is None:
+            return self.url
+        return f"{self.url}?tls-certificates={quote(str(self.tls.libnbd_dir.resolve()), safe='/')}"
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -123,7 +163,7 @@ class Target:
             self.proc.wait(timeout=30)
 
 
-def start_target(path: Path, size: int, export: str = "disk") -> Target:
+def start_target(path: Path, size: int, export: str = "disk", tls: Tls | None = None) -> Target:
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), str(size)], check=True)
     port = free_port()
     argv = [
@@ -138,20 +178,43 @@ def start_target(path: Path, size: int, export: str = "disk") -> Target:
         "127.0.0.1",
         "-p",
         str(port),
-        str(path),
     ]
+    if tls is not None:
+        # Same server arguments as plaintext plus the hub's TLS ones, so only the transport differs.
+        server_dir = str(tls.server_dir.resolve()).replace(",", ",,")
+        argv += [
+            "--object",
+            f"tls-creds-x509,id=tls0,endpoint=server,dir={server_dir},verify-peer=on",
+            "--tls-creds",
+            "tls0",
+        ]
+    argv.append(str(path))
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # The lab PKI ships dh-params.pem: without it qemu-nbd 7.2 would first generate DH parameters (~1.5 s).
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"qemu-nbd failed: {proc.stderr.read().decode() if proc.stderr else ''}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return Target(path, proc, port, export)
+            return Target(path, proc, port, export, tls)
         except OSError:
             time.sleep(0.02)
     proc.kill()
     raise RuntimeError("qemu-nbd did not start")
+
+
+def tls_session(workdir: Path, tls: Tls) -> str:
+    """The protocol and cipher our client negotiates with qemu-nbd (AES-GCM or ChaCha20 matters for speed)."""
+    target = start_target(workdir / "probe.qcow2", MiB, tls=tls)
+    try:
+        with NBDClient(target.url, tls=tls.context) as client:
+            if client.tls_session is None:
+                raise RuntimeError(f"{target.url} did not negotiate TLS")
+            return client.tls_session
+    finally:
+        target.stop()
+        target.path.unlink()
 
 
 def identical(source: Path, target: Path) -> bool:
@@ -187,12 +250,12 @@ class Run:
         return self.size / MiB / self.seconds
 
 
-def run_nbdcopy(source: Path, size: int, workdir: Path, extra: list[str]) -> Run:
-    target = start_target(workdir / "nbdcopy.qcow2", size)
+def run_nbdcopy(source: Path, size: int, workdir: Path, extra: list[str], tls: Tls | None) -> Run:
+    target = start_target(workdir / "nbdcopy.qcow2", size, tls=tls)
     os.sync()  # write back the previous run's target now rather than during this run
     try:
         started = time.monotonic()
-        subprocess.run(["nbdcopy", *extra, str(source), target.url], check=True)
+        subprocess.run(["nbdcopy", *extra, str(source), target.libnbd_uri], check=True)
         seconds = time.monotonic() - started
     finally:
         target.stop()
@@ -201,12 +264,13 @@ def run_nbdcopy(source: Path, size: int, workdir: Path, extra: list[str]) -> Run
     return run
 
 
-def run_ours(source: Path, size: int, workdir: Path, options: dict[str, int | bool]) -> Run:
-    target = start_target(workdir / "ours.qcow2", size)
+def run_ours(source: Path, size: int, workdir: Path, options: dict[str, int | bool], tls: Tls | None) -> Run:
+    target = start_target(workdir / "ours.qcow2", size, tls=tls)
     os.sync()
     try:
         started = time.monotonic()
-        result = copy_disk(source, target.url, **options)  # type: ignore[arg-type]
+        context = tls.context if tls else None
+        result = copy_disk(source, target.url, tls=context, **options)  # type: ignore[arg-type]
         seconds = time.monotonic() - started
     finally:
         target.stop()
@@ -227,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nbdcopy-args", default="", help="extra nbdcopy arguments, space separated")
     parser.add_argument("--no-multi", action="store_true", help="skip the 3-disk run")
     parser.add_argument("--dir", type=Path, default=None, help="parent of the temporary directory")
+    parser.add_argument("--tls", action="store_true", help="TLS-only targets with client certificates (lab PKI)")
     args = parser.parse_args(argv)
 
     for tool in ("qemu-img", "qemu-nbd", "nbdcopy"):
@@ -252,14 +317,20 @@ def main(argv: list[str] | None = None) -> int:
             f"{'sparse' if args.sparse else 'zeros written out'}; made in {time.monotonic() - t0:.1f} s"
         )
         print(f"machine: {os.cpu_count()} CPUs; ours: {options or 'defaults'}")
+        tls = make_tls(workdir / "pki") if args.tls else None
+        if tls is not None:
+            print(
+                "transport: TLS (nbds://, qemu-nbd verify-peer=on, both tools present a client certificate); "
+                f"ours negotiates {tls_session(workdir, tls)}"
+            )
 
         runs: dict[str, list[Run]] = {"nbdcopy": [], "ours": []}
         for i in range(args.repeat):
             for tool in ("nbdcopy", "ours"):  # interleaved, so background load hits both alike
                 if tool == "nbdcopy":
-                    run = run_nbdcopy(source, args.size, workdir, args.nbdcopy_args.split())
+                    run = run_nbdcopy(source, args.size, workdir, args.nbdcopy_args.split(), tls)
                 else:
-                    run = run_ours(source, args.size, workdir, options)
+                    run = run_ours(source, args.size, workdir, options, tls)
                 failures += not run.ok
                 runs[tool].append(run)
                 print(
@@ -284,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         )
 
         if not args.no_multi:
-            failures += multi_disk(workdir, args.size, args.sparse, options)
+            failures += multi_disk(workdir, args.size, args.sparse, options, tls)
     finally:
         if args.keep:
             print(f"kept {workdir}")
@@ -295,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failures else 0
 
 
-def multi_disk(workdir: Path, size: int, sparse: bool, options: dict[str, int | bool]) -> int:
+def multi_disk(workdir: Path, size: int, sparse: bool, options: dict[str, int | bool], tls: Tls | None) -> int:
     sizes = [size // 2, size // 4, size // 8]
     sources = []
     for i, disk_size in enumerate(sizes):
@@ -303,20 +374,23 @@ def multi_disk(workdir: Path, size: int, sparse: bool, options: dict[str, int | 
         make_source(path, disk_size, seed=10 + i, sparse=sparse)
         sources.append(path)
 
-    largest = start_target(workdir / "single.qcow2", sizes[0])
+    context = tls.context if tls else None
+    largest = start_target(workdir / "single.qcow2", sizes[0], tls=tls)
     try:
         started = time.monotonic()
-        copy_disk(sources[0], largest.url, **options)  # type: ignore[arg-type]
+        copy_disk(sources[0], largest.url, tls=context, **options)  # type: ignore[arg-type]
         single = time.monotonic() - started
     finally:
         largest.stop()
     largest.path.unlink()
 
-    targets = [start_target(workdir / f"vm-disk{i}.qcow2", s, export=f"disk-{2000 + i}") for i, s in enumerate(sizes)]
+    targets = [
+        start_target(workdir / f"vm-disk{i}.qcow2", s, export=f"disk-{2000 + i}", tls=tls) for i, s in enumerate(sizes)
+    ]
     try:
         jobs = [CopyJob(src, tgt.url, key=tgt.export) for src, tgt in zip(sources, targets, strict=True)]
         started = time.monotonic()
-        copy_disks(jobs, max_parallel=len(jobs), **options)
+        copy_disks(jobs, max_parallel=len(jobs), tls=context, **options)
         total = time.monotonic() - started
     finally:
         for tgt in targets:

@@ -354,6 +354,14 @@ class NBDClient:
     def can_block_status(self) -> bool:
         return self._meta_context_id is not None
 
+    @property
+    def tls_session(self) -> str | None:
+        """``<protocol> <cipher>`` of the connection's TLS session (what decides its speed), None in plaintext."""
+        if not isinstance(self._sock, ssl.SSLSocket):
+            return None
+        cipher = self._sock.cipher()
+        return f"{self._sock.version()} {cipher[0] if cipher else '?'}"
+
     # -- connection and handshake ---------------------------------------------------------------------------
 
     def _connect(self, connect_timeout: float) -> socket.socket:

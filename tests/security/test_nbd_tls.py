@@ -21,7 +21,7 @@ from agent.config import AgentConfig, NbdTlsSettings
 from agent.dataplane.copy import copy_disk
 from agent.dataplane.nbd import NBDClient, NBDError
 from clients.qemu import NbdServer, create_qcow2, start_qemu_nbd, stop_qemu_nbd
-from tests.security.certs import NbdPKI, make_test_pki
+from infra.lab.pki import NbdPKI, make_test_pki
 from vmferry.settings import PortRange, Settings
 
 MiB = 2**20
@@ -107,6 +107,7 @@ def test_mutual_tls_writes_and_reads_back(serve, pki: NbdPKI, agent_tls: ssl.SSL
     data = os.urandom(3 * MiB + 512)  # larger than the joined-header limit, and a small write below
     with NBDClient(server.url, tls=agent_tls, block_status=True) as client:
         assert client.size == 8 * MiB and client.can_block_status
+        assert (client.tls_session or "").startswith("TLSv1.3 ")
         client.write(4096, data)
         client.write(0, b"vmferry")
         client.flush()
@@ -154,7 +155,7 @@ def test_clients_without_a_certificate_of_the_ca_are_refused(serve, pki: NbdPKI)
 def test_without_client_verification_a_ca_file_is_enough(serve, pki: NbdPKI, tmp_path: Path):
     hub_dir = tmp_path / "hub-no-client-cert"
     hub_dir.mkdir()
-    for name in ("ca-cert.pem", "server-cert.pem", "server-key.pem"):
+    for name in ("ca-cert.pem", "server-cert.pem", "server-key.pem", "dh-params.pem"):
         shutil.copy2(pki.hub_dir / name, hub_dir / name)
     server = serve(tls_creds_dir=hub_dir, tls_verify_peer=False)
     assert any(arg.endswith(",verify-peer=off") for arg in _argv(server.pid))

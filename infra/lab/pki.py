@@ -1,15 +1,20 @@
-"""Test PKI for NBD over TLS: a CA, a qemu-nbd server certificate, a client certificate, and an unrelated CA.
+"""Lab PKI for NBD over TLS: a CA, a qemu-nbd server certificate, client certificates, and an unrelated CA.
 
-The hub directory follows qemu's tls-creds-x509 layout (ca-cert.pem, server-cert.pem, server-key.pem, plus
-client-cert.pem / client-key.pem for the hub's own readiness check). EC P-256 keys: generating RSA keys
-would cost a noticeable part of the test's time.
+For the tests and the copy benchmark (bench.copy --tls), never for real credentials: the keys are not
+protected by a passphrase and the certificates expire after 30 days. The hub directory follows qemu's
+tls-creds-x509 layout (ca-cert.pem, server-cert.pem, server-key.pem, plus client-cert.pem / client-key.pem
+for the hub's own readiness check). EC P-256 keys: generating RSA keys would cost a noticeable part of the
+test's time.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime
 import ipaddress
+import math
 import os
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,6 +142,36 @@ def _make_leaf(
     return key, builder.sign(ca_key, hashes.SHA256())
 
 
+def _der_length(n: int) -> bytes:
+    if n < 0x80:
+        return bytes([n])
+    body = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(body)]) + body
+
+
+def _der_integer(value: int) -> bytes:
+    body = value.to_bytes(value.bit_length() // 8 + 1, "big")  # a leading zero byte keeps it positive
+    return b"\x02" + _der_length(len(body)) + body
+
+
+def ffdhe2048_pem() -> bytes:
+    """RFC 7919's ffdhe2048 group as PKCS#3 "DH PARAMETERS", computed from the RFC's definition.
+
+    qemu-nbd generates DH parameters at every start when the credentials directory has no dh-params.pem
+    (about 1.5 s here, per export); a fixed, well-known group costs nothing. cryptography cannot write PKCS#3
+    for a group without its q, so the two integers are DER-encoded here.
+    """
+    # p = 2^2048 - 2^1984 + (floor(2^1918 * e) + 560316) * 2^64 - 1, g = 2 (RFC 7919, appendix A.1), with
+    # e = sum of 1/k! for k < 400: the terms left out add less than 2^-2000, far below what the floor sees.
+    last = math.factorial(399)
+    floor_e = sum(2**1918 * (last // math.factorial(k)) for k in range(400)) // last
+    prime = 2**2048 - 2**1984 + (floor_e + 560316) * 2**64 - 1
+    body = _der_integer(prime) + _der_integer(2)
+    der = b"\x30" + _der_length(len(body)) + body
+    lines = textwrap.wrap(base64.b64encode(der).decode(), 64)
+    return ("-----BEGIN DH PARAMETERS-----\n" + "\n".join(lines) + "\n-----END DH PARAMETERS-----\n").encode()
+
+
 def make_test_pki(directory: Path, *, hosts: tuple[str, ...] = ("127.0.0.1", "localhost")) -> NbdPKI:
     """Write a hub directory (qemu layout) and agent-side files under `directory`; private keys are 0600."""
     hub = directory / "hub"
@@ -155,6 +190,7 @@ def make_test_pki(directory: Path, *, hosts: tuple[str, ...] = ("127.0.0.1", "lo
     _write(hub / "server-key.pem", _key_pem(server_key), 0o600)
     _write(hub / "client-cert.pem", _cert_pem(hub_client_cert))
     _write(hub / "client-key.pem", _key_pem(hub_client_key), 0o600)
+    _write(hub / "dh-params.pem", ffdhe2048_pem())
     return NbdPKI(
         hub_dir=hub,
         ca_file=_write(agent / "ca.pem", _cert_pem(ca_cert)),
