@@ -35,6 +35,11 @@ class NbdTlsSettings(BaseModel):
         default=None, description="PEM client certificate signed by that CA (the hub verifies clients by default)"
     )
     key_file: str | None = Field(default=None, description="Private key of cert_file; mode 600")
+    required: bool = Field(
+        default=False,
+        description="Refuse plain nbd:// targets too: disk data leaves this agent only over TLS, whatever the hub "
+        "is configured to send",
+    )
 
     @model_validator(mode="after")
     def _cert_with_key(self) -> NbdTlsSettings:

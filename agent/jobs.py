@@ -131,6 +131,15 @@ class JobManager:
     # -- validation before anything is touched ---------------------------------------------------------------
 
     def _preflight(self, request: JobRequest) -> None:
+        if self.config.nbd_tls is not None and self.config.nbd_tls.required:
+            plain_targets = [t.nbd_url for t in request.targets if not t.requires_tls]
+            if plain_targets:
+                raise JobRejected(
+                    422,
+                    f"target(s) {', '.join(plain_targets)} are plain NBD, but this agent's nbd_tls section says "
+                    "required: give the hub VMFERRY_NBD_TLS_DIR so its exports are nbds://; nothing was "
+                    "snapshotted or written",
+                )
         if self.nbd_tls is None:
             tls_targets = [t.nbd_url for t in request.targets if t.requires_tls]
             if tls_targets:

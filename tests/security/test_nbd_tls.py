@@ -259,7 +259,8 @@ def _agent_config(**extra: object) -> AgentConfig:
     )
 
 
-def test_agent_refuses_nbds_targets_at_submission_without_nbd_tls():
+def _submit_to_agent(config: AgentConfig, nbd_url: str) -> tuple[int, str, int]:
+    """POST one job with one target to an in-process agent: (status, detail, status of a GET of the job after)."""
     import asyncio
 
     import httpx
@@ -267,25 +268,41 @@ def test_agent_refuses_nbds_targets_at_submission_without_nbd_tls():
     from agent.service import create_app
 
     body = {
-        "job_id": "tls-needed",
+        "job_id": "tls-check",
         "vm": "vm-42",
         "kind": "full",
-        "targets": [{"disk_key": 2000, "nbd_url": "nbds://10.0.0.5:10100/vm1-disk-2000", "capacity_bytes": MiB}],
+        "targets": [{"disk_key": 2000, "nbd_url": nbd_url, "capacity_bytes": MiB}],
     }
     headers = {"Authorization": f"Bearer {'t' * 32}"}
 
     async def exchange() -> tuple[httpx.Response, httpx.Response]:
-        transport = httpx.ASGITransport(app=create_app(_agent_config()))
+        transport = httpx.ASGITransport(app=create_app(config))
         async with httpx.AsyncClient(transport=transport, base_url="http://agent") as http:
             posted = await http.post("/api/v1/jobs", json=body, headers=headers)
-            return posted, await http.get("/api/v1/jobs/tls-needed", headers=headers)
+            return posted, await http.get("/api/v1/jobs/tls-check", headers=headers)
 
-    # Refused before vCenter is contacted: its host does not even resolve.
     posted, status = asyncio.run(exchange())
-    assert posted.status_code == 422
-    detail = posted.json()["detail"]
+    return posted.status_code, posted.json().get("detail", ""), status.status_code
+
+
+def test_agent_refuses_nbds_targets_at_submission_without_nbd_tls():
+    # Refused before vCenter is contacted: its host does not even resolve.
+    code, detail, after = _submit_to_agent(_agent_config(), "nbds://10.0.0.5:10100/vm1-disk-2000")
+    assert code == 422
     assert "nbds://10.0.0.5:10100/vm1-disk-2000 require TLS" in detail and "nbd_tls" in detail
-    assert status.status_code == 404
+    assert after == 404
+
+
+def test_an_agent_requiring_tls_refuses_plain_targets(pki: NbdPKI):
+    tls = {"ca_file": str(pki.ca_file), "cert_file": str(pki.client_cert), "key_file": str(pki.client_key)}
+    code, detail, after = _submit_to_agent(
+        _agent_config(nbd_tls={**tls, "required": True}), "nbd://10.0.0.5:10100/vm1-disk-2000"
+    )
+    assert code == 422 and after == 404
+    assert "nbd://10.0.0.5:10100/vm1-disk-2000 are plain NBD" in detail and "VMFERRY_NBD_TLS_DIR" in detail
+    # without `required` the hub decides: the same target passes this check (and fails later on vCenter)
+    code, detail, _ = _submit_to_agent(_agent_config(nbd_tls=tls), "nbd://10.0.0.5:10100/vm1-disk-2000")
+    assert "plain NBD" not in detail
 
 
 def test_agent_nbd_tls_section_is_checked(pki: NbdPKI, tmp_path: Path):
