@@ -14,8 +14,11 @@ import socket
 import ssl
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from cryptography import x509
 
 EXPORT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -136,6 +139,20 @@ def readiness_tls_context(tls_creds_dir: Path) -> ssl.SSLContext:
     return context
 
 
+def _authz_object(allowed_clients: Sequence[str], tls_creds_dir: Path) -> str:
+    """qemu's authz-list allowing exactly these client certificate names, and the hub's own readiness name.
+
+    qemu matches the distinguished name GnuTLS prints (RFC 4514, e.g. ``CN=vmferry-agent``); JSON keeps
+    commas inside a name from being read as option separators.
+    """
+    names = list(allowed_clients)
+    readiness = tls_creds_dir / "client-cert.pem"
+    if readiness.exists():
+        names.append(x509.load_pem_x509_certificate(readiness.read_bytes()).subject.rfc4514_string())
+    rules = [{"match": name, "policy": "allow", "format": "exact"} for name in dict.fromkeys(names)]
+    return json.dumps({"qom-type": "authz-list", "id": "vmferry-authz", "policy": "deny", "rules": rules})
+
+
 def _qemu_opt_value(value: str) -> str:
     # QemuOpts separates options with commas; a comma inside a value is written twice.
     return value.replace(",", ",,")
@@ -179,13 +196,17 @@ def start_qemu_nbd(
     log_path: Path | None = None,
     tls_creds_dir: Path | None = None,
     tls_verify_peer: bool = True,
+    tls_allowed_clients: Sequence[str] | None = None,
     timeout: float = 15.0,
 ) -> NbdServer:
     """Start qemu-nbd serving one file on one port and wait until it accepts connections.
 
     With `tls_creds_dir` (qemu's x509 layout: ca-cert.pem, server-cert.pem, server-key.pem) the server
-    speaks TLS only; `tls_verify_peer` makes it accept only clients with a certificate signed by that CA.
+    speaks TLS only; `tls_verify_peer` makes it accept only clients with a certificate signed by that CA, and
+    `tls_allowed_clients` (certificate names like ``CN=vmferry-agent``) only those of them.
     """
+    if tls_allowed_clients and (tls_creds_dir is None or not tls_verify_peer):
+        raise ValueError("an allow-list of TLS clients needs TLS credentials with client verification on")
     if not EXPORT_NAME.match(export_name):
         raise ValueError(f"export name {export_name!r} must match {EXPORT_NAME.pattern}")
     readiness_tls = readiness_tls_context(tls_creds_dir) if tls_creds_dir is not None else None
@@ -214,6 +235,8 @@ def start_qemu_nbd(
             "--tls-creds",
             "tls0",
         ]
+        if tls_allowed_clients:
+            argv += ["--object", _authz_object(tls_allowed_clients, tls_creds_dir), "--tls-authz", "vmferry-authz"]
     argv += ["--", str(file_path)]
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL
     try:

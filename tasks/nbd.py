@@ -53,6 +53,7 @@ def start_nbd_export(job_id: str, vm_context_id: int, target: DiskTarget, port: 
         log_path=log_dir / f"qemu-nbd-{target.disk_id}.log",
         tls_creds_dir=settings.nbd_tls_dir,
         tls_verify_client=settings.nbd_tls_verify_client,
+        tls_allowed_clients=settings.nbd_tls_allowed_clients,
     )
 
 

@@ -43,6 +43,7 @@ def start_export(
     log_path: Path | None = None,
     tls_creds_dir: Path | None = None,
     tls_verify_client: bool = True,
+    tls_allowed_clients: list[str] | None = None,
 ) -> ExportView:
     """Record the export, start qemu-nbd for it, record its pid. A failed start is recorded as failed.
 
@@ -67,6 +68,7 @@ def start_export(
             log_path=log_path,
             tls_creds_dir=tls_creds_dir,
             tls_verify_peer=tls_verify_client,
+            tls_allowed_clients=tls_allowed_clients,
         )
     except (QemuError, OSError, ValueError):
         mark_export_stopped(catalog, export.id, state="failed")

@@ -11,7 +11,7 @@ from functools import cached_property
 from pathlib import Path
 
 import platformdirs
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -78,6 +78,11 @@ class Settings(BaseSettings):
         description="qemu x509 credentials (ca-cert.pem, server-cert.pem, server-key.pem, and client-cert.pem + "
         "client-key.pem for the hub's readiness check); when set, exports speak TLS only (nbds://).",
     )
+    nbd_tls_allowed_clients: list[str] = Field(
+        default_factory=list,
+        description='Client certificate names qemu-nbd lets in (JSON list, e.g. ["CN=vmferry-agent"]); empty: '
+        "any certificate of the CA. The hub's own client-cert.pem is always let in.",
+    )
     port_lease_seconds: int = Field(
         default=6 * 3600, description="A lease not released by then is considered abandoned and reusable."
     )
@@ -118,6 +123,15 @@ class Settings(BaseSettings):
                 verify_client=info.data.get("nbd_tls_verify_client", True),
             )
         return value
+
+    @model_validator(mode="after")
+    def _allow_list_needs_client_verification(self) -> Settings:
+        if self.nbd_tls_allowed_clients and (self.nbd_tls_dir is None or not self.nbd_tls_verify_client):
+            raise ValueError(
+                "VMFERRY_NBD_TLS_ALLOWED_CLIENTS names client certificates: it needs VMFERRY_NBD_TLS_DIR and "
+                "VMFERRY_NBD_TLS_VERIFY_CLIENT on, or no client would ever present one"
+            )
+        return self
 
     @cached_property
     def port_range(self) -> PortRange:

@@ -33,6 +33,8 @@ class NbdPKI:
     other_ca_file: Path  # a CA that signed nothing the hub uses
     other_client_cert: Path  # signed by the other CA
     other_client_key: Path
+    unlisted_client_cert: Path  # signed by the hub's CA, but for a name no allow-list names
+    unlisted_client_key: Path
 
 
 def _name(common_name: str) -> x509.Name:
@@ -182,6 +184,7 @@ def make_test_pki(directory: Path, *, hosts: tuple[str, ...] = ("127.0.0.1", "lo
     server_key, server_cert = _make_leaf(ca_key, ca_cert, "vmferry-hub", server=True, hosts=hosts)
     hub_client_key, hub_client_cert = _make_leaf(ca_key, ca_cert, "vmferry-hub-readiness", server=False)
     agent_key, agent_cert = _make_leaf(ca_key, ca_cert, "vmferry-agent", server=False)
+    unlisted_key, unlisted_cert = _make_leaf(ca_key, ca_cert, "vmferry-unlisted", server=False)
     other_key, other_cert = _make_ca("unrelated test CA")
     stranger_key, stranger_cert = _make_leaf(other_key, other_cert, "vmferry-agent", server=False)
 
@@ -199,4 +202,6 @@ def make_test_pki(directory: Path, *, hosts: tuple[str, ...] = ("127.0.0.1", "lo
         other_ca_file=_write(agent / "other-ca.pem", _cert_pem(other_cert)),
         other_client_cert=_write(agent / "other-client-cert.pem", _cert_pem(stranger_cert)),
         other_client_key=_write(agent / "other-client-key.pem", _key_pem(stranger_key), 0o600),
+        unlisted_client_cert=_write(agent / "unlisted-client-cert.pem", _cert_pem(unlisted_cert)),
+        unlisted_client_key=_write(agent / "unlisted-client-key.pem", _key_pem(unlisted_key), 0o600),
     )

@@ -152,6 +152,31 @@ def test_clients_without_a_certificate_of_the_ca_are_refused(serve, pki: NbdPKI)
             NBDClient(server.url, tls=refused)
 
 
+def test_an_allow_list_lets_in_only_the_named_clients(serve, pki: NbdPKI, agent_tls: ssl.SSLContext):
+    server = serve(tls_creds_dir=pki.hub_dir, tls_allowed_clients=["CN=vmferry-agent"])  # the hub's check passed
+    argv = _argv(server.pid)
+    assert argv[argv.index("--tls-authz") + 1] == "vmferry-authz"
+    with NBDClient(server.url, tls=agent_tls) as client:
+        client.write(0, b"listed")
+        assert client.read(0, 6) == b"listed"
+    # signed by the same CA, but not named: refused after the TLS handshake
+    with pytest.raises(NBDError, match="closed the TLS connection"):
+        NBDClient(server.url, tls=_context(pki.ca_file, pki.unlisted_client_cert, pki.unlisted_client_key))
+    with pytest.raises(ValueError, match="needs TLS credentials with client verification on"):
+        serve("other", tls_creds_dir=pki.hub_dir, tls_verify_peer=False, tls_allowed_clients=["CN=vmferry-agent"])
+
+
+def test_settings_refuse_an_allow_list_without_client_verification(pki: NbdPKI, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("VMFERRY_NBD_TLS_ALLOWED_CLIENTS", '["CN=vmferry-agent"]')
+    with pytest.raises(ValidationError, match="needs VMFERRY_NBD_TLS_DIR"):
+        Settings()
+    monkeypatch.setenv("VMFERRY_NBD_TLS_DIR", str(pki.hub_dir))
+    assert Settings().nbd_tls_allowed_clients == ["CN=vmferry-agent"]
+    monkeypatch.setenv("VMFERRY_NBD_TLS_VERIFY_CLIENT", "false")
+    with pytest.raises(ValidationError, match="VMFERRY_NBD_TLS_VERIFY_CLIENT on"):
+        Settings()
+
+
 def test_without_client_verification_a_ca_file_is_enough(serve, pki: NbdPKI, tmp_path: Path):
     hub_dir = tmp_path / "hub-no-client-cert"
     hub_dir.mkdir()
@@ -337,6 +362,7 @@ def test_backup_over_mutual_tls(
     from tests.agent.helpers import assert_nothing_left
 
     monkeypatch.setenv("VMFERRY_NBD_TLS_DIR", str(pki.hub_dir))
+    monkeypatch.setenv("VMFERRY_NBD_TLS_ALLOWED_CLIENTS", '["CN=vmferry-agent"]')  # the agent's certificate only
     name = make_scratch_vm(disks=2)
 
     # What the hub really started and really sent, recorded on the way through.
@@ -374,6 +400,8 @@ def test_backup_over_mutual_tls(
     assert len(argvs) == 2
     for argv in argvs:
         assert "--tls-creds" in argv and any("verify-peer=on" in arg for arg in argv)
+        assert argv[argv.index("--tls-authz") + 1] == "vmferry-authz"
+        assert '"match": "CN=vmferry-agent"' in argv[argv.index("--tls-authz") - 1]
     repo = repository_block.repository()
     for disk in point.disks:
         expected = hashlib.sha256(read_disk_bytes(lab.vcenter, name, disk.device_key)).hexdigest()
