@@ -20,6 +20,8 @@ from pathlib import Path
 
 from cryptography import x509
 
+from vmferry.nbd_tls import CA_CERT, CLIENT_CERT, CLIENT_KEY
+
 EXPORT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -38,7 +40,9 @@ class NbdServer:
 
     @property
     def url(self) -> str:
-        return f"{'nbds' if self.tls else 'nbd'}://{self.bind_address}:{self.port}/{self.export_name}"
+        from agent.dataplane.nbd import NBDAddress
+
+        return NBDAddress(export=self.export_name, host=self.bind_address, port=self.port, tls=self.tls).url
 
 
 def _run(argv: list[str], *, timeout: float = 120) -> str:
@@ -108,11 +112,11 @@ def _port_open(address: str, port: int) -> bool:
 
 def _serves_export(address: str, port: int, export_name: str, tls: ssl.SSLContext | None = None) -> bool:
     """A full NBD handshake for the export: an open port alone may belong to somebody else's listener."""
-    from agent.dataplane.nbd import NBDClient, NBDError
+    from agent.dataplane.nbd import NBDAddress, NBDClient, NBDError
 
-    scheme = "nbds" if tls is not None else "nbd"
+    target = NBDAddress(export=export_name, host=address, port=port, tls=tls is not None)
     try:
-        NBDClient(f"{scheme}://{address}:{port}/{export_name}", connect_timeout=2, timeout=2, tls=tls).close()
+        NBDClient(target, connect_timeout=2, timeout=2, tls=tls).close()
         return True
     except (NBDError, OSError):
         return False
@@ -128,8 +132,8 @@ def readiness_tls_context(tls_creds_dir: Path) -> ssl.SSLContext:
     # The hub only proves that its own server answers; the certificate must chain to the hub's CA, but the
     # address it names is the agent's concern (the hub may bind 0.0.0.0, which no certificate names).
     context.check_hostname = False
-    ca_file = tls_creds_dir / "ca-cert.pem"
-    cert_file, key_file = tls_creds_dir / "client-cert.pem", tls_creds_dir / "client-key.pem"
+    ca_file = tls_creds_dir / CA_CERT
+    cert_file, key_file = tls_creds_dir / CLIENT_CERT, tls_creds_dir / CLIENT_KEY
     try:
         context.load_verify_locations(cafile=str(ca_file))
         if cert_file.exists() and key_file.exists():
@@ -146,7 +150,7 @@ def _authz_object(allowed_clients: Sequence[str], tls_creds_dir: Path) -> str:
     commas inside a name from being read as option separators.
     """
     names = list(allowed_clients)
-    readiness = tls_creds_dir / "client-cert.pem"
+    readiness = tls_creds_dir / CLIENT_CERT
     if readiness.exists():
         names.append(x509.load_pem_x509_certificate(readiness.read_bytes()).subject.rfc4514_string())
     rules = [{"match": name, "policy": "allow", "format": "exact"} for name in dict.fromkeys(names)]

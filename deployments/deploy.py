@@ -50,10 +50,6 @@ def load_config(prefect_file: Path) -> dict[str, Any]:
     return yaml.safe_load(prefect_file.read_text())
 
 
-def load_deployments(prefect_file: Path) -> list[dict[str, Any]]:
-    return list(load_config(prefect_file).get("deployments") or [])
-
-
 def flow_name(deployment: dict[str, Any]) -> str:
     return deployment["entrypoint"].rsplit(":", 1)[1].replace("_", "-")
 

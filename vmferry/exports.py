@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from agent.dataplane.nbd import NBDAddress
 from catalog.db import Catalog
 from catalog.exports import ExportView, mark_export_running, mark_export_stopped, record_export
 from catalog.ports import release_port
@@ -27,7 +28,7 @@ def export_url(export: ExportView, tls: bool | None = None) -> str:
         from vmferry.settings import get_settings
 
         tls = get_settings().nbd_tls_dir is not None
-    return f"{'nbds' if tls else 'nbd'}://{export.bind_address}:{export.port}/{export.export_name}"
+    return NBDAddress(export=export.export_name, host=export.bind_address, port=export.port, tls=tls).url
 
 
 def start_export(
