@@ -2,9 +2,14 @@
 
 Signing follows CloudStack's ApiServer.verifyRequest: every parameter but ``signature``, sorted by name,
 ``name=value`` with values URL-encoded as Java's URLEncoder does (spaces as ``%20``, ``~`` as ``%7E``, ``*`` kept),
-joined with ``&``, lower-cased, HMAC-SHA1 with the secret key, Base64. Parameter names are sent in lower case so
-CloudStack's case-sensitive sort and the documented lower-then-sort give the same string. Requests carry
-``signatureVersion=3`` and an ``expires`` a few minutes ahead, so a captured request cannot be replayed later.
+joined with ``&``, lower-cased, HMAC-SHA1 with the secret key, Base64. Top-level parameter names are sent in lower
+case so CloudStack's case-sensitive sort and the documented lower-then-sort give the same string; the keys inside
+a map parameter (``details[0].cpuNumber``) are sent exactly as CloudStack looks them up, because ParamUnpackWorker
+keeps them as they are. Requests carry ``signatureVersion=3`` and an ``expires`` a few minutes ahead, so a captured
+request cannot be replayed later.
+
+List commands page (``page``/``pagesize``) until a short page: CloudStack answers at most ``default.page.size``
+(500) items per call, whatever ``listall`` says.
 
 Only reads (``list*``, ``queryAsyncJobResult``) are retried; a command that changes something is sent once, and
 when its answer is lost the caller has to look before trying again (see CloudStackUnreachable).
@@ -29,6 +34,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 SAFE_READ_PREFIXES = ("list", "query")
 RETRY_STATUSES = frozenset({502, 503, 504})
+# ApiErrorCode.UNSUPPORTED_ACTION_ERROR: an unknown command, or one the caller's role may not use
+UNSUPPORTED_ACTION = 432
+# default.page.size, also the largest page CloudStack serves
+PAGE_SIZE = 500
+# What only a root admin may call; a plain account gets 432 for them.
+ADMIN_ONLY_COMMANDS = frozenset({"listStoragePools", "listHypervisorCapabilities", "listClusters", "listHosts"})
 
 
 class CloudStackError(Exception):
@@ -73,6 +84,10 @@ class CloudStackTimeout(CloudStackError):
     """An async job was still pending when we stopped waiting. It may still complete: look before retrying."""
 
 
+class CloudStackAdminRequired(CloudStackError):
+    """The step needs a root admin's view (an admin-only command or response field) and the key is not one."""
+
+
 class CloudStackUnreachable(CloudStackError):
     """No (usable) answer from the management server. For a command that changes something, it may or may not
     have been carried out."""
@@ -99,6 +114,19 @@ def volume_serial(volume_id: str) -> str:
     return volume_id.replace("-", "")[:20]
 
 
+def device_candidates(dev_root: Path, volume_id: str) -> list[Path]:
+    """Every name udev gives an attached volume in the hub, by the disk controller the offering chose:
+    virtio-blk ``virtio-<serial>``, virtio-scsi ``scsi-0QEMU_QEMU_HARDDISK_<serial>``."""
+    by_id = Path(dev_root) / "disk" / "by-id"
+    serial = volume_serial(volume_id)
+    return [by_id / f"virtio-{serial}", by_id / f"scsi-0QEMU_QEMU_HARDDISK_{serial}"]
+
+
+def find_volume_device(dev_root: Path, volume_id: str) -> Path | None:
+    """The hub's device for an attached volume, whichever bus it is on; None while none has appeared."""
+    return next((path for path in device_candidates(dev_root, volume_id) if path.exists()), None)
+
+
 def device_path_for_volume(dev_root: Path, volume_id: str) -> Path:
     """Where the hub finds an attached volume: ``<dev_root>/disk/by-id/virtio-<serial>``.
 
@@ -122,12 +150,54 @@ class Volume(BaseModel):
     virtual_machine_id: str | None = Field(default=None, alias="virtualmachineid")
     vm_name: str | None = Field(default=None, alias="vmname")
     vm_state: str | None = Field(default=None, alias="vmstate")
-    path: str | None = None
+    path: str | None = None  # root admins only
+    storage_id: str | None = Field(default=None, alias="storageid")  # root admins only
+    storage: str | None = None  # root admins only
+    storage_type: str | None = Field(default=None, alias="storagetype")  # shared or local
     disk_offering_id: str | None = Field(default=None, alias="diskofferingid")
 
     @property
     def attached(self) -> bool:
         return self.virtual_machine_id is not None
+
+
+class Nic(BaseModel):
+    """The NicResponse fields vmferry uses."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    id: str
+    network_id: str = Field(alias="networkid")
+    network_name: str | None = Field(default=None, alias="networkname")
+    ip_address: str | None = Field(default=None, alias="ipaddress")
+    mac_address: str | None = Field(default=None, alias="macaddress")
+    device_id: int | None = Field(default=None, alias="deviceid")
+    is_default: bool = Field(default=False, alias="isdefault")
+
+
+class Network(BaseModel):
+    """The NetworkResponse fields vmferry uses."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    id: str
+    name: str
+    zone_id: str | None = Field(default=None, alias="zoneid")
+    type: str | None = None  # Isolated, Shared, L2
+    cidr: str | None = None
+
+
+class StoragePool(BaseModel):
+    """The StoragePoolResponse fields vmferry uses (listStoragePools is for root admins)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    id: str
+    name: str
+    scope: str  # HOST, CLUSTER or ZONE
+    zone_id: str | None = Field(default=None, alias="zoneid")
+    cluster_id: str | None = Field(default=None, alias="clusterid")
+    managed: bool = False
 
 
 class VirtualMachine(BaseModel):
@@ -144,6 +214,7 @@ class VirtualMachine(BaseModel):
     service_offering_id: str | None = Field(default=None, alias="serviceofferingid")
     cpu_number: int | None = Field(default=None, alias="cpunumber")
     memory_mb: int | None = Field(default=None, alias="memory")
+    nics: list[Nic] = Field(default_factory=list, alias="nic")
 
 
 class ServiceOffering(BaseModel):
@@ -175,8 +246,10 @@ class CloudStackClient:
         poll_interval: float = 0.2,
         max_poll_interval: float = 5.0,
         job_timeout: float = 600.0,
+        page_size: int = PAGE_SIZE,
     ) -> None:
         self.endpoint = endpoint
+        self.page_size = page_size
         self.read_attempts = max(1, read_attempts)
         self.expires_after = expires_after
         self.poll_interval = poll_interval
@@ -198,7 +271,8 @@ class CloudStackClient:
     # ---- the wire --------------------------------------------------------------------------------------------
 
     def signed_body(self, command: str, params: Mapping[str, object]) -> str:
-        """The form body of one request: every name lower-case, values encoded as they were signed."""
+        """The form body of one request: top-level names lower-case, map keys as given, values encoded as they
+        were signed."""
         expires = datetime.now(UTC) + timedelta(seconds=self.expires_after)
         fields: dict[str, str] = {
             "command": command,
@@ -210,7 +284,7 @@ class CloudStackClient:
         for name, value in params.items():
             if value is None:
                 continue
-            fields[name.lower()] = _text(value)
+            fields[_wire_name(name)] = _text(value)
         pairs = [f"{name}={encode_value(value)}" for name, value in fields.items()]
         pairs.append("signature=" + quote(sign(fields, self._secret_key), safe=""))
         return "&".join(pairs)
@@ -263,6 +337,12 @@ class CloudStackClient:
         if response.status_code >= 400 or "errorcode" in inner:
             errortext = str(inner.get("errortext") or f"HTTP {response.status_code}")
             kind = CloudStackAuthError if response.status_code == 401 else CloudStackError
+            if response.status_code == UNSUPPORTED_ACTION and command in ADMIN_ONLY_COMMANDS:
+                kind = CloudStackAdminRequired
+                errortext = (
+                    f"{errortext} ({command} is for root admins only: give vmferry a root admin's API key, or "
+                    "turn off the step that needs it)"
+                )
             raise kind(
                 command,
                 errortext,
@@ -271,6 +351,18 @@ class CloudStackClient:
                 http_status=response.status_code,
             )
         return inner
+
+    def list_all(self, command: str, item_key: str, **params: object) -> list[dict[str, Any]]:
+        """Every item of a list command: ``page`` 1, 2, ... of ``page_size`` until a short (or empty) page."""
+        items: list[dict[str, Any]] = []
+        page = 1
+        while True:
+            answer = self.call(command, page=page, pagesize=self.page_size, **params)
+            batch = answer.get(item_key, [])
+            items.extend(batch)
+            if len(batch) < self.page_size:
+                return items
+            page += 1
 
     def submit(self, command: str, **params: object) -> dict[str, Any]:
         """Start an async command; the answer holds ``jobid`` (and ``id`` for create-style commands)."""
@@ -335,10 +427,16 @@ class CloudStackClient:
         name: str | None = None,
         type: str | None = None,
     ) -> list[Volume]:
-        answer = self.call(
-            "listVolumes", id=volume_id, virtualmachineid=virtual_machine_id, name=name, type=type, listall=True
+        answer = self.list_all(
+            "listVolumes",
+            "volume",
+            id=volume_id,
+            virtualmachineid=virtual_machine_id,
+            name=name,
+            type=type,
+            listall=True,
         )
-        return [Volume.model_validate(v) for v in answer.get("volume", [])]
+        return [Volume.model_validate(v) for v in answer]
 
     def get_volume(self, volume_id: str) -> Volume:
         found = self._get("volume", lambda: self.list_volumes(volume_id=volume_id), volume_id)
@@ -373,13 +471,20 @@ class CloudStackClient:
         cpu_number: int | None = None,
         cpu_speed_mhz: int | None = None,
         memory_mb: int | None = None,
+        networks: list[tuple[str, str | None]] | None = None,
+        cluster_id: str | None = None,
         timeout: float | None = None,
     ) -> VirtualMachine:
-        """CPU and memory go as ``details[0].cpuNumber/cpuSpeed/memory``: only a custom offering takes them."""
+        """CPU and memory go as ``details[0].cpuNumber/cpuSpeed/memory``: only a custom offering takes them.
+
+        ``networks``: ``(network id, static IP or None)`` per NIC, in NIC order (the first is the default NIC);
+        None lets CloudStack choose (an Advanced zone's only Isolated network). ``cluster_id`` (root admins)
+        pins the VM to a cluster."""
         custom = {
             "details[0].cpuNumber": cpu_number,
             "details[0].cpuSpeed": cpu_speed_mhz,
             "details[0].memory": memory_mb,
+            **_network_params(networks or []),
         }
         result = self.call_async(
             "deployVirtualMachine",
@@ -391,6 +496,7 @@ class CloudStackClient:
             displayname=display_name,
             startvm=startvm,
             rootdisksize=root_disk_size_gb,
+            clusterid=cluster_id,
             **{key: value for key, value in custom.items() if value is not None},
         )
         return VirtualMachine.model_validate(result["virtualmachine"])
@@ -428,9 +534,17 @@ class CloudStackClient:
             raise CloudStackNotFound("listServiceOfferings", f"no service offering {offering_id}")
         return ServiceOffering.model_validate(offerings[0])
 
+    def list_networks(self, *, zone_id: str | None = None, network_id: str | None = None) -> list[Network]:
+        answer = self.list_all("listNetworks", "network", zoneid=zone_id, id=network_id, listall=True)
+        return [Network.model_validate(n) for n in answer]
+
+    def list_storage_pools(self, *, zone_id: str | None = None) -> list[StoragePool]:
+        """Root admins only (CloudStackAdminRequired otherwise)."""
+        return [StoragePool.model_validate(p) for p in self.list_all("listStoragePools", "storagepool", zoneid=zone_id)]
+
     def list_vms(self, *, vm_id: str | None = None, name: str | None = None) -> list[VirtualMachine]:
-        answer = self.call("listVirtualMachines", id=vm_id, name=name, listall=True)
-        return [VirtualMachine.model_validate(v) for v in answer.get("virtualmachine", [])]
+        answer = self.list_all("listVirtualMachines", "virtualmachine", id=vm_id, name=name, listall=True)
+        return [VirtualMachine.model_validate(v) for v in answer]
 
     def get_vm(self, vm_id: str) -> VirtualMachine:
         found = self._get("virtual machine", lambda: self.list_vms(vm_id=vm_id), vm_id)
@@ -451,6 +565,39 @@ class CloudStackClient:
             raise CloudStackNotFound("list", f"no {what} with id {entity_id} (removed?)")
         first: Volume | VirtualMachine = items[0]
         return first
+
+
+def require_admin_field(volume: Volume, field: str, why: str) -> str:
+    """A root-admin-only field of a volume (``path``, ``storage``, ``storage_id``), or a clear refusal."""
+    value = getattr(volume, field)
+    if value is None:
+        raise CloudStackAdminRequired(
+            "listVolumes",
+            f"volume {volume.id} shows no {field}: CloudStack shows it to root admins only, and {why}; give vmferry "
+            "a root admin's API key",
+        )
+    return str(value)
+
+
+def _network_params(networks: list[tuple[str, str | None]]) -> dict[str, str]:
+    """``networkids`` keeps NIC order exactly; ``iptonetworklist[n]`` (needed for static IPs) cannot be mixed
+    with it (BaseDeployVMCmd.getIpToNetworkMap)."""
+    if not networks:
+        return {}
+    if all(ip is None for _, ip in networks):
+        return {"networkids": ",".join(network_id for network_id, _ in networks)}
+    params: dict[str, str] = {}
+    for index, (network_id, ip) in enumerate(networks):
+        params[f"iptonetworklist[{index}].networkid"] = network_id
+        if ip is not None:
+            params[f"iptonetworklist[{index}].ip"] = ip
+    return params
+
+
+def _wire_name(name: str) -> str:
+    """ParamUnpackWorker lower-cases a top-level name, and only the map's name in ``details[0].cpuNumber``."""
+    head, bracket, rest = name.partition("[")
+    return head.lower() + bracket + rest
 
 
 def _text(value: object) -> str:

@@ -15,7 +15,9 @@ from typing import Any
 
 from infra.lab.cloudstack.cloud import (
     Cloud,
+    Cluster,
     DiskOffering,
+    Network,
     ServiceOffering,
     Template,
     VirtualMachine,
@@ -32,9 +34,10 @@ TEMPLATE_FILTERS = ("featured", "self", "selfexecutable", "sharedexecutable", "e
 @dataclass(frozen=True)
 class Param:
     name: str
-    type: str  # uuid, uuid_list, long, boolean, string, map
+    type: str  # uuid, uuid_list, long, boolean, string, map, map_list
     required: bool = False
     entity: str | None = None
+    admin_only: bool = False  # @Parameter(authorized = {RoleType.Admin}): ignored for anyone else
 
 
 @dataclass
@@ -54,6 +57,7 @@ class Command:
     params: tuple[Param, ...]
     handler: Callable[[Cloud, dict[str, Any]], dict[str, Any] | AsyncWork]
     cmd_class: str | None = None  # the Java class an async job reports as "cmd"
+    admin_only: bool = False  # only in the root admin's command set (e.g. the admin/storage package)
 
     @property
     def response_name(self) -> str:
@@ -67,19 +71,28 @@ class Command:
 Resolver = Callable[[str, str], Any | None]
 
 
-def process_parameters(command: Command, raw: dict[str, str], resolve: Resolver) -> dict[str, Any]:
-    """ParamProcessWorker.processParameters: exact (lower-case) names, required check, type and uuid translation.
+def process_parameters(
+    command: Command, raw: dict[str, str], resolve: Resolver, *, admin: bool = True
+) -> dict[str, Any]:
+    """ParamProcessWorker.processParameters: lower-case names (the server lower-cased them, as ParamUnpackWorker
+    does), required check, type and uuid translation, page/pagesize pairing.
 
     Unknown names are ignored, as CloudStack only logs them. A uuid that never existed is an error; one of a
     removed entity resolves to that entity, and the command decides (list commands show nothing).
+    ``values["_full"]`` says whether the caller gets the root admin's response view.
     """
     short = command.response_name[: -len("response")]
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = {"_full": admin}
     for param in command.params:
-        if param.type == "map":
-            entries = _map_entries(raw, param.name)
-            if entries:
-                values[param.name] = entries
+        if param.admin_only and not admin:
+            continue
+        if param.type in ("map", "map_list"):
+            groups = _map_groups(raw, param.name)
+            if groups:
+                # details: BaseCmd.convertDetailsToMap merges the groups; iptonetworklist keeps them in order
+                values[param.name] = (
+                    {k: v for group in groups for k, v in group.items()} if param.type == "map" else groups
+                )
             elif param.required:
                 raise param_error(f"Unable to execute API command {short} due to missing parameter {param.name}")
             continue
@@ -104,22 +117,39 @@ def process_parameters(command: Command, raw: dict[str, str], resolve: Resolver)
             values[param.name] = [_translate(short, param, token, resolve) for token in value.split(",") if token]
         else:  # pragma: no cover - a typo in the table below
             raise AssertionError(param.type)
+    _check_paging(short, raw)
     return values
 
 
 _MAP_ENTRY = re.compile(r"^(?P<name>[a-z]+)\[(?P<index>\d+)\]\.(?P<key>\w+)$")
-# Request names arrive lower-cased; CloudStack's own detail keys are camelCase.
-_DETAIL_KEYS = {"cpunumber": "cpuNumber", "cpuspeed": "cpuSpeed", "memory": "memory", "rootdisksize": "rootdisksize"}
 
 
-def _map_entries(raw: dict[str, str], name: str) -> dict[str, str]:
-    """A map parameter, ``details[0].cpuNumber=2&details[0].memory=2048``, flattened as CloudStack does."""
-    entries: dict[str, str] = {}
+def _map_groups(raw: dict[str, str], name: str) -> list[dict[str, str]]:
+    """A map parameter, ``details[0].cpuNumber=2&details[0].memory=2048``, one dict per index in index order.
+
+    ParamUnpackWorker lower-cases only the map's own name; the keys inside stay exactly as sent, so
+    ``details[0].cpunumber`` is not ``cpuNumber`` (UserVmManagerImpl looks the latter up).
+    """
+    groups: dict[int, dict[str, str]] = {}
     for key, value in raw.items():
         match = _MAP_ENTRY.match(key)
         if match and match["name"] == name:
-            entries[_DETAIL_KEYS.get(match["key"], match["key"])] = value
-    return entries
+            groups.setdefault(int(match["index"]), {})[match["key"]] = value
+    return [groups[index] for index in sorted(groups)]
+
+
+def _check_paging(short: str, raw: dict[str, str]) -> None:
+    """ParamProcessWorker: page and pagesize come together (pagesize alone only at its default)."""
+    page, page_size = raw.get("page"), raw.get("pagesize")
+    if page is None and page_size is not None and page_size != str(DEFAULT_PAGE_SIZE):
+        raise param_error('"page" parameter is required when "pagesize" is specified')
+    if page_size is None and page is not None:
+        raise param_error('"pagesize" parameter is required when "page" is specified')
+
+
+# default.page.size, which is also the largest page BaseListCmd allows
+DEFAULT_PAGE_SIZE = 500
+PAGING = (Param("page", "long"), Param("pagesize", "long"))
 
 
 def _translate(short: str, param: Param, value: str, resolve: Resolver) -> Any:
@@ -134,11 +164,31 @@ def _translate(short: str, param: Param, value: str, resolve: Resolver) -> Any:
     return found
 
 
-def list_body(object_name: str, items: list[dict[str, Any]]) -> dict[str, Any]:
-    """ApiResponseSerializer: an empty list is ``{}``, with neither ``count`` nor the object key."""
-    if not items:
+def list_body(object_name: str, items: list[dict[str, Any]], p: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One page of a list (BaseListCmd page/pagesize, default.page.size when none is given); ``count`` is the
+    total. ApiResponseSerializer: an empty list is ``{}``, with neither ``count`` nor the object key."""
+    total = len(items)
+    if p is not None:
+        items = _page(items, p)
+    if not total:
         return {}
-    return {"count": len(items), object_name: items}
+    return {"count": total, object_name: items} if items else {"count": total}
+
+
+def _page(items: list[Any], p: dict[str, Any]) -> list[Any]:
+    page_size = p.get("pagesize", p.get("_page_size", DEFAULT_PAGE_SIZE))
+    page = p.get("page", 1)
+    max_size = p.get("_page_size", DEFAULT_PAGE_SIZE)
+    if page_size == -1:  # PAGESIZE_UNLIMITED
+        if "page" in p:
+            raise invalid_value("Can't specify page parameter when pagesize is -1 (Unlimited)")
+        return items
+    if page_size > max_size:
+        raise invalid_value(f"Page size can't exceed max allowed page size value: {max_size}")
+    if page_size < 1 or page < 1:
+        raise invalid_value("Page and pagesize must be positive")  # [U]
+    start = page_size * (page - 1)
+    return items[start : start + page_size]
 
 
 # ---- volumes -----------------------------------------------------------------------------------------------
@@ -155,7 +205,7 @@ def _create_volume(cloud: Cloud, p: dict[str, Any]) -> AsyncWork:
         size_gb=p.get("size"),
     )
     return AsyncWork(
-        run=lambda: {"volume": volume.response(cloud)},
+        run=lambda: {"volume": volume.response(cloud, full=p["_full"])},
         instance_type="Volume",
         instance_id=volume.id,
         created_id=volume.id,
@@ -184,7 +234,7 @@ def _list_volumes(cloud: Cloud, p: dict[str, Any]) -> dict[str, Any]:
         items = [v for v in items if v.zone is p["zoneid"]]
     if "keyword" in p:
         items = [v for v in items if p["keyword"].lower() in v.name.lower()]
-    return list_body("volume", [v.response(cloud) for v in items])
+    return list_body("volume", [v.response(cloud, full=p["_full"]) for v in items], p)
 
 
 def _attach_volume(cloud: Cloud, p: dict[str, Any]) -> AsyncWork:
@@ -197,7 +247,7 @@ def _attach_volume(cloud: Cloud, p: dict[str, Any]) -> AsyncWork:
             # volFactory.getVolume returns null for a removed volume
             raise invalid_value("Please specify a volume with the valid type: ROOT or DATADISK")
         live_vm = vm if cloud.is_live(vm) else None
-        return {"volume": cloud.attach_volume(volume, live_vm, device_id).response(cloud)}
+        return {"volume": cloud.attach_volume(volume, live_vm, device_id).response(cloud, full=p["_full"])}
 
     return AsyncWork(run=run, instance_type="Volume", instance_id=volume.id)
 
@@ -216,7 +266,7 @@ def _detach_volume(cloud: Cloud, p: dict[str, Any]) -> AsyncWork:
             vm_id_given="virtualmachineid" in p,
             device_id=p.get("deviceid"),
         )
-        return {"volume": detached.response(cloud)}
+        return {"volume": detached.response(cloud, full=p["_full"])}
 
     return AsyncWork(run=run, instance_type="Volume", instance_id=volume.id if volume is not None else "")
 
@@ -254,6 +304,25 @@ def _custom_parameters(offering: ServiceOffering, details: dict[str, str]) -> di
     return custom
 
 
+def _requested_networks(cloud: Cloud, p: dict[str, Any]) -> list[tuple[Network, str | None]]:
+    """BaseDeployVMCmd.getNetworkIds / getIpToNetworkMap: networkids in order, or iptonetworklist entries in
+    index order each with an optional ``ip``; never both. Empty: the zone's default network."""
+    by_ids: list[Network] = p.get("networkids", [])
+    entries: list[dict[str, str]] = p.get("iptonetworklist", [])
+    if entries and (by_ids or "ipaddress" in p):
+        raise invalid_value("ipToNetworkMap can't be specified along with networkIds or ipAddress")
+    if not entries:
+        return [(network, None) for network in by_ids]
+    requested: dict[str, tuple[Network, str | None]] = {}  # keyed by network: a LinkedHashMap in CloudStack
+    for entry in entries:
+        network_id = entry.get("networkid")
+        network = cloud.resolve("network", network_id) if network_id else None
+        if network is None:
+            raise invalid_value(f"Unable to find specified network by uuid {network_id}")  # [U]
+        requested[network.id] = (network, entry.get("ip"))
+    return list(requested.values())
+
+
 def _deploy_vm(cloud: Cloud, p: dict[str, Any]) -> AsyncWork:
     zone: Zone = p["zoneid"]
     offering: ServiceOffering = p["serviceofferingid"]
@@ -262,6 +331,7 @@ def _deploy_vm(cloud: Cloud, p: dict[str, Any]) -> AsyncWork:
     if root_gb is not None and root_gb < 1:
         raise invalid_value(f"Root disk size should be a positive number, but got {root_gb}")  # [U]
     custom = _custom_parameters(offering, p.get("details", {}))
+    networks = _requested_networks(cloud, p)
     vm = cloud.allocate_vm(
         zone=zone,
         service_offering=offering,
@@ -270,6 +340,8 @@ def _deploy_vm(cloud: Cloud, p: dict[str, Any]) -> AsyncWork:
         display_name=p.get("displayname"),
         root_disk_size_gb=root_gb,
         custom=custom,
+        networks=networks,
+        cluster=p.get("clusterid"),
     )
     start = p.get("startvm", True)
 
@@ -335,7 +407,7 @@ def _list_vms(cloud: Cloud, p: dict[str, Any]) -> dict[str, Any]:
         items = [vm for vm in items if vm.zone is p["zoneid"]]
     if "keyword" in p:
         items = [vm for vm in items if p["keyword"].lower() in vm.name.lower()]
-    return list_body("virtualmachine", [vm.response() for vm in items])
+    return list_body("virtualmachine", [vm.response() for vm in items], p)
 
 
 # ---- what a client resolves names with ---------------------------------------------------------------------
@@ -343,14 +415,14 @@ def _list_vms(cloud: Cloud, p: dict[str, Any]) -> dict[str, Any]:
 
 def _list_zones(cloud: Cloud, p: dict[str, Any]) -> dict[str, Any]:
     items = [z for z in cloud.zones.values() if ("id" not in p or z is p["id"]) and p.get("name", z.name) == z.name]
-    return list_body("zone", [z.response() for z in items])
+    return list_body("zone", [z.response() for z in items], p)
 
 
 def _list_disk_offerings(cloud: Cloud, p: dict[str, Any]) -> dict[str, Any]:
     items = [
         d for d in cloud.disk_offerings.values() if ("id" not in p or d is p["id"]) and p.get("name", d.name) == d.name
     ]
-    return list_body("diskoffering", [d.response() for d in items])
+    return list_body("diskoffering", [d.response() for d in items], p)
 
 
 def _list_service_offerings(cloud: Cloud, p: dict[str, Any]) -> dict[str, Any]:
@@ -359,7 +431,7 @@ def _list_service_offerings(cloud: Cloud, p: dict[str, Any]) -> dict[str, Any]:
         for s in cloud.service_offerings.values()
         if ("id" not in p or s is p["id"]) and p.get("name", s.name) == s.name
     ]
-    return list_body("serviceoffering", [s.response() for s in items])
+    return list_body("serviceoffering", [s.response() for s in items], p)
 
 
 def _list_templates(cloud: Cloud, p: dict[str, Any]) -> dict[str, Any]:
@@ -370,7 +442,32 @@ def _list_templates(cloud: Cloud, p: dict[str, Any]) -> dict[str, Any]:
         items = [t for t in items if t.zone is p["zoneid"]]
     if p["templatefilter"] == "featured":
         items = [t for t in items if t.featured]
-    return list_body("template", [t.response() for t in items])
+    return list_body("template", [t.response() for t in items], p)
+
+
+def _list_networks(cloud: Cloud, p: dict[str, Any]) -> dict[str, Any]:
+    items = [n for n in cloud.networks.values() if "id" not in p or n is p["id"]]
+    if "zoneid" in p:
+        items = [n for n in items if n.zone is p["zoneid"]]
+    if "type" in p:
+        items = [n for n in items if n.guest_type.lower() == p["type"].lower()]
+    if "keyword" in p:
+        items = [n for n in items if p["keyword"].lower() in n.name.lower()]
+    return list_body("network", [n.response() for n in items], p)
+
+
+def _list_storage_pools(cloud: Cloud, p: dict[str, Any]) -> dict[str, Any]:
+    items = [s for s in cloud.pools.values() if "id" not in p or s is p["id"]]
+    if "zoneid" in p:
+        items = [s for s in items if s.zone is p["zoneid"]]
+    if "clusterid" in p:
+        cluster: Cluster = p["clusterid"]
+        items = [s for s in items if s.cluster is cluster or (s.host is not None and s.host.cluster is cluster)]
+    if "scope" in p:
+        items = [s for s in items if s.scope == p["scope"].upper()]
+    if "name" in p:
+        items = [s for s in items if s.name == p["name"]]
+    return list_body("storagepool", [s.response() for s in items], p)
 
 
 _ADMIN_VOLUME = "org.apache.cloudstack.api.command.admin.volume."
@@ -402,6 +499,7 @@ COMMANDS: dict[str, Command] = {
                 Param("zoneid", "uuid", entity="zone"),
                 Param("keyword", "string"),
                 Param("listall", "boolean"),
+                *PAGING,
             ),
             _list_volumes,
         ),
@@ -436,6 +534,10 @@ COMMANDS: dict[str, Command] = {
                 Param("startvm", "boolean"),
                 Param("rootdisksize", "long"),
                 Param("details", "map"),
+                Param("networkids", "uuid_list", entity="network"),
+                Param("iptonetworklist", "map_list"),
+                Param("ipaddress", "string"),
+                Param("clusterid", "uuid", entity="cluster", admin_only=True),
             ),
             _deploy_vm,
             _ADMIN_VM + "DeployVMCmdByAdmin",
@@ -466,12 +568,13 @@ COMMANDS: dict[str, Command] = {
                 Param("zoneid", "uuid", entity="zone"),
                 Param("keyword", "string"),
                 Param("listall", "boolean"),
+                *PAGING,
             ),
             _list_vms,
         ),
         Command(
             "listZones",
-            (Param("id", "uuid", entity="zone"), Param("name", "string"), Param("available", "boolean")),
+            (Param("id", "uuid", entity="zone"), Param("name", "string"), Param("available", "boolean"), *PAGING),
             _list_zones,
         ),
         Command(
@@ -480,12 +583,13 @@ COMMANDS: dict[str, Command] = {
                 Param("id", "uuid", entity="diskoffering"),
                 Param("name", "string"),
                 Param("zoneid", "uuid", entity="zone"),
+                *PAGING,
             ),
             _list_disk_offerings,
         ),
         Command(
             "listServiceOfferings",
-            (Param("id", "uuid", entity="serviceoffering"), Param("name", "string")),
+            (Param("id", "uuid", entity="serviceoffering"), Param("name", "string"), *PAGING),
             _list_service_offerings,
         ),
         Command(
@@ -495,8 +599,34 @@ COMMANDS: dict[str, Command] = {
                 Param("id", "uuid", entity="template"),
                 Param("name", "string"),
                 Param("zoneid", "uuid", entity="zone"),
+                *PAGING,
             ),
             _list_templates,
+        ),
+        Command(
+            "listNetworks",
+            (
+                Param("id", "uuid", entity="network"),
+                Param("zoneid", "uuid", entity="zone"),
+                Param("type", "string"),
+                Param("keyword", "string"),
+                Param("listall", "boolean"),
+                *PAGING,
+            ),
+            _list_networks,
+        ),
+        Command(
+            "listStoragePools",
+            (
+                Param("id", "uuid", entity="storagepool"),
+                Param("zoneid", "uuid", entity="zone"),
+                Param("clusterid", "uuid", entity="cluster"),
+                Param("scope", "string"),
+                Param("name", "string"),
+                *PAGING,
+            ),
+            _list_storage_pools,
+            admin_only=True,
         ),
     )
 }

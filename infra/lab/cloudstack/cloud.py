@@ -9,6 +9,7 @@ Nothing here knows about HTTP; callers hold the simulator's lock around every me
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import os
 import uuid
@@ -29,6 +30,9 @@ HYPERVISOR = "KVM"
 CUSTOM_MIN_GB = 1
 CUSTOM_MAX_GB = 1024
 MAX_VOLUME_GB = 2000
+ACCOUNT_ID = "8a1c0c5e-0e5f-11ef-9b1d-0242ac110002"
+# ApiErrorCode.INSUFFICIENT_CAPACITY_ERROR
+INSUFFICIENT_CAPACITY = 533
 
 
 class ApiError(Exception):
@@ -59,6 +63,11 @@ def cloud_runtime_error(text: str) -> ApiError:
 def java_runtime_error(text: str) -> ApiError:
     """A plain java.lang.RuntimeException (getDeviceId throws these): INTERNAL_ERROR (530)."""
     return ApiError(text, errorcode=530, cserrorcode=9999)
+
+
+def _no_deployment(vm: VirtualMachine) -> ApiError:
+    """InsufficientServerCapacityException from the deployment planner: INSUFFICIENT_CAPACITY_ERROR (533)."""
+    return ApiError(f"Unable to create a deployment for VM[User|i-2-{vm.db_id}-VM]", errorcode=INSUFFICIENT_CAPACITY)
 
 
 def cs_time(moment: datetime) -> str:
@@ -92,6 +101,131 @@ class Zone:
             "localstorageenabled": False,
             "securitygroupsenabled": False,
             "zonetoken": self.id[:8],
+        }
+
+
+@dataclass
+class Cluster:
+    id: str
+    name: str
+    zone: Zone
+    db_id: int = field(default_factory=_next_db_id)
+
+
+@dataclass
+class Host:
+    id: str
+    name: str
+    cluster: Cluster
+    db_id: int = field(default_factory=_next_db_id)
+
+
+@dataclass
+class StoragePool:
+    """Primary storage with its scope (ScopeType HOST, CLUSTER or ZONE) as StoragePoolVO holds it."""
+
+    id: str
+    name: str
+    zone: Zone
+    scope: str  # HOST, CLUSTER or ZONE
+    cluster: Cluster | None = None
+    host: Host | None = None
+    managed: bool = False
+    db_id: int = field(default_factory=_next_db_id)
+
+    @property
+    def local(self) -> bool:
+        return self.scope == "HOST"
+
+    def reachable_from(self, host: Host) -> bool:
+        """Whether a VM on ``host`` can use a volume on this pool."""
+        if self.scope == "ZONE":
+            return host.cluster.zone is self.zone
+        if self.scope == "CLUSTER":
+            return host.cluster is self.cluster
+        return host is self.host
+
+    def response(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": self.id,
+            "name": self.name,
+            "zoneid": self.zone.id,
+            "zonename": self.zone.name,
+            "scope": self.scope,
+            "type": "Filesystem" if self.local else "NetworkFilesystem",
+            "state": "Up",
+            "hypervisor": HYPERVISOR,
+            "managed": self.managed,
+            "created": cs_time(now()),
+        }
+        cluster = self.cluster or (self.host.cluster if self.host else None)
+        if cluster is not None:
+            out["clusterid"] = cluster.id
+            out["clustername"] = cluster.name
+        return out
+
+
+@dataclass
+class Network:
+    """A guest network: Isolated (owned by the account, NAT behind a virtual router) or Shared (zone-wide)."""
+
+    id: str
+    name: str
+    zone: Zone
+    guest_type: str  # Isolated or Shared
+    cidr: str
+    db_id: int = field(default_factory=_next_db_id)
+
+    @property
+    def gateway(self) -> str:
+        return str(next(ipaddress.ip_network(self.cidr).hosts()))
+
+    @property
+    def netmask(self) -> str:
+        return str(ipaddress.ip_network(self.cidr).netmask)
+
+    def response(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "displaytext": self.name,
+            "zoneid": self.zone.id,
+            "zonename": self.zone.name,
+            "type": self.guest_type,
+            "traffictype": "Guest",
+            "cidr": self.cidr,
+            "gateway": self.gateway,
+            "netmask": self.netmask,
+            "state": "Implemented",
+            "acltype": "Account" if self.guest_type == "Isolated" else "Domain",
+            "account": ACCOUNT,
+            "domain": DOMAIN,
+            "domainid": DOMAIN_ID,
+        }
+
+
+@dataclass
+class Nic:
+    id: str
+    network: Network
+    ip: str
+    mac: str
+    device_id: int
+    is_default: bool
+
+    def response(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "networkid": self.network.id,
+            "networkname": self.network.name,
+            "ipaddress": self.ip,
+            "macaddress": self.mac,
+            "deviceid": str(self.device_id),  # NicResponse.deviceId is a String
+            "isdefault": self.is_default,
+            "type": self.network.guest_type,
+            "traffictype": "Guest",
+            "gateway": self.network.gateway,
+            "netmask": self.network.netmask,
         }
 
 
@@ -192,6 +326,9 @@ class VirtualMachine:
     db_id: int = field(default_factory=_next_db_id)
     # what a dynamic offering was given at deploy time (details cpuNumber, cpuSpeed, memory)
     custom: dict[str, int] = field(default_factory=dict)
+    nics: list[Nic] = field(default_factory=list)
+    host: Host | None = None  # set while Running (and kept as last host when stopped)
+    cluster_request: Cluster | None = None  # deployVirtualMachine clusterid
 
     def response(self) -> dict[str, Any]:
         return {
@@ -216,7 +353,8 @@ class VirtualMachine:
             "cpuspeed": self.custom.get("cpuSpeed", self.service_offering.cpu_speed),
             "memory": self.custom.get("memory", self.service_offering.memory_mb),
             "isdynamicallyscalable": False,
-            "nic": [],
+            **({"hostid": self.host.id, "hostname": self.host.name} if self.host and self.state == "Running" else {}),
+            "nic": [nic.response() for nic in self.nics],
             "tags": [],
             "affinitygroup": [],
             "securitygroup": [],
@@ -236,11 +374,13 @@ class Volume:
     vm: VirtualMachine | None = None
     device_id: int | None = None
     path: str | None = None
+    pool: StoragePool | None = None  # set once the volume exists on primary storage
     created: datetime = field(default_factory=now)
     attached: datetime | None = None
     db_id: int = field(default_factory=_next_db_id)
 
-    def response(self, cloud: Cloud) -> dict[str, Any]:
+    def response(self, cloud: Cloud, *, full: bool = True) -> dict[str, Any]:
+        """``full``: the root admin's view (ResponseView.Full); only it shows path, storage and storageid."""
         out: dict[str, Any] = {
             "id": self.id,
             "name": self.name,
@@ -254,7 +394,7 @@ class Volume:
             "account": ACCOUNT,
             "domain": DOMAIN,
             "domainid": DOMAIN_ID,
-            "storagetype": "shared",
+            "storagetype": "local" if self.pool is not None and self.pool.local else "shared",
             "hypervisor": HYPERVISOR,
             "destroyed": self.state == "Destroy",
             "isextractable": True,
@@ -268,10 +408,10 @@ class Volume:
         if self.template is not None:
             out["templateid"] = self.template.id
             out["templatename"] = self.template.name
-        if self.path is not None:
+        if full and self.path is not None and self.pool is not None:
             out["path"] = self.path
-            out["storage"] = cloud.primary_storage_name
-            out["storageid"] = cloud.primary_storage_id
+            out["storage"] = self.pool.name
+            out["storageid"] = self.pool.id
         if self.vm is not None:
             out["virtualmachineid"] = self.vm.id
             out["vmname"] = self.vm.name
@@ -295,12 +435,14 @@ class SeedIds:
     custom_service_offering_id: str
     template_id: str
     hub_vm_id: str
+    isolated_network_id: str = ""
+    shared_network_id: str = ""
+    cluster_id: str = ""
+    primary_pool_id: str = ""
 
 
 class Cloud:
     """Everything the simulated CloudStack knows. Volumes live as sparse files under ``state_dir/volumes``."""
-
-    primary_storage_name = "sim-primary"
 
     def __init__(
         self,
@@ -318,9 +460,12 @@ class Cloud:
         self.volumes_dir.mkdir(parents=True, exist_ok=True)
         self.by_id_dir.mkdir(parents=True, exist_ok=True)
         self.max_data_disks = max_data_disks
-        self.primary_storage_id = str(uuid.uuid4())
 
         self.zones: dict[str, Zone] = {}
+        self.clusters: dict[str, Cluster] = {}
+        self.hosts: dict[str, Host] = {}
+        self.pools: dict[str, StoragePool] = {}
+        self.networks: dict[str, Network] = {}
         self.disk_offerings: dict[str, DiskOffering] = {}
         self.service_offerings: dict[str, ServiceOffering] = {}
         self.templates: dict[str, Template] = {}
@@ -331,6 +476,11 @@ class Cloud:
 
         zone = Zone(str(uuid.uuid4()), "sim-zone-1")
         self.zones[zone.id] = zone
+        cluster = self.add_cluster(zone, "sim-cluster-1")
+        self.add_host(cluster, "sim-host-1")
+        primary = self.add_pool(zone, "sim-primary", "CLUSTER", cluster=cluster)
+        isolated = self.add_network(zone, "sim-isolated-1", "Isolated", "10.1.1.0/24")
+        shared = self.add_network(zone, "sim-shared-1", "Shared", "192.168.50.0/24")
         custom = DiskOffering(str(uuid.uuid4()), "Custom", 0)
         fixed = DiskOffering(str(uuid.uuid4()), "Small", 5)
         self.disk_offerings = {custom.id: custom, fixed.id: fixed}
@@ -349,7 +499,19 @@ class Cloud:
             display_name=hub_name,
             vm_id=hub_vm_id,
         )
-        self.seed = SeedIds(zone.id, custom.id, fixed.id, offering.id, custom_offering.id, template.id, hub.id)
+        self.seed = SeedIds(
+            zone.id,
+            custom.id,
+            fixed.id,
+            offering.id,
+            custom_offering.id,
+            template.id,
+            hub.id,
+            isolated_network_id=isolated.id,
+            shared_network_id=shared.id,
+            cluster_id=cluster.id,
+            primary_pool_id=primary.id,
+        )
         self.start_vm(hub)
 
     # ---- lookups ---------------------------------------------------------------------------------------------
@@ -363,6 +525,10 @@ class Cloud:
             "template": self.templates,
             "vm": self.vms,
             "volume": self.volumes,
+            "network": self.networks,
+            "cluster": self.clusters,
+            "host": self.hosts,
+            "storagepool": self.pools,
         }.get(kind, {})
         found = table.get(entity_id)
         if found is None:
@@ -382,6 +548,153 @@ class Cloud:
 
     def volume_file(self, volume: Volume) -> Path:
         return self.volumes_dir / f"{volume.id}.img"
+
+    # ---- topology: clusters, hosts, storage pools, guest networks (what an operator sets up) ------------------
+
+    def add_cluster(self, zone: Zone, name: str) -> Cluster:
+        cluster = Cluster(str(uuid.uuid4()), name, zone)
+        self.clusters[cluster.id] = cluster
+        return cluster
+
+    def add_host(self, cluster: Cluster, name: str) -> Host:
+        host = Host(str(uuid.uuid4()), name, cluster)
+        self.hosts[host.id] = host
+        return host
+
+    def add_pool(
+        self,
+        zone: Zone,
+        name: str,
+        scope: str,
+        *,
+        cluster: Cluster | None = None,
+        host: Host | None = None,
+        managed: bool = False,
+    ) -> StoragePool:
+        if scope not in ("HOST", "CLUSTER", "ZONE"):
+            raise ValueError(f"scope must be HOST, CLUSTER or ZONE, not {scope!r}")
+        if (scope == "CLUSTER") != (cluster is not None) or (scope == "HOST") != (host is not None):
+            raise ValueError("a CLUSTER pool needs a cluster, a HOST pool a host, a ZONE pool neither")
+        pool = StoragePool(str(uuid.uuid4()), name, zone, scope, cluster, host, managed)
+        self.pools[pool.id] = pool
+        return pool
+
+    def add_network(self, zone: Zone, name: str, guest_type: str, cidr: str) -> Network:
+        if guest_type not in ("Isolated", "Shared"):
+            raise ValueError(f"guest type must be Isolated or Shared, not {guest_type!r}")
+        network = Network(str(uuid.uuid4()), name, zone, guest_type, str(ipaddress.ip_network(cidr)))
+        self.networks[network.id] = network
+        return network
+
+    def default_network(self, zone: Zone) -> Network:
+        """UserVmManagerImpl.getDefaultNetwork for an Advanced zone without networkids: the account's only
+        Isolated network, a new one when it has none, a refusal when it has several."""
+        isolated = [n for n in self.networks.values() if n.zone is zone and n.guest_type == "Isolated"]
+        if len(isolated) > 1:
+            raise invalid_value(
+                f"More than 1 default Isolated networks are found for account Acct[{ACCOUNT_ID}-{ACCOUNT}]; "
+                "please specify networkIds"
+            )
+        if isolated:
+            return isolated[0]
+        # createDefaultNetworkForAccount: from the Required network offering, named <account>-network
+        used = {ipaddress.ip_network(n.cidr) for n in self.networks.values()}
+        cidr = next(c for c in (ipaddress.ip_network(f"10.1.{i}.0/24") for i in range(1, 255)) if c not in used)
+        return self.add_network(zone, f"{ACCOUNT}-network", "Isolated", str(cidr))
+
+    def allocate_nics(self, vm: VirtualMachine, requests: list[tuple[Network, str | None]]) -> None:
+        """NetworkOrchestrator.allocate: one NIC per requested network in order, the first one default; a
+        requested IP must be free in the network (IpAddressManagerImpl.acquireGuestIpAddress)."""
+        for network, _ in requests:
+            if network.zone is not vm.zone:
+                raise invalid_value(f"Network id={network.db_id} doesn't belong to zone {vm.zone.db_id}")
+        nics: list[Nic] = []
+        for index, (network, wanted) in enumerate(requests):
+            taken = {nic.ip for other in self.vms.values() for nic in other.nics if nic.network is network}
+            taken |= {nic.ip for nic in nics if nic.network is network}
+            free = [str(a) for a in ipaddress.ip_network(network.cidr).hosts() if str(a) != network.gateway]
+            if wanted is not None:
+                if wanted not in free or wanted in taken:
+                    raise ApiError(
+                        f"Unable to acquire Guest IP address for network Ntwk[{network.db_id}|Guest|{network.id}]",
+                        errorcode=INSUFFICIENT_CAPACITY,
+                        cserrorcode=4310,
+                    )
+                ip = wanted
+            else:
+                ip = next(a for a in free if a not in taken)
+            mac = "02:00:" + ":".join(f"{b:02x}" for b in os.urandom(4))
+            nics.append(Nic(str(uuid.uuid4()), network, ip, mac, index, index == 0))
+        vm.nics = nics
+
+    def root_pool(self, vm: VirtualMachine) -> StoragePool | None:
+        root = next((v for v in self.volumes_of(vm) if v.device_id == 0), None)
+        return root.pool if root is not None else None
+
+    @staticmethod
+    def _need_move(existing: StoragePool, wanted: StoragePool) -> bool:
+        """VolumeApiServiceImpl.needMoveVolume: must a volume on ``existing`` move to reach ``wanted``'s users?"""
+        if existing.zone is not wanted.zone:
+            return True
+        if existing.scope != wanted.scope:
+            if "ZONE" in (existing.scope, wanted.scope):
+                return False
+            cluster_pool, host_pool = (existing, wanted) if existing.scope == "CLUSTER" else (wanted, existing)
+            assert host_pool.host is not None
+            if host_pool.host.cluster is cluster_pool.cluster:
+                return False
+            raise invalid_value(f"Can't move volume between scope: {wanted.scope} and {existing.scope}")
+        # isSameScope compares the scope's id (zone, cluster or host), not the pools themselves
+        if existing.scope == "ZONE":
+            return False
+        if existing.scope == "CLUSTER":
+            return existing.cluster is not wanted.cluster
+        return existing.host is not wanted.host
+
+    def _pick_host(self, vm: VirtualMachine) -> Host:
+        """The deployment planner: a host (in the requested cluster, if any) that reaches every pool the VM's
+        volumes are on; none is InsufficientServerCapacityException."""
+        pools = [v.pool for v in self.volumes_of(vm) if v.pool is not None]
+        for host in self.hosts.values():
+            if host.cluster.zone is not vm.zone:
+                continue
+            if vm.cluster_request is not None and host.cluster is not vm.cluster_request:
+                continue
+            if all(pool.reachable_from(host) for pool in pools):
+                return host
+        raise _no_deployment(vm)
+
+    def _pool_for_new_volume(self, vm: VirtualMachine, host: Host) -> StoragePool:
+        """Where a VM's Allocated volume is created at start: next to its other volumes, else the first pool the
+        host reaches (the simulator's allocators keep insertion order)."""
+        for volume in self.volumes_of(vm):
+            if volume.pool is not None and volume.pool.reachable_from(host):
+                return volume.pool
+        for pool in self.pools.values():
+            if pool.reachable_from(host) and not pool.managed:
+                return pool
+        raise _no_deployment(vm)
+
+    def held_by_guest(self, volume: Volume) -> bool:
+        """Whether a process on this machine (the lab hub's "guest") still has the volume's file open: KVM's detach
+        waits for the guest to let go of the device, and fails when it does not."""
+        try:
+            target = self.volume_file(volume).stat()
+        except FileNotFoundError:
+            return False
+        for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+            try:
+                links = list(fd_dir.iterdir())
+            except OSError:
+                continue
+            for link in links:
+                try:
+                    seen = link.stat()
+                except OSError:
+                    continue
+                if (seen.st_dev, seen.st_ino) == (target.st_dev, target.st_ino):
+                    return True
+        return False
 
     # ---- volumes ---------------------------------------------------------------------------------------------
 
@@ -433,10 +746,11 @@ class Cloud:
         self.volumes[volume.id] = volume
         return volume
 
-    def _materialize(self, volume: Volume) -> None:
+    def _materialize(self, volume: Volume, pool: StoragePool) -> None:
         """Put the volume on primary storage: a sparse file of its size; CloudStack then calls it Ready."""
         if volume.state != "Allocated":
             return
+        volume.pool = pool
         path = self.volume_file(volume)
         with open(path, "ab"):
             pass
@@ -475,7 +789,7 @@ class Cloud:
             raise invalid_value("Please specify a VM that is in the same zone as the volume.")
         # checkDeviceId
         if device_id == 0:
-            self._validate_root_detach_attach(vm)
+            self._validate_root_detach_attach(vm, volume)
             if any(v.device_id == 0 for v in self.volumes_of(vm)):
                 raise invalid_value("Vm already has root volume attached to it")
         # checkNumberOfAttachedVolumes
@@ -486,9 +800,19 @@ class Cloud:
                     f"The specified VM already has the maximum number of data disks ({self.max_data_disks}) "
                     "attached. Please specify another VM."
                 )
-        # orchestrateAttachVolumeToVM: the volume reaches primary storage when the VM's disks already exist there.
-        if vm.state == "Running" or any(v.state == "Ready" for v in self.volumes_of(vm)):
-            self._materialize(volume)
+        # orchestrateAttachVolumeToVM: an Allocated volume is created on the pool of the VM's ROOT; one on
+        # another pool moves there when needMoveVolume says so, which local storage refuses.
+        root_pool = self.root_pool(vm) if device_id != 0 else None
+        if root_pool is not None:
+            if volume.pool is None:
+                self._materialize(volume, root_pool)
+            elif volume.pool is not root_pool and self._need_move(volume.pool, root_pool):
+                if volume.pool.local:
+                    raise cloud_runtime_error(
+                        f"Failed to attach local data volume {volume.name} to VM {vm.display_name} as migration of "
+                        "local data volume is not allowed"
+                    )
+                volume.pool = root_pool  # migrateVolume: the file stands for the copy
         # sendAttachVolumeCommand -> getDeviceId (plain RuntimeExceptions, hence 530 in the job result)
         chosen = self._device_id(vm, device_id)
         volume.vm = vm
@@ -514,10 +838,13 @@ class Cloud:
         raise java_runtime_error(f"All device Ids are used by vm {vm.db_id}")
 
     @staticmethod
-    def _validate_root_detach_attach(vm: VirtualMachine) -> None:
+    def _validate_root_detach_attach(vm: VirtualMachine, volume: Volume) -> None:
+        """VolumeApiServiceImpl.validateRootVolumeDetachAttach (KVM passes the hypervisor check)."""
         # CloudStack's condition `!(state == Stopped) || (state == Destroyed)` lets only Stopped through.
         if vm.state != "Stopped":
             raise invalid_value("Root volume detach can happen only when vm is in states: Stopped or Destroyed")
+        if volume.pool is not None and volume.pool.managed:
+            raise invalid_value("Root volume detach is not supported for Managed DataStores")
 
     def detach_volume(
         self,
@@ -553,7 +880,13 @@ class Cloud:
         if volume.type not in ("ROOT", "DATADISK"):
             raise invalid_value("Please specify volume of type DATADISK or ROOT")
         if volume.type == "ROOT":
-            self._validate_root_detach_attach(vm)
+            self._validate_root_detach_attach(vm, volume)
+        if vm.id == self.seed.hub_vm_id and vm.state == "Running" and self.held_by_guest(volume):
+            # LibvirtComputingResource detaches, then waits for the guest to release the disk  [U: agent text]
+            raise cloud_runtime_error(
+                f"Failed to detach volume {volume.name} from VM i-2-{vm.db_id}-VM: the guest did not release the "
+                "device in time"
+            )
         self._detach(volume)
         self.sync_hub_links()
         return volume
@@ -579,8 +912,12 @@ class Cloud:
         vm_id: str | None = None,
         root_disk_size_gb: int | None = None,
         custom: dict[str, int] | None = None,
+        networks: list[tuple[Network, str | None]] | None = None,
+        cluster: Cluster | None = None,
     ) -> VirtualMachine:
-        """The synchronous half of deployVirtualMachine: a Stopped VM with its ROOT volume, both only allocated."""
+        """The synchronous half of deployVirtualMachine: a Stopped VM with its ROOT volume, both only allocated,
+        and its NICs (``networks`` in order, each with an optional requested IP; none: the zone's default)."""
+        requests = networks if networks else [(self.default_network(zone), None)]
         new_id = vm_id or str(uuid.uuid4())
         host_name = name or f"VM-{new_id}"
         vm = VirtualMachine(
@@ -592,7 +929,9 @@ class Cloud:
             service_offering=service_offering,
             template=template,
             custom=dict(custom or {}),
+            cluster_request=cluster,
         )
+        self.allocate_nics(vm, requests)
         self.vms[vm.id] = vm
         root_size = root_disk_size_gb * GIB if root_disk_size_gb else template.size_bytes
         root = Volume(
@@ -616,8 +955,11 @@ class Cloud:
             raise invalid_value(f"Unable to start VM {vm.id}: it is in state {vm.state}")  # [U]
         if not any(v.device_id == 0 for v in self.volumes_of(vm)):
             raise cloud_runtime_error(f"Unable to start VM {vm.id}: it has no ROOT volume attached")  # [U]
+        host = self._pick_host(vm)
         for volume in self.volumes_of(vm):
-            self._materialize(volume)
+            if volume.state == "Allocated":
+                self._materialize(volume, self._pool_for_new_volume(vm, host))
+        vm.host = host
         vm.state = "Running"
         self.sync_hub_links()
         return vm

@@ -4,19 +4,25 @@ a small admin API at ``/_sim/`` for tests (fault injection, ids, volume files).
 Wire format as apache/cloudstack's ApiServlet / ApiServer / ApiResponseSerializer / ApiAsyncJobDispatcher:
 - every answer is ``{"<command lower-case>response": {...}}``; errors carry ``uuidList, errorcode, cserrorcode,
   errortext`` and the HTTP status is the errorcode (401 bad signature, 431 parameter error, 530 internal error);
-- a request that fails verification, or names a command that does not exist, gets 401 and
-  "unable to verify user credentials and/or request signature" (for an unknown command the response name is
-  ``errorresponse``, as getSerializedApiError falls back to it);
+- a request that fails verification gets 401 and "unable to verify user credentials and/or request signature";
+  a verified one naming a command that does not exist, or one the caller's role may not use (an admin-only
+  command with a user's keys), gets 432 "The given command does not exist or it is not available for user"
+  (response name ``errorresponse``, as getSerializedApiError falls back to it);
+- top-level parameter names are case-insensitive (ParamUnpackWorker lower-cases them); the keys inside a map
+  parameter (``details[0].cpuNumber``) are kept exactly as sent;
 - async commands answer ``{"jobid"}`` (create-style commands ``{"id", "jobid"}``); queryAsyncJobResult gives
   jobstatus 0/1/2, jobresultcode, jobresulttype "object" and jobresult ``{"volume": {...}}`` or, on failure,
   ``{"errorcode", "errortext"}`` with jobresultcode 431 for invalid-parameter errors, else 530.
-Only ``response=json`` is answered; CloudStack's XML default is not implemented.
+Without ``response=json`` the answer is XML, CloudStack's default (ApiResponseSerializer.toXMLSerializedString).
+Two key pairs exist: the root admin's (``api_key``) and a plain user's (``user_api_key``), who gets the
+restricted response view (no ``path``/``storage``/``storageid`` on volumes) and 432 for admin-only commands.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import secrets
 import threading
 import time
@@ -30,6 +36,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
+from xml.sax.saxutils import escape
 
 from infra.lab.cloudstack.api import COMMANDS, AsyncWork, Command, Param, process_parameters
 from infra.lab.cloudstack.cloud import ApiError, Cloud, cs_time, now
@@ -41,6 +48,12 @@ API_PATH = "/client/api"
 ADMIN_PREFIX = "/_sim"
 UNVERIFIED = "unable to verify user credentials and/or request signature"
 JSON_CONTENT_TYPE = "application/json; charset=UTF-8"
+XML_CONTENT_TYPE = "text/xml; charset=UTF-8"
+CLOUDSTACK_VERSION = "4.19.1.0"
+UNSUPPORTED = "The given command does not exist or it is not available for user"
+# ApiErrorCode.UNSUPPORTED_ACTION_ERROR
+UNSUPPORTED_ACTION = 432
+_MAP_PARAM = re.compile(r"^(?P<name>[^\[]+)(?P<rest>\[.*)$")
 FAULT_KINDS = ("error", "timeout", "job-failure")
 ACCOUNT_ID = "8a1c0c5e-0e5f-11ef-9b1d-0242ac110002"
 USER_ID = "8a1c1d2a-0e5f-11ef-9b1d-0242ac110002"
@@ -53,6 +66,35 @@ def error_body(response_name: str, errorcode: int, errortext: str, cserrorcode: 
         inner["cserrorcode"] = cserrorcode
     inner["errortext"] = errortext
     return {response_name: inner}
+
+
+def unpack_names(params: dict[str, str]) -> dict[str, str]:
+    """ParamUnpackWorker: every top-level name lower-cased; in ``name[0].key`` only ``name`` is."""
+    out: dict[str, str] = {}
+    for name, value in params.items():
+        match = _MAP_PARAM.match(name)
+        key = match["name"].lower() + match["rest"] if match else name.lower()
+        out.setdefault(key, value)
+    return out
+
+
+def _xml_value(name: str, value: Any) -> str:
+    if isinstance(value, list):
+        return "".join(_xml_value(name, item) for item in value)
+    if isinstance(value, dict):
+        return f"<{name}>{''.join(_xml_value(k, v) for k, v in value.items())}</{name}>"
+    text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+    return f"<{name}>{escape(text)}</{name}>"
+
+
+def xml_body(body: dict[str, Any]) -> str:
+    """ApiResponseSerializer's XML: the response element carries cloud-stack-version; lists repeat their
+    element; empty lists (uuidList) are left out."""
+    [(name, inner)] = body.items()
+    children = "".join(_xml_value(k, v) for k, v in inner.items())
+    return (
+        f'<?xml version="1.0" encoding="UTF-8"?><{name} cloud-stack-version="{CLOUDSTACK_VERSION}">{children}</{name}>'
+    )
 
 
 @dataclass
@@ -130,13 +172,19 @@ class SimulatorInfo:
     state_dir: str
     dev_root: str
     max_data_disks: int
+    user_api_key: str = ""  # a plain user's keys: restricted view, no admin-only commands
+    user_secret_key: str = ""
+    isolated_network_id: str = ""
+    shared_network_id: str = ""
+    cluster_id: str = ""
+    primary_pool_id: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SimulatorInfo:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
 
 class _Server(ThreadingHTTPServer):
@@ -162,7 +210,10 @@ class _Handler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         self._dispatch("DELETE")
 
+    wants_xml = False
+
     def _dispatch(self, method: str) -> None:
+        self.wants_xml = False  # per request: a keep-alive connection reuses the handler
         split = urlsplit(self.path)
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
@@ -186,9 +237,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, {"error": f"nothing at {split.path}"})
 
     def _send(self, status: int, body: dict[str, Any]) -> None:
-        data = json.dumps(body).encode("utf-8")
+        if self.wants_xml:
+            data, content_type = xml_body(body).encode("utf-8"), XML_CONTENT_TYPE
+        else:
+            data, content_type = json.dumps(body).encode("utf-8"), JSON_CONTENT_TYPE
         self.send_response(status)
-        self.send_header("Content-Type", JSON_CONTENT_TYPE)
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
@@ -214,12 +268,16 @@ class CloudStackSimulator:
         max_data_disks: int = 6,
         hub_vm_id: str | None = None,
         admin: bool = True,
+        default_page_size: int = 500,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.host = host
         self.port = port
         self.api_key = api_key or secrets.token_urlsafe(24)
         self.secret_key = secret_key or secrets.token_urlsafe(32)
+        self.user_api_key = secrets.token_urlsafe(24)
+        self.user_secret_key = secrets.token_urlsafe(32)
+        self.default_page_size = default_page_size  # default.page.size (also the largest page allowed)
         self.job_delay = job_delay
         self.admin = admin
         self.cloud = Cloud(self.state_dir, max_data_disks=max_data_disks, hub_vm_id=hub_vm_id)
@@ -306,6 +364,12 @@ class CloudStackSimulator:
             state_dir=str(self.state_dir),
             dev_root=str(self.cloud.dev_root),
             max_data_disks=self.cloud.max_data_disks,
+            user_api_key=self.user_api_key,
+            user_secret_key=self.user_secret_key,
+            isolated_network_id=seed.isolated_network_id,
+            shared_network_id=seed.shared_network_id,
+            cluster_id=seed.cluster_id,
+            primary_pool_id=seed.primary_pool_id,
         )
 
     def volume_file(self, volume_id: str) -> Path:
@@ -356,20 +420,21 @@ class CloudStackSimulator:
 
     # ---- the API ---------------------------------------------------------------------------------------------
 
-    def _serve_api(self, handler: _Handler, params: dict[str, str]) -> None:
-        if (params.get("response") or "").lower() != "json":
-            handler._send(400, {"errorresponse": {"errortext": "this simulator answers response=json only"}})
-            return
+    def _serve_api(self, handler: _Handler, raw: dict[str, str]) -> None:
+        params = unpack_names(raw)
+        handler.wants_xml = (params.get("response") or "").lower() != "json"
         name = params.get("command")
         command = self._query_job if name == self._query_job.name else COMMANDS.get(name or "")
-        if command is None:
-            # verifyRequest refuses a command it does not know before it looks at the signature
-            handler._send(401, error_body("errorresponse", 401, UNVERIFIED))
-            return
-        verdict = verify_request(params, {self.api_key: self.secret_key})
+        keys = {self.api_key: self.secret_key, self.user_api_key: self.user_secret_key}
+        verdict = verify_request(raw, keys)  # the signature covers the names as sent
         if not verdict.ok:
-            log.info("refused %s: %s", command.name, verdict.reason)
-            handler._send(401, error_body(command.response_name, 401, UNVERIFIED))
+            log.info("refused %s: %s", name, verdict.reason)
+            response_name = command.response_name if command is not None else "errorresponse"
+            handler._send(401, error_body(response_name, 401, UNVERIFIED))
+            return
+        admin = params.get("apikey") == self.api_key
+        if command is None or (command.admin_only and not admin):
+            handler._send(UNSUPPORTED_ACTION, error_body("errorresponse", UNSUPPORTED_ACTION, UNSUPPORTED, 9999))
             return
         fault = self._take_fault(command.name)
         if fault is not None and fault.kind == "error":
@@ -378,11 +443,11 @@ class CloudStackSimulator:
             return
         if fault is not None and fault.kind == "timeout":
             if fault.execute:
-                self._execute(command, params, None)
+                self._execute(command, params, None, admin)
             self._stopping.wait(fault.hang_seconds)
             handler.close_connection = True
             return
-        status, body = self._execute(command, params, fault)
+        status, body = self._execute(command, params, fault, admin)
         handler._send(status, body)
 
     def _take_fault(self, command: str) -> Fault | None:
@@ -403,11 +468,14 @@ class CloudStackSimulator:
             return self._jobs.get(entity_id)
         return self.cloud.resolve(kind, entity_id)
 
-    def _execute(self, command: Command, raw: dict[str, str], fault: Fault | None) -> tuple[int, dict[str, Any]]:
+    def _execute(
+        self, command: Command, raw: dict[str, str], fault: Fault | None, admin: bool = True
+    ) -> tuple[int, dict[str, Any]]:
         name = command.response_name
         try:
             with self._lock:
-                values = process_parameters(command, raw, self._resolve)
+                values = process_parameters(command, raw, self._resolve, admin=admin)
+                values["_page_size"] = self.default_page_size
                 outcome = command.handler(self.cloud, values)
                 if isinstance(outcome, AsyncWork):
                     job = Job(str(uuid.uuid4()), command, outcome, time.monotonic() + self.job_delay, fault)
