@@ -31,8 +31,19 @@ class CloudStack(Block):
     hub_vm_id: str = Field(description="The hub VM (uuid) volumes are attached to while they are written.")
     device_root: str = Field(
         default="/dev",
-        description="Where the hub sees attached volumes (<device_root>/disk/by-id/virtio-<serial>); the "
-        "simulator uses <state-dir>/dev.",
+        description="Where the hub sees attached volumes (<device_root>/disk/by-id/virtio-<serial>, or "
+        "scsi-0QEMU_QEMU_HARDDISK_<serial> on virtio-scsi); the simulator uses <state-dir>/dev.",
+    )
+    network_map: dict[str, str] = Field(
+        default_factory=dict,
+        description="Source network (vSphere port group name) -> CloudStack network (uuid). A failover VM gets one "
+        "NIC per source NIC, in source order, on the mapped network; a source network missing here refuses the "
+        "failover before anything is created. A failover run may add or override entries for its VM.",
+    )
+    check_placement: bool = Field(
+        default=True,
+        description="Before a failover, check that one cluster reaches every volume's storage pool and deploy "
+        "there. Needs a root admin's key (listStoragePools and the volumes' storage ids are admin-only).",
     )
     verify_tls: bool = Field(default=True, description="Verify the API's certificate. Off only for throw-away labs.")
     ca_file: str | None = Field(

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from catalog.db import Catalog
 from catalog.errors import UnknownRecord
-from catalog.models import VmContext, VmDisk, utcnow
+from catalog.models import VmContext, VmDisk, VmNic, utcnow
 from vmferry.inventory import ObservedDisk, ObservedVM
 
 DiskChange = Literal["new", "unchanged", "updated", "resized", "returned", "replaced", "removed"]
@@ -45,6 +45,14 @@ class RecordedDisk(BaseModel):
     change: DiskChange
 
 
+class RecordedNic(BaseModel):
+    device_key: int
+    mac_address: str | None
+    network: str  # the port group's name
+    adapter: str
+    label: str | None
+
+
 class RecordedVM(BaseModel):
     vm_context_id: int
     name: str
@@ -55,6 +63,7 @@ class RecordedVM(BaseModel):
     cpu_count: int | None = None
     memory_mb: int | None = None
     disks: list[RecordedDisk]
+    nics: list[RecordedNic] = []  # present ones, in device-key (source) order
 
     def present_disks(self) -> list[RecordedDisk]:
         return [disk for disk in self.disks if disk.present]
@@ -178,6 +187,27 @@ def _sync_disks(session: Session, context_id: int, vm: ObservedVM) -> dict[int, 
     return changes
 
 
+def _sync_nics(session: Session, context_id: int, vm: ObservedVM) -> None:
+    """Keep one row per adapter (by device key); an adapter no longer reported is marked absent, not deleted."""
+    now = utcnow()
+    rows = {row.device_key: row for row in session.scalars(select(VmNic).where(VmNic.vm_context_id == context_id))}
+    for seen in vm.nics:
+        row = rows.get(seen.device_key)
+        if row is None:
+            row = VmNic(vm_context_id=context_id, device_key=seen.device_key)
+            session.add(row)
+        row.mac_address = seen.mac_address
+        row.network = seen.network
+        row.adapter = seen.adapter
+        row.label = seen.label
+        row.present = True
+        row.last_seen_at = now
+    reported = {nic.device_key for nic in vm.nics}
+    for key, row in rows.items():
+        if key not in reported:
+            row.present = False
+
+
 def _choose_boot_disk(context: VmContext, vm: ObservedVM) -> None:
     if context.boot_disk_source == "operator" and any(d.disk_id == context.boot_disk_id for d in vm.disks):
         return
@@ -198,6 +228,9 @@ def _recorded(session: Session, context_id: int, changes: dict[int, DiskChange])
     if context is None:
         raise UnknownRecord(f"vm context {context_id} does not exist")
     disks = session.scalars(select(VmDisk).where(VmDisk.vm_context_id == context_id).order_by(VmDisk.id))
+    nics = session.scalars(
+        select(VmNic).where(VmNic.vm_context_id == context_id, VmNic.present.is_(True)).order_by(VmNic.device_key)
+    )
     return RecordedVM(
         vm_context_id=context.id,
         name=context.name,
@@ -226,6 +259,12 @@ def _recorded(session: Session, context_id: int, changes: dict[int, DiskChange])
             )
             for d in disks
         ],
+        nics=[
+            RecordedNic(
+                device_key=n.device_key, mac_address=n.mac_address, network=n.network, adapter=n.adapter, label=n.label
+            )
+            for n in nics
+        ],
     )
 
 
@@ -236,6 +275,7 @@ def record_vm(catalog: Catalog, vm: ObservedVM) -> RecordedVM:
     def work(session: Session) -> RecordedVM:
         context_id = _upsert_context(session, vm)
         changes = _sync_disks(session, context_id, vm)
+        _sync_nics(session, context_id, vm)
         context = session.get(VmContext, context_id)
         assert context is not None
         _choose_boot_disk(context, vm)

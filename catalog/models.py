@@ -123,6 +123,23 @@ class VmDisk(Base):
     vm_context: Mapped[VmContext] = relationship(back_populates="disks")
 
 
+class VmNic(Base):
+    """One network adapter of a source VM and the port group it is on: failover maps it to a CloudStack network."""
+
+    __tablename__ = "vm_nics"
+    __table_args__ = (UniqueConstraint("vm_context_id", "device_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    vm_context_id: Mapped[int] = mapped_column(ForeignKey("vm_contexts.id", ondelete="RESTRICT"))
+    device_key: Mapped[int] = mapped_column(BigInteger)
+    mac_address: Mapped[str | None] = mapped_column(String(32))
+    network: Mapped[str] = mapped_column(String(255))
+    adapter: Mapped[str] = mapped_column(String(64), default="")
+    label: Mapped[str | None] = mapped_column(String(255))
+    present: Mapped[bool] = mapped_column(Boolean, default=True)
+    last_seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class Job(Base):
     """A unit of work (discovery, backup, replication, failover...), and the owner of what it leases."""
 

@@ -14,7 +14,7 @@ from pyVim.connect import Disconnect, SmartConnect
 from pyVmomi import vim, vmodl
 from pyVmomi.Security import CertificateMismatchException, ThumbprintMismatchException
 
-from vmferry.inventory import ObservedDisk, ObservedVM, base_disk_file
+from vmferry.inventory import ObservedDisk, ObservedNic, ObservedVM, base_disk_file
 
 
 class VSphereError(Exception):
@@ -169,6 +169,33 @@ def observed_disks(devices: list[Any], vm_name: str) -> list[ObservedDisk]:
     return disks
 
 
+def observed_nics(devices: list[Any], port_group_names: dict[str, str]) -> list[ObservedNic]:
+    """Every network adapter in device-key order (vSphere's "Network adapter 1, 2, ..." order), with the name of
+    its port group: a standard one names itself, a distributed one by key (``port_group_names``)."""
+    nics = []
+    for device in devices:
+        if not isinstance(device, vim.vm.device.VirtualEthernetCard):
+            continue
+        backing = device.backing
+        if isinstance(backing, vim.vm.device.VirtualEthernetCard.DistributedVirtualPortBackingInfo):
+            key = backing.port.portgroupKey
+            network = port_group_names.get(key, key)
+        elif isinstance(backing, vim.vm.device.VirtualEthernetCard.OpaqueNetworkBackingInfo):
+            network = backing.opaqueNetworkId
+        else:
+            network = getattr(backing, "deviceName", None) or ""
+        nics.append(
+            ObservedNic(
+                device_key=device.key,
+                mac_address=(device.macAddress or "").lower() or None,
+                network=network,
+                adapter=type(device).__name__.removeprefix("Virtual").lower(),
+                label=device.deviceInfo.label if device.deviceInfo else None,
+            )
+        )
+    return sorted(nics, key=lambda nic: nic.device_key)
+
+
 def _boot_disk_key(boot_options: Any) -> int | None:
     for entry in getattr(boot_options, "bootOrder", None) or []:
         if isinstance(entry, vim.vm.BootOptions.BootableDiskDevice):
@@ -252,15 +279,26 @@ class VSphereClient:
         finally:
             view.Destroy()
 
+    def port_group_names(self) -> dict[str, str]:
+        """Distributed port group key -> name, so a NIC on a distributed switch is recorded by its name."""
+        content = self.service_instance.content
+        view = content.viewManager.CreateContainerView(content.rootFolder, [vim.dvs.DistributedVirtualPortgroup], True)
+        try:
+            return {group.key: group.name for group in view.view}
+        finally:
+            view.Destroy()
+
     def list_vms(self) -> list[ObservedVM]:
-        """Every VM (templates excluded) with its disks, in one property-collector round trip."""
+        """Every VM (templates excluded) with its disks and NICs, in one property-collector round trip."""
         vcenter = self.vcenter_id()
+        port_groups = self.port_group_names()
         vms = []
         for moref, props in self._vm_properties():
             if props.get("config.template") or "config.instanceUuid" not in props:
                 continue
             name = props["name"]
-            disks = observed_disks(list(props.get("config.hardware.device") or []), name)
+            devices = list(props.get("config.hardware.device") or [])
+            disks = observed_disks(devices, name)
             vms.append(
                 ObservedVM(
                     vcenter=vcenter,
@@ -274,6 +312,7 @@ class VSphereClient:
                     cbt_enabled=bool(props.get("config.changeTrackingEnabled")),
                     boot_disk_key=_boot_disk_key(props.get("config.bootOptions")),
                     disks=tuple(disks),
+                    nics=tuple(observed_nics(devices, port_groups)),
                 )
             )
         return sorted(vms, key=lambda vm: (vm.name, vm.instance_uuid))

@@ -32,6 +32,7 @@ from catalog.failovers import (
 from catalog.inventory import find_vm
 from catalog.replication import volumes_of_vm
 from flows.replicate import replicate_vm
+from tasks.destination import check_destination
 from tasks.failover import (
     attach_to_destination,
     deploy_destination_vm,
@@ -46,6 +47,7 @@ from tasks.jobs import close_job, open_job
 from vmferry.compensation import quietly
 from vmferry.failover_plan import check_attached, plan_attachments
 from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
+from vmferry.network_plan import plan_nics
 
 
 class FailoverDevice(BaseModel):
@@ -70,12 +72,28 @@ def failover_vm(
     mode: Literal["test", "live"] = "test",
     vcenter: VCenter | str | None = None,
     agent: Agent | str | None = None,
+    network_map: dict[str, str] | None = None,
+    ip_addresses: dict[str, str] | None = None,
 ) -> FailoverResult:
-    """Bring ``vm`` up in CloudStack from its replicated volumes. ``live`` needs ``vcenter`` and ``agent``."""
+    """Bring ``vm`` up in CloudStack from its replicated volumes. ``live`` needs ``vcenter`` and ``agent``.
+
+    ``network_map`` adds to (or overrides) the block's port group -> CloudStack network map for this VM;
+    ``ip_addresses`` pins a NIC's IP by the source NIC's MAC address."""
     logger = get_run_logger()
     cloud = load_block(CloudStack, cloudstack)
     catalog = default_catalog()
     recorded = find_vm(catalog, vm)
+    # refused here, before the source is touched or anything is created
+    nics = plan_nics(recorded, {**cloud.network_map, **(network_map or {})}, ip_addresses)
+    if not nics:
+        logger.warning("VM %s has no NIC on record: CloudStack puts its failover VM on the zone's default network", vm)
+    placement = check_destination(
+        cloud,
+        recorded,
+        nics,
+        plan_attachments(recorded, {v.vm_disk_id: v for v in volumes_of_vm(catalog, recorded.vm_context_id)}),
+    )
+    logger.info("placement of %s: %s", recorded.name, placement.reason)
     if mode == "live":
         if vcenter is None or agent is None:
             raise ValueError("a live failover powers the source off and syncs a last time: pass vcenter and agent")
@@ -90,7 +108,7 @@ def failover_vm(
     failover_id = start_failover(catalog, recorded.vm_context_id, job_id, mode)
     try:
         with ExitStack() as undo:
-            destination = deploy_destination_vm(cloud, recorded, mode)
+            destination = deploy_destination_vm(cloud, recorded, mode, nics, placement.cluster_id)
             set_destination(catalog, failover_id, destination.id)
             ours = [item.volume_id for item in plan]
             undo.callback(quietly(remove_destination_vm, cloud, destination.id, ours))

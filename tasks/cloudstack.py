@@ -14,7 +14,7 @@ from blocks.cloudstack import CloudStack
 from catalog import default_catalog
 from catalog.inventory import RecordedDisk, RecordedVM
 from catalog.replication import VolumeView, record_attachment, record_volume, volume_for_disk
-from clients.cloudstack import CloudStackError, device_path_for_volume
+from clients.cloudstack import CloudStackError, device_candidates, find_volume_device
 
 GiB = 2**30
 
@@ -71,12 +71,13 @@ def _device_size(path: Path) -> int:
 
 
 def wait_for_device(dev_root: Path, volume_id: str, minimum_bytes: int, timeout: float = 30.0) -> Path:
-    """The hub's device for a volume, from its id (``/dev/disk/by-id/virtio-<serial>``), checked for size."""
-    path = device_path_for_volume(dev_root, volume_id)
+    """The hub's device for a volume, from its id (``/dev/disk/by-id/virtio-<serial>`` on virtio-blk,
+    ``scsi-0QEMU_QEMU_HARDDISK_<serial>`` on virtio-scsi), checked for size."""
     deadline = time.monotonic() + timeout
-    while not path.exists():
+    while (path := find_volume_device(dev_root, volume_id)) is None:
         if time.monotonic() > deadline:
-            raise VolumeDeviceError(f"volume {volume_id} is attached but {path} did not appear within {timeout:.0f} s")
+            names = " or ".join(str(p) for p in device_candidates(dev_root, volume_id))
+            raise VolumeDeviceError(f"volume {volume_id} is attached but {names} did not appear within {timeout:.0f} s")
         time.sleep(0.1)
     size = _device_size(path)
     if size < minimum_bytes:

@@ -12,6 +12,7 @@ from clients.cloudstack import CloudStackError, VirtualMachine
 from clients.vsphere import VSphereClient, VSphereError, VSphereSnapshots
 from tasks.cloudstack import wait_for_device
 from vmferry.failover_plan import PlannedAttachment
+from vmferry.network_plan import PlannedNic
 
 
 def destination_name(vm: RecordedVM, mode: str) -> str:
@@ -20,9 +21,16 @@ def destination_name(vm: RecordedVM, mode: str) -> str:
 
 
 @task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def deploy_destination_vm(cloudstack: CloudStack, vm: RecordedVM, mode: str) -> VirtualMachine:
+def deploy_destination_vm(
+    cloudstack: CloudStack,
+    vm: RecordedVM,
+    mode: str,
+    nics: list[PlannedNic] | None = None,
+    cluster_id: str | None = None,
+) -> VirtualMachine:
     """The destination VM, stopped (startvm=false), with the source's CPUs and memory when the service offering
-    is a custom one (a fixed offering decides them itself); an existing one of the same name is reused."""
+    is a custom one (a fixed offering decides them itself), one NIC per planned NIC in order, in ``cluster_id``
+    when given; an existing one of the same name is reused."""
     name = destination_name(vm, mode)
     with cloudstack.client() as client:
         existing = [
@@ -50,6 +58,8 @@ def deploy_destination_vm(cloudstack: CloudStack, vm: RecordedVM, mode: str) -> 
             template_id=cloudstack.template_id,
             name=name,
             startvm=False,
+            networks=[(nic.network_id, nic.ip_address) for nic in nics] if nics else None,
+            cluster_id=cluster_id,
             **sizing,
         )
 

@@ -49,6 +49,18 @@ class ObservedDisk(BaseModel):
         return (BUS_BOOT_RANK.get(self.bus, 9), self.bus_number, self.unit_number or 0, self.device_key)
 
 
+class ObservedNic(BaseModel):
+    """A network adapter and the network (port group) it is connected to, as vSphere reports it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    device_key: int
+    mac_address: str | None = None
+    network: str = Field(description="Port group name (standard or distributed); '' when not connected")
+    adapter: str = Field(default="", description="vmxnet3, e1000e, ...")
+    label: str | None = None
+
+
 class ObservedVM(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -63,6 +75,7 @@ class ObservedVM(BaseModel):
     cbt_enabled: bool = False
     boot_disk_key: int | None = Field(default=None, description="From config.bootOptions.bootOrder, if set")
     disks: tuple[ObservedDisk, ...] = ()
+    nics: tuple[ObservedNic, ...] = Field(default=(), description="Network adapters in device-key order")
 
     def disks_in_boot_order(self) -> list[ObservedDisk]:
         return sorted(self.disks, key=ObservedDisk.boot_sort_key)
