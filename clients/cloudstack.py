@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
@@ -39,6 +40,7 @@ UNSUPPORTED_ACTION = 432
 # default.page.size, also the largest page CloudStack serves
 PAGE_SIZE = 500
 # What only a root admin may call; a plain account gets 432 for them.
+_MAX_PAGE_SIZE = re.compile(r"Page size can't exceed max allowed page size value: (\d+)")
 ADMIN_ONLY_COMMANDS = frozenset({"listStoragePools", "listHypervisorCapabilities", "listClusters", "listHosts"})
 
 
@@ -353,11 +355,19 @@ class CloudStackClient:
         return inner
 
     def list_all(self, command: str, item_key: str, **params: object) -> list[dict[str, Any]]:
-        """Every item of a list command: ``page`` 1, 2, ... of ``page_size`` until a short (or empty) page."""
+        """Every item of a list command: ``page`` 1, 2, ... of ``page_size`` until a short (or empty) page. A
+        cloud whose default.page.size is below ours says so (431) and we page at its size."""
         items: list[dict[str, Any]] = []
         page = 1
         while True:
-            answer = self.call(command, page=page, pagesize=self.page_size, **params)
+            try:
+                answer = self.call(command, page=page, pagesize=self.page_size, **params)
+            except CloudStackError as exc:
+                limit = _MAX_PAGE_SIZE.search(exc.errortext) if exc.errorcode == 431 else None
+                if limit is None or int(limit[1]) >= self.page_size or page > 1:
+                    raise
+                self.page_size = int(limit[1])
+                continue
             batch = answer.get(item_key, [])
             items.extend(batch)
             if len(batch) < self.page_size:

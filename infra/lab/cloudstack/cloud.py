@@ -30,6 +30,8 @@ HYPERVISOR = "KVM"
 CUSTOM_MIN_GB = 1
 CUSTOM_MAX_GB = 1024
 MAX_VOLUME_GB = 2000
+# How udev names a KVM guest's disk by bus (LibvirtComputingResource sets the serial on both).
+HUB_DISK_PREFIX = {"virtio-blk": "virtio-", "virtio-scsi": "scsi-0QEMU_QEMU_HARDDISK_"}
 ACCOUNT_ID = "8a1c0c5e-0e5f-11ef-9b1d-0242ac110002"
 # ApiErrorCode.INSUFFICIENT_CAPACITY_ERROR
 INSUFFICIENT_CAPACITY = 533
@@ -452,7 +454,11 @@ class Cloud:
         hub_vm_id: str | None = None,
         hub_name: str = "vmferry-hub",
         template_size_bytes: int = 2 * GIB,
+        hub_disk_bus: str = "virtio-blk",
     ) -> None:
+        if hub_disk_bus not in HUB_DISK_PREFIX:
+            raise ValueError(f"hub_disk_bus must be one of {', '.join(HUB_DISK_PREFIX)}, not {hub_disk_bus!r}")
+        self.hub_disk_bus = hub_disk_bus
         self.state_dir = state_dir
         self.volumes_dir = state_dir / "volumes"
         self.dev_root = state_dir / "dev"
@@ -1009,14 +1015,15 @@ class Cloud:
         return volume_id.replace("-", "")[:20]
 
     def sync_hub_links(self) -> None:
-        """Make ``dev/disk/by-id`` show exactly the volumes attached to the running hub, as udev would."""
+        """Make ``dev/disk/by-id`` show exactly the volumes attached to the running hub, as udev would, named
+        for the hub's disk bus."""
         hub = self.vms.get(self.seed.hub_vm_id)
         wanted: dict[str, Path] = {}
         if hub is not None and hub.state == "Running":
             for volume in self.volumes_of(hub):
                 file = self.volume_file(volume)
                 if file.exists():
-                    wanted[f"virtio-{self.serial_of(volume.id)}"] = file
+                    wanted[HUB_DISK_PREFIX[self.hub_disk_bus] + self.serial_of(volume.id)] = file
         for link in self.by_id_dir.iterdir():
             target = wanted.get(link.name)
             if target is None or not link.is_symlink() or Path(os.readlink(link)) != target:

@@ -39,7 +39,7 @@ from urllib.parse import parse_qsl, urlsplit
 from xml.sax.saxutils import escape
 
 from infra.lab.cloudstack.api import COMMANDS, AsyncWork, Command, Param, process_parameters
-from infra.lab.cloudstack.cloud import ApiError, Cloud, cs_time, now
+from infra.lab.cloudstack.cloud import ACCOUNT_ID, ApiError, Cloud, cs_time, now
 from infra.lab.cloudstack.signature import verify_request
 
 log = logging.getLogger("vmferry.cloudstack_simulator")
@@ -55,7 +55,6 @@ UNSUPPORTED = "The given command does not exist or it is not available for user"
 UNSUPPORTED_ACTION = 432
 _MAP_PARAM = re.compile(r"^(?P<name>[^\[]+)(?P<rest>\[.*)$")
 FAULT_KINDS = ("error", "timeout", "job-failure")
-ACCOUNT_ID = "8a1c0c5e-0e5f-11ef-9b1d-0242ac110002"
 USER_ID = "8a1c1d2a-0e5f-11ef-9b1d-0242ac110002"
 
 
@@ -269,6 +268,7 @@ class CloudStackSimulator:
         hub_vm_id: str | None = None,
         admin: bool = True,
         default_page_size: int = 500,
+        hub_disk_bus: str = "virtio-blk",
     ) -> None:
         self.state_dir = Path(state_dir)
         self.host = host
@@ -280,7 +280,9 @@ class CloudStackSimulator:
         self.default_page_size = default_page_size  # default.page.size (also the largest page allowed)
         self.job_delay = job_delay
         self.admin = admin
-        self.cloud = Cloud(self.state_dir, max_data_disks=max_data_disks, hub_vm_id=hub_vm_id)
+        self.cloud = Cloud(
+            self.state_dir, max_data_disks=max_data_disks, hub_vm_id=hub_vm_id, hub_disk_bus=hub_disk_bus
+        )
         self.calls: Counter[str] = Counter()  # verified API calls per command, e.g. to count a client's retries
         self._lock = threading.RLock()
         self._jobs_changed = threading.Condition(self._lock)
