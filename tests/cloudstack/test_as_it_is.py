@@ -319,3 +319,24 @@ def test_the_hub_finds_virtio_scsi_disks_too(tmp_path):
         device = wait_for_device(sim.dev_root, volume.id, 2 * 1024**3, timeout=5)
         assert device.name == "scsi-0QEMU_QEMU_HARDDISK_" + volume.id.replace("-", "")[:20]
         assert device.resolve() == sim.volume_file(volume.id).resolve()
+
+
+def test_a_network_of_another_zone_is_refused(cs, cloudstack_sim):
+    from infra.lab.cloudstack.cloud import Zone
+
+    cloud = cloudstack_sim.cloud
+    elsewhere = Zone("0d1e2f30-0000-4000-8000-000000000002", "sim-zone-2")
+    cloud.zones[elsewhere.id] = elsewhere
+    foreign = cloud.add_network(elsewhere, "far", "Shared", "172.16.0.0/24")
+    info = cloudstack_sim.info()
+    with pytest.raises(CloudStackError) as caught:
+        cs.deploy_vm(
+            zone_id=info.zone_id,
+            service_offering_id=info.service_offering_id,
+            template_id=info.template_id,
+            networks=[(foreign.id, None)],
+        )
+    assert (caught.value.errorcode, caught.value.errortext) == (
+        431,
+        f"Network id={foreign.db_id} doesn't belong to zone {cloud.zones[info.zone_id].db_id}",
+    )

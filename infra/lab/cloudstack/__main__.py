@@ -40,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--job-delay", type=float, default=0.5, help="seconds before an async job completes")
     parser.add_argument("--max-data-disks", type=int, default=6)
+    parser.add_argument("--page-size", type=int, default=500, help="default.page.size (also the largest page)")
+    parser.add_argument(
+        "--hub-disk-bus", choices=("virtio-blk", "virtio-scsi"), default="virtio-blk", help="how the hub sees disks"
+    )
     parser.add_argument("--hub-vm-id", default=None, help="uuid of the hub VM (default: generated)")
     parser.add_argument("--no-admin", action="store_true", help="do not serve the /_sim admin API")
     parser.add_argument("--verbose", action="store_true")
@@ -58,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         max_data_disks=args.max_data_disks,
         hub_vm_id=args.hub_vm_id,
         admin=not args.no_admin,
+        default_page_size=args.page_size,
+        hub_disk_bus=args.hub_disk_bus,
     ).start()
 
     done = threading.Event()
