@@ -37,6 +37,14 @@ def raw_call(
     return httpx.post(sim.url, content=urlencode(params).encode(), headers=form, timeout=5)
 
 
+def client_for(sim: CloudStackSimulator, *, user: bool = False, page_size: int = 500) -> CloudStackClient:
+    """Our client with the simulator's root admin keys, or (``user``) a plain account's."""
+    key, secret = (sim.user_api_key, sim.user_secret_key) if user else (sim.api_key, sim.secret_key)
+    return CloudStackClient(
+        sim.url, key, secret, timeout=5, poll_interval=0.01, max_poll_interval=0.05, job_timeout=10, page_size=page_size
+    )
+
+
 def base_params(sim: CloudStackSimulator, command: str, **extra: str) -> dict[str, str]:
     return {"command": command, "response": "json", "apiKey": sim.api_key, **extra}
 
@@ -55,3 +63,15 @@ def new_vm(cs: CloudStackClient, sim: CloudStackSimulator, *, startvm: bool = Fa
         name=name,
         startvm=startvm,
     )
+
+
+def ready_volume_on(sim: CloudStackSimulator, pool, name: str = "placed") -> str:
+    """A detached 1 GiB volume already Ready on ``pool`` (as after an earlier attach there); its id."""
+    cloud = sim.cloud
+    with sim._lock:
+        volume = cloud.alloc_volume(
+            name=name, zone=pool.zone, disk_offering=cloud.disk_offerings[sim.info().custom_disk_offering_id],
+            snapshot_id=None, size_gb=1,
+        )  # fmt: skip
+        cloud._materialize(volume, pool)
+    return volume.id

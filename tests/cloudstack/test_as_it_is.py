@@ -10,7 +10,6 @@ import pytest
 
 from clients.cloudstack import (
     CloudStackAdminRequired,
-    CloudStackClient,
     CloudStackError,
     CloudStackJobFailed,
     find_volume_device,
@@ -18,16 +17,9 @@ from clients.cloudstack import (
 )
 from infra.lab.cloudstack import CloudStackSimulator
 from tasks.cloudstack import wait_for_device
-from tests.cloudstack.helpers import base_params, new_vm, new_volume, raw_call
+from tests.cloudstack.helpers import base_params, client_for, new_vm, new_volume, raw_call, ready_volume_on
 
 UNSUPPORTED = "The given command does not exist or it is not available for user"
-
-
-def _client(sim: CloudStackSimulator, *, user: bool = False, page_size: int = 500) -> CloudStackClient:
-    key, secret = (sim.user_api_key, sim.user_secret_key) if user else (sim.api_key, sim.secret_key)
-    return CloudStackClient(
-        sim.url, key, secret, timeout=5, poll_interval=0.01, max_poll_interval=0.05, job_timeout=10, page_size=page_size
-    )
 
 
 # ---- requests: names, map keys, envelope ----------------------------------------------------------------------
@@ -105,7 +97,7 @@ def small_pages(tmp_path: Path):
 
 def test_lists_page_and_our_client_pages_until_a_short_page(small_pages):
     sim = small_pages
-    with _client(sim) as admin:
+    with client_for(sim) as admin:
         made = {new_volume(admin, sim, name=f"v{i}").id for i in range(7)}
         everything = {v.id for v in admin.list_volumes()}
         assert admin.page_size == 3  # the cloud's default.page.size is below 500: the client pages at 3
@@ -138,7 +130,7 @@ def test_paging_refusals(small_pages, paging, text):
 
 def test_path_and_storage_are_for_root_admins_only(cloudstack_sim):
     hub = cloudstack_sim.hub_vm_id
-    with _client(cloudstack_sim) as admin, _client(cloudstack_sim, user=True) as user:
+    with client_for(cloudstack_sim) as admin, client_for(cloudstack_sim, user=True) as user:
         [root] = admin.list_volumes(virtual_machine_id=hub)
         assert root.path and root.storage == "sim-primary" and root.storage_id == cloudstack_sim.info().primary_pool_id
         [seen] = user.list_volumes(virtual_machine_id=hub)
@@ -217,17 +209,6 @@ def _topology(sim: CloudStackSimulator):
     return cloud, zone, cluster1, cluster2, host2
 
 
-def _on_pool(cs: CloudStackClient, sim: CloudStackSimulator, pool) -> str:
-    """A Ready volume on ``pool``: created on a stopped VM whose root is there, then detached."""
-    with sim._lock:
-        volume = sim.cloud.alloc_volume(
-            name="placed", zone=pool.zone, disk_offering=next(iter(sim.cloud.disk_offerings.values())),
-            snapshot_id=None, size_gb=1,
-        )  # fmt: skip
-        sim.cloud._materialize(volume, pool)
-    return volume.id
-
-
 def test_attach_creates_the_volume_on_the_pool_of_the_vms_root(cs, cloudstack_sim):
     vm = new_vm(cs, cloudstack_sim, startvm=True)
     volume = cs.attach_volume(new_volume(cs, cloudstack_sim).id, vm.id)
@@ -238,16 +219,16 @@ def test_attach_creates_the_volume_on_the_pool_of_the_vms_root(cs, cloudstack_si
 def test_local_data_volumes_cannot_move_and_scopes_must_meet(cs, cloudstack_sim):
     cloud, zone, cluster1, cluster2, host2 = _topology(cloudstack_sim)
     vm = new_vm(cs, cloudstack_sim, startvm=True)  # its root is on sim-primary (cluster 1)
-    local = _on_pool(cs, cloudstack_sim, cloud.add_pool(zone, "local-2", "HOST", host=host2))
+    local = ready_volume_on(cloudstack_sim, cloud.add_pool(zone, "local-2", "HOST", host=host2))
     with pytest.raises(CloudStackJobFailed) as caught:
         cs.attach_volume(local, vm.id)
     assert caught.value.errorcode == 431
     assert caught.value.errortext == "Can't move volume between scope: CLUSTER and HOST"
-    other_cluster = _on_pool(cs, cloudstack_sim, cloud.add_pool(zone, "nfs-2", "CLUSTER", cluster=cluster2))
+    other_cluster = ready_volume_on(cloudstack_sim, cloud.add_pool(zone, "nfs-2", "CLUSTER", cluster=cluster2))
     moved = cs.attach_volume(other_cluster, vm.id)  # same scope type elsewhere: migrated to the root's pool
     assert moved.storage_id == cloudstack_sim.info().primary_pool_id
     host1 = next(h for h in cloud.hosts.values() if h.cluster is cluster1)
-    local1 = _on_pool(cs, cloudstack_sim, cloud.add_pool(zone, "local-1", "HOST", host=host1))
+    local1 = ready_volume_on(cloudstack_sim, cloud.add_pool(zone, "local-1", "HOST", host=host1))
     zone_vm = new_vm(cs, cloudstack_sim)
     with cloudstack_sim._lock:  # a VM whose ROOT is on another host's local pool
         root = next(v for v in cloud.volumes.values() if v.vm is cloud.vms[zone_vm.id])
@@ -274,7 +255,7 @@ def test_a_managed_pool_refuses_root_detach_and_attach_at_device_0(cs, cloudstac
     other = new_vm(cs, cloudstack_sim)
     [other_root] = cs.list_volumes(virtual_machine_id=other.id)
     cs.detach_volume(other_root.id)
-    on_managed = _on_pool(cs, cloudstack_sim, managed)
+    on_managed = ready_volume_on(cloudstack_sim, managed)
     with pytest.raises(CloudStackJobFailed) as caught:
         cs.attach_volume(on_managed, other.id, 0)
     assert caught.value.errortext == "Root volume detach is not supported for Managed DataStores"
@@ -314,7 +295,7 @@ def test_detach_from_the_hub_is_refused_while_the_guest_holds_the_device(cs, clo
 
 def test_the_hub_finds_virtio_scsi_disks_too(tmp_path):
     with CloudStackSimulator(tmp_path / "scsi", job_delay=0.01, hub_disk_bus="virtio-scsi") as sim:
-        with _client(sim) as client:
+        with client_for(sim) as client:
             volume = client.attach_volume(new_volume(client, sim, size_gb=2).id, sim.hub_vm_id)
         device = wait_for_device(sim.dev_root, volume.id, 2 * 1024**3, timeout=5)
         assert device.name == "scsi-0QEMU_QEMU_HARDDISK_" + volume.id.replace("-", "")[:20]

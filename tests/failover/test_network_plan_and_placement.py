@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 
 from catalog.inventory import RecordedNic, RecordedVM
-from clients.cloudstack import CloudStackAdminRequired, CloudStackClient
+from clients.cloudstack import CloudStackAdminRequired
 from infra.lab.cloudstack import CloudStackSimulator
 from tasks.destination import check_networks, choose_placement
+from tests.cloudstack.helpers import client_for, ready_volume_on
 from vmferry.failover_plan import FailoverRefused, PlannedAttachment
 from vmferry.network_plan import PlannedNic, plan_nics
 
@@ -50,22 +51,10 @@ def test_static_ip_for_an_unknown_mac_and_two_nics_on_one_network_are_refused():
         plan_nics(vm, {"prod": "a", "prod2": "a"})
 
 
-def _client(sim: CloudStackSimulator, *, user: bool = False) -> CloudStackClient:
-    key, secret = (sim.user_api_key, sim.user_secret_key) if user else (sim.api_key, sim.secret_key)
-    return CloudStackClient(sim.url, key, secret, timeout=5, poll_interval=0.01, job_timeout=10)
-
-
 def _volume_on(sim: CloudStackSimulator, pool, index: int, *, root: bool = False) -> PlannedAttachment:
-    cloud = sim.cloud
-    with sim._lock:
-        volume = cloud.alloc_volume(
-            name=f"v{index}", zone=pool.zone, disk_offering=next(iter(cloud.disk_offerings.values())),
-            snapshot_id=None, size_gb=1,
-        )  # fmt: skip
-        cloud._materialize(volume, pool)
     return PlannedAttachment(
-        vm_disk_id=index, disk_id=f"disk-{2000 + index}", volume_id=volume.id, replicated_volume_id=index,
-        device_id=0 if root else index, is_root=root,
+        vm_disk_id=index, disk_id=f"disk-{2000 + index}", volume_id=ready_volume_on(sim, pool, f"v{index}"),
+        replicated_volume_id=index, device_id=0 if root else index, is_root=root,
     )  # fmt: skip
 
 
@@ -76,7 +65,7 @@ def test_placement_picks_the_volumes_cluster_or_refuses_before_any_change(clouds
     other = cloud.add_pool(zone, "nfs-2", "CLUSTER", cluster=cloud.add_cluster(zone, "sim-cluster-2"))
     wide = cloud.add_pool(zone, "zone-wide", "ZONE")
     vm = _vm()
-    with _client(cloudstack_sim) as client:
+    with client_for(cloudstack_sim) as client:
         together = [_volume_on(cloudstack_sim, primary, 1, root=True), _volume_on(cloudstack_sim, wide, 2)]
         assert choose_placement(client, vm, together).cluster_id == cloudstack_sim.info().cluster_id
         assert choose_placement(client, vm, [_volume_on(cloudstack_sim, wide, 3, root=True)]).cluster_id is None
@@ -95,11 +84,11 @@ def test_placement_picks_the_volumes_cluster_or_refuses_before_any_change(clouds
         managed = _volume_on(cloudstack_sim, cloud.add_pool(zone, "sf", "ZONE", managed=True), 6, root=True)
         with pytest.raises(FailoverRefused, match="managed pool 'sf'"):
             choose_placement(client, vm, [managed])
-    with _client(cloudstack_sim, user=True) as user, pytest.raises(CloudStackAdminRequired):
+    with client_for(cloudstack_sim, user=True) as user, pytest.raises(CloudStackAdminRequired):
         choose_placement(user, vm, together)
 
 
 def test_a_mapped_network_missing_from_the_zone_is_refused(cloudstack_sim):
     nic = PlannedNic(device_key=4000, mac_address=None, source_network="prod", network_id="no-such-network")
-    with _client(cloudstack_sim) as client, pytest.raises(FailoverRefused, match="'prod' -> no-such-network"):
+    with client_for(cloudstack_sim) as client, pytest.raises(FailoverRefused, match="'prod' -> no-such-network"):
         check_networks(client, cloudstack_sim.info().zone_id, _vm(), [nic])

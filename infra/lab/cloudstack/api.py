@@ -9,7 +9,7 @@ synchronous; for the create-style commands (createVolume, deployVirtualMachine) 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -445,10 +445,13 @@ def _list_templates(cloud: Cloud, p: dict[str, Any]) -> dict[str, Any]:
     return list_body("template", [t.response() for t in items], p)
 
 
+def _in_id_and_zone(items: Iterable[Any], p: dict[str, Any]) -> list[Any]:
+    """The ``id`` and ``zoneid`` filters every list command shares."""
+    return [x for x in items if ("id" not in p or x is p["id"]) and ("zoneid" not in p or x.zone is p["zoneid"])]
+
+
 def _list_networks(cloud: Cloud, p: dict[str, Any]) -> dict[str, Any]:
-    items = [n for n in cloud.networks.values() if "id" not in p or n is p["id"]]
-    if "zoneid" in p:
-        items = [n for n in items if n.zone is p["zoneid"]]
+    items = _in_id_and_zone(cloud.networks.values(), p)
     if "type" in p:
         items = [n for n in items if n.guest_type.lower() == p["type"].lower()]
     if "keyword" in p:
@@ -457,9 +460,7 @@ def _list_networks(cloud: Cloud, p: dict[str, Any]) -> dict[str, Any]:
 
 
 def _list_storage_pools(cloud: Cloud, p: dict[str, Any]) -> dict[str, Any]:
-    items = [s for s in cloud.pools.values() if "id" not in p or s is p["id"]]
-    if "zoneid" in p:
-        items = [s for s in items if s.zone is p["zoneid"]]
+    items = _in_id_and_zone(cloud.pools.values(), p)
     if "clusterid" in p:
         cluster: Cluster = p["clusterid"]
         items = [s for s in items if s.cluster is cluster or (s.host is not None and s.host.cluster is cluster)]
