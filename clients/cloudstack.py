@@ -538,8 +538,7 @@ class CloudStackClient:
         )
 
     def get_service_offering(self, offering_id: str) -> ServiceOffering:
-        answer = self.call("listServiceOfferings", id=offering_id)
-        offerings = answer.get("serviceoffering", [])
+        offerings = self.list_all("listServiceOfferings", "serviceoffering", id=offering_id)
         if not offerings:
             raise CloudStackNotFound("listServiceOfferings", f"no service offering {offering_id}")
         return ServiceOffering.model_validate(offerings[0])
