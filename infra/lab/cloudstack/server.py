@@ -4,10 +4,11 @@ a small admin API at ``/_sim/`` for tests (fault injection, ids, volume files).
 Wire format as apache/cloudstack's ApiServlet / ApiServer / ApiResponseSerializer / ApiAsyncJobDispatcher:
 - every answer is ``{"<command lower-case>response": {...}}``; errors carry ``uuidList, errorcode, cserrorcode,
   errortext`` and the HTTP status is the errorcode (401 bad signature, 431 parameter error, 530 internal error);
-- a request that fails verification gets 401 and "unable to verify user credentials and/or request signature";
-  a verified one naming a command that does not exist, or one the caller's role may not use (an admin-only
-  command with a user's keys), gets 432 "The given command does not exist or it is not available for user"
-  (response name ``errorresponse``, as getSerializedApiError falls back to it);
+- a request naming a command that does not exist gets 432 "The given command does not exist or it is not
+  available for user" before anything else is checked; one that fails verification gets 401 and "unable to verify
+  user credentials and/or request signature"; a known key whose user may not use the command (an admin-only
+  command with a user's keys) gets 432 "The given command:<name> does not exist or it is not available for user
+  with id:null" before its signature is compared (ApiServer.verifyRequest; response name ``errorresponse``);
 - top-level parameter names are case-insensitive (ParamUnpackWorker lower-cases them); the keys inside a map
   parameter (``details[0].cpuNumber``) are kept exactly as sent;
 - async commands answer ``{"jobid"}`` (create-style commands ``{"id", "jobid"}``); queryAsyncJobResult gives
@@ -427,17 +428,26 @@ class CloudStackSimulator:
         handler.wants_xml = (params.get("response") or "").lower() != "json"
         name = params.get("command")
         command = self._query_job if name == self._query_job.name else COMMANDS.get(name or "")
+        if name is not None and command is None:
+            # verifyRequest looks the command up before anything else
+            handler._send(UNSUPPORTED_ACTION, error_body("errorresponse", UNSUPPORTED_ACTION, UNSUPPORTED, 9999))
+            return
         keys = {self.api_key: self.secret_key, self.user_api_key: self.user_secret_key}
-        verdict = verify_request(raw, keys)  # the signature covers the names as sent
-        if not verdict.ok:
+        admin_only = command is not None and command.admin_only
+        verdict = verify_request(  # the signature covers the names as sent
+            raw, keys, available=lambda key: key == self.api_key or not admin_only
+        )
+        if verdict.unavailable:
+            # checkCommandAvailable for a known key, before the signature is compared; userId is null here
+            text = f"The given command:{name} does not exist or it is not available for user with id:null"
+            handler._send(UNSUPPORTED_ACTION, error_body("errorresponse", UNSUPPORTED_ACTION, text, 9999))
+            return
+        if not verdict.ok or command is None:
             log.info("refused %s: %s", name, verdict.reason)
             response_name = command.response_name if command is not None else "errorresponse"
             handler._send(401, error_body(response_name, 401, UNVERIFIED))
             return
         admin = params.get("apikey") == self.api_key
-        if command is None or (command.admin_only and not admin):
-            handler._send(UNSUPPORTED_ACTION, error_body("errorresponse", UNSUPPORTED_ACTION, UNSUPPORTED, 9999))
-            return
         fault = self._take_fault(command.name)
         if fault is not None and fault.kind == "error":
             body = error_body(command.response_name, fault.errorcode, fault.text, fault.cserrorcode)

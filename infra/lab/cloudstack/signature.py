@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -68,10 +68,18 @@ def parse_expires(value: str) -> datetime | None:
 class Verdict:
     ok: bool
     reason: str  # for the simulator's log only: CloudStack tells the caller nothing more than 401
+    unavailable: bool = False  # the key's user may not use the command: 432, not 401
 
 
-def verify_request(params: Mapping[str, str], keys: Mapping[str, str], *, clock: datetime | None = None) -> Verdict:
-    """``keys`` maps API keys to secret keys. Mirrors the order of ApiServer.verifyRequest's checks."""
+def verify_request(
+    params: Mapping[str, str],
+    keys: Mapping[str, str],
+    *,
+    clock: datetime | None = None,
+    available: Callable[[str], bool] | None = None,
+) -> Verdict:
+    """``keys`` maps API keys to secret keys; ``available(api_key)`` says whether that key's user may use the
+    command (checkCommandAvailable). Mirrors the order of ApiServer.verifyRequest's checks."""
     api_key = signature = signature_version = expires = None
     for name in sorted(params, key=_java_string_order):
         lowered = name.lower()
@@ -96,6 +104,8 @@ def verify_request(params: Mapping[str, str], keys: Mapping[str, str], *, clock:
     secret = keys.get(api_key)
     if secret is None:
         return Verdict(False, "apiKey does not map to a user")
+    if available is not None and not available(api_key):
+        return Verdict(False, "command not available to this user", unavailable=True)
     if not hmac.compare_digest(signature.encode("utf-8"), compute_signature(params, secret).encode("ascii")):
         return Verdict(False, "signature mismatch")
     return Verdict(True, "ok")
