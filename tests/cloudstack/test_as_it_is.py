@@ -227,10 +227,15 @@ def test_local_data_volumes_cannot_move_and_scopes_must_meet(cs, cloudstack_sim)
     with pytest.raises(CloudStackJobFailed) as caught:
         cs.attach_volume(local, vm.id)
     assert caught.value.errorcode == 431
-    assert caught.value.errortext == "Can't move volume between scope: CLUSTER and HOST"
+    assert caught.value.errortext == "Can't move volume between scope: HOST and CLUSTER"
     other_cluster = ready_volume_on(cloudstack_sim, cloud.add_pool(zone, "nfs-2", "CLUSTER", cluster=cluster2))
     moved = cs.attach_volume(other_cluster, vm.id)  # same scope type elsewhere: migrated to the root's pool
     assert moved.storage_id == cloudstack_sim.info().primary_pool_id
+    wide_pool = cloud.add_pool(zone, "zone-wide", "ZONE")
+    assert cs.attach_volume(ready_volume_on(cloudstack_sim, wide_pool), vm.id).storage_id == wide_pool.id  # stays
+    own_host = cloud.vms[vm.id].host
+    own_local = cloud.add_pool(zone, "local-own", "HOST", host=own_host)
+    assert cs.attach_volume(ready_volume_on(cloudstack_sim, own_local), vm.id).storage_id == own_local.id  # its host
     host1 = next(h for h in cloud.hosts.values() if h.cluster is cluster1)
     local1 = ready_volume_on(cloudstack_sim, cloud.add_pool(zone, "local-1", "HOST", host=host1))
     zone_vm = new_vm(cs, cloudstack_sim)

@@ -638,24 +638,25 @@ class Cloud:
         return root.pool if root is not None else None
 
     @staticmethod
-    def _need_move(existing: StoragePool, wanted: StoragePool) -> bool:
-        """VolumeApiServiceImpl.needMoveVolume: must a volume on ``existing`` move to reach ``wanted``'s users?"""
-        if existing.zone is not wanted.zone:
-            return True
-        if existing.scope != wanted.scope:
-            if "ZONE" in (existing.scope, wanted.scope):
-                return False
-            cluster_pool, host_pool = (existing, wanted) if existing.scope == "CLUSTER" else (wanted, existing)
-            assert host_pool.host is not None
-            if host_pool.host.cluster is cluster_pool.cluster:
-                return False
-            raise invalid_value(f"Can't move volume between scope: {wanted.scope} and {existing.scope}")
-        # isSameScope compares the scope's id (zone, cluster or host), not the pools themselves
-        if existing.scope == "ZONE":
+    def _need_move(vm: VirtualMachine, root_pool: StoragePool, pool: StoragePool) -> bool:
+        """VolumeApiServiceImpl.needMoveVolume(ROOT volume, volume to attach): must the volume on ``pool`` move to
+        the ROOT's pool? Zone-wide never; across scope types only where the VM's cluster or host cannot reach it."""
+        if pool.scope == "ZONE":
             return False
-        if existing.scope == "CLUSTER":
-            return existing.cluster is not wanted.cluster
-        return existing.host is not wanted.host
+        if pool.scope != root_pool.scope:
+            if pool.scope == "CLUSTER":
+                if root_pool.host is not None:
+                    vm_cluster = root_pool.host.cluster
+                else:
+                    vm_cluster = vm.host.cluster if vm.host is not None else None
+                return pool.cluster is not vm_cluster
+            if pool.scope == "HOST" and vm.host is not None and pool.host is vm.host:
+                return False  # the VM's (last) host is the one that has it
+            raise invalid_value(f"Can't move volume between scope: {pool.scope} and {root_pool.scope}")
+        # isSameScope compares the scope's id (cluster or host), not the pools themselves
+        if pool.scope == "CLUSTER":
+            return pool.cluster is not root_pool.cluster
+        return pool.host is not root_pool.host
 
     def _pick_host(self, vm: VirtualMachine) -> Host:
         """The deployment planner: a host (in the requested cluster, if any) that reaches every pool the VM's
@@ -812,7 +813,7 @@ class Cloud:
         if root_pool is not None:
             if volume.pool is None:
                 self._materialize(volume, root_pool)
-            elif volume.pool is not root_pool and self._need_move(volume.pool, root_pool):
+            elif volume.pool is not root_pool and self._need_move(vm, root_pool, volume.pool):
                 if volume.pool.local:
                     raise cloud_runtime_error(
                         f"Failed to attach local data volume {volume.name} to VM {vm.display_name} as migration of "
