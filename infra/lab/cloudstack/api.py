@@ -139,9 +139,9 @@ def _map_groups(raw: dict[str, str], name: str) -> list[dict[str, str]]:
 
 
 def _check_paging(short: str, raw: dict[str, str]) -> None:
-    """ParamProcessWorker: page and pagesize come together (pagesize alone only at its default)."""
+    """ParamProcessWorker: page and pagesize come together (pagesize alone only as -1, unlimited)."""
     page, page_size = raw.get("page"), raw.get("pagesize")
-    if page is None and page_size is not None and page_size != str(DEFAULT_PAGE_SIZE):
+    if page is None and page_size is not None and page_size != "-1":
         raise param_error('"page" parameter is required when "pagesize" is specified')
     if page_size is None and page is not None:
         raise param_error('"pagesize" parameter is required when "page" is specified')
