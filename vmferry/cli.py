@@ -756,6 +756,17 @@ def replicate(
     _run_vm_copy(ctx, what, run, show, submit=submit, wait=wait, progress=progress, as_json=as_json)
 
 
+def _pairs(values: list[str] | None, option: str) -> dict[str, str]:
+    """``KEY=VALUE`` options as a dict; the key may hold spaces (port group names often do)."""
+    pairs: dict[str, str] = {}
+    for value in values or []:
+        key, sep, item = value.rpartition("=")
+        if not sep or not key or not item:
+            raise typer.BadParameter(f"{value!r} is not KEY=VALUE", param_hint=option)
+        pairs[key] = item
+    return pairs
+
+
 @app.command(epilog=EXIT_CODES)
 def failover(
     ctx: typer.Context,
@@ -766,29 +777,53 @@ def failover(
     cloudstack: CloudStackOption = None,
     agent: AgentOption = None,
     vcenter: VCenterOption = None,
+    network: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="PORTGROUP=NETWORK_ID",
+            help="Map a source port group to a CloudStack network for this VM (adds to the block's network_map). "
+            "Repeatable.",
+        ),
+    ] = None,
+    ip: Annotated[
+        list[str] | None,
+        typer.Option(metavar="MAC=IP", help="Static IP for the source NIC with this MAC address. Repeatable."),
+    ] = None,
     progress: ProgressOption = None,
     submit: SubmitOption = None,
     wait: WaitOption = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Bring a replicated VM up in CloudStack: OS volume on device 0, data volumes after it in source order.
+    """Bring a replicated VM up in CloudStack: OS volume on device 0, data volumes after it in source order, one
+    NIC per source NIC on its mapped network.
 
-    Device ids are read back from CloudStack and checked before the VM starts; any failure undoes every step.
+    Device ids are read back from CloudStack and checked before the VM starts; any failure undoes every step. A
+    source network without a mapping refuses the failover before anything is created.
     """
     cli = _cli(ctx)
     blocks = BlockChoice(vcenter=vcenter, agent=agent, cloudstack=cloudstack)
+    networking = {
+        key: value
+        for key, value in (("network_map", _pairs(network, "--network")), ("ip_addresses", _pairs(ip, "--ip")))
+        if value
+    }
     with _operation(ctx, f"failover {vm}"):
         _quiet_prefect_console(cli.verbose)
         from flows.failover import failover_vm
 
         _recorded_vm(vm)  # unknown VM: exit 3 before anything in CloudStack is touched
         if submit is not None:
-            parameters = {"vm": vm, "mode": mode.value, **blocks.parameters("cloudstack", "agent", "vcenter")}
+            parameters = {
+                "vm": vm,
+                "mode": mode.value,
+                **blocks.parameters("cloudstack", "agent", "vcenter"),
+                **networking,
+            }
             submit_to_deployment(cli, submit, "failover-vm", parameters, wait=wait, as_json=as_json)
             return
         cloudstack_block = blocks.cloudstack_block()
         if mode is FailoverMode.test:
-            result = failover_vm(vm, cloudstack_block, mode="test")
+            result = failover_vm(vm, cloudstack_block, mode="test", **networking)
         else:
             vcenter_block = blocks.vcenter_block()
             with blocks.agent_block() as agent_block:
@@ -798,7 +833,7 @@ def failover(
                     agent_block,
                     vm,
                     "replication",
-                    lambda: failover_vm(vm, cloudstack_block, "live", vcenter_block, agent_block),
+                    lambda: failover_vm(vm, cloudstack_block, "live", vcenter_block, agent_block, **networking),
                 )
         if as_json:
             _emit_json(_dump(result))

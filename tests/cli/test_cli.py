@@ -183,6 +183,17 @@ def test_discover_backup_status_restore_on_the_lab(
             ["failover", "pgtest1", "--mode", "live", "--cloudstack", "dr"],
             {"vm": "pgtest1", "mode": "live", "cloudstack": "dr"},
         ),
+        (
+            failover_vm,
+            {"cloudstack": "prod", "agent": "prod", "vcenter": "prod"},
+            ["failover", "pgtest1", "--network", "VM Network=net-1", "--ip", "00:50:56:aa:bb:cc=10.0.0.5"],
+            {
+                "vm": "pgtest1",
+                "mode": "test",
+                "network_map": {"VM Network": "net-1"},
+                "ip_addresses": {"00:50:56:aa:bb:cc": "10.0.0.5"},
+            },
+        ),
         (cleanup_failover, {"cloudstack": "prod"}, ["cleanup", "pgtest1"], {"vm": "pgtest1"}),
     ]:
         run = submitted_run(vmferry, flow, defaults, args)
