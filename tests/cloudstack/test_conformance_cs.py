@@ -5,6 +5,7 @@ async job polling, so the wire format is checked from the outside and not only a
 from __future__ import annotations
 
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import cs.client
@@ -114,3 +115,10 @@ def test_list_paging_of_the_independent_client(tmp_path: Path, monkeypatch):
         names = [v["name"] for v in api.listVolumes(listAll=True, fetch_list=True)]
         # the hub's ROOT and our four volumes: three pages of at most two
         assert len(names) == 5 and {"p0", "p1", "p2", "p3"} < set(names)
+
+
+def test_xml_is_what_a_client_gets_without_asking_for_json(cloudstack_sim):
+    text = _cs(cloudstack_sim).listZones(json=False)
+    root = ET.fromstring(text)
+    assert root.tag == "listzonesresponse"
+    assert root.find("zone").findtext("id") == cloudstack_sim.info().zone_id
