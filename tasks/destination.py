@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from blocks.cloudstack import CloudStack
 from catalog.inventory import RecordedVM
-from clients.cloudstack import CloudStackClient, require_admin_field
+from clients.cloudstack import CloudStackAdminRequired, CloudStackClient, require_admin_field
 from vmferry.failover_plan import FailoverRefused, PlannedAttachment
 from vmferry.network_plan import PlannedNic
 
@@ -79,4 +79,13 @@ def check_destination(
         check_networks(client, cloudstack.zone_id, vm, nics)
         if not cloudstack.check_placement:
             return Placement(reason="placement check turned off in the CloudStack block")
-        return choose_placement(client, vm, plan)
+        try:
+            return choose_placement(client, vm, plan)
+        except CloudStackAdminRequired as exc:
+            raise CloudStackAdminRequired(
+                exc.command,
+                f"{exc.errortext}; or set check_placement to false in the CloudStack block to let CloudStack "
+                "place the failover VM unchecked",
+                errorcode=exc.errorcode,
+                http_status=exc.http_status,
+            ) from exc

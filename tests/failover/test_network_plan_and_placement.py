@@ -4,11 +4,12 @@ volumes' storage pools (against the simulator's pools with scope)."""
 from __future__ import annotations
 
 import pytest
+from pydantic import SecretStr
 
 from catalog.inventory import RecordedNic, RecordedVM
 from clients.cloudstack import CloudStackAdminRequired
 from infra.lab.cloudstack import CloudStackSimulator
-from tasks.destination import check_networks, choose_placement
+from tasks.destination import check_destination, check_networks, choose_placement
 from tests.cloudstack.helpers import client_for, ready_volume_on
 from vmferry.failover_plan import FailoverRefused, PlannedAttachment
 from vmferry.network_plan import PlannedNic, plan_nics
@@ -58,7 +59,7 @@ def _volume_on(sim: CloudStackSimulator, pool, index: int, *, root: bool = False
     )  # fmt: skip
 
 
-def test_placement_picks_the_volumes_cluster_or_refuses_before_any_change(cloudstack_sim):
+def test_placement_picks_the_volumes_cluster_or_refuses_before_any_change(cloudstack_sim, cloudstack_block):
     cloud = cloudstack_sim.cloud
     zone = next(iter(cloud.zones.values()))
     primary = cloud.pools[cloudstack_sim.info().primary_pool_id]
@@ -86,6 +87,13 @@ def test_placement_picks_the_volumes_cluster_or_refuses_before_any_change(clouds
             choose_placement(client, vm, [managed])
     with client_for(cloudstack_sim, user=True) as user, pytest.raises(CloudStackAdminRequired):
         choose_placement(user, vm, together)
+    user_block = cloudstack_block.model_copy(
+        update={"api_key": cloudstack_sim.user_api_key, "secret_key": SecretStr(cloudstack_sim.user_secret_key)}
+    )
+    with pytest.raises(CloudStackAdminRequired, match="set check_placement to false"):
+        check_destination.fn(user_block, vm, [], together)
+    unchecked = user_block.model_copy(update={"check_placement": False})
+    assert check_destination.fn(unchecked, vm, [], together).cluster_id is None
 
 
 def test_a_mapped_network_missing_from_the_zone_is_refused(cloudstack_sim):
