@@ -25,10 +25,18 @@ from tasks.discovery import read_vcenter_inventory, record_vm_inventory
 from tasks.jobs import close_job, open_job
 from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
 from vmferry.limits import holding, repository_limit_name
+from vmferry.runs import one_job_per_vm
 from vmferry.settings import get_settings
 
 
-@flow(name="backup-vm", on_running=ON_RUNNING, on_crashed=ON_CRASHED, on_cancellation=ON_CANCELLATION)
+@flow(
+    name="backup-vm",
+    flow_run_name="backup-{vm}-{kind}",
+    on_running=ON_RUNNING,
+    on_crashed=ON_CRASHED,
+    on_cancellation=ON_CANCELLATION,
+)
+@one_job_per_vm("backup")
 def backup_vm(
     vm: str,
     repository: BackupRepository | str,

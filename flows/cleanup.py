@@ -21,6 +21,7 @@ from tasks.failover import destination_name, remove_destination_vm, return_volum
 from tasks.jobs import close_job, open_job
 from vmferry.failover_plan import plan_attachments
 from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
+from vmferry.runs import one_job_per_vm
 
 
 class CleanupResult(BaseModel):
@@ -32,7 +33,14 @@ class CleanupRefused(Exception):
     """Cleanup would undo something it must not (a live failover in production)."""
 
 
-@flow(name="cleanup-failover", on_running=ON_RUNNING, on_crashed=ON_CRASHED, on_cancellation=ON_CANCELLATION)
+@flow(
+    name="cleanup-failover",
+    flow_run_name="cleanup-{vm}",
+    on_running=ON_RUNNING,
+    on_crashed=ON_CRASHED,
+    on_cancellation=ON_CANCELLATION,
+)
+@one_job_per_vm("cleanup")
 def cleanup_failover(vm: str, cloudstack: CloudStack | str) -> CleanupResult:
     logger = get_run_logger()
     cloud = load_block(CloudStack, cloudstack)

@@ -33,6 +33,7 @@ from vmferry.compensation import quietly
 from vmferry.exports import export_url, stop_export
 from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
 from vmferry.limits import holding, vcenter_limit_name
+from vmferry.runs import one_job_per_vm
 from vmferry.settings import get_settings
 from vmferry.targets import DiskTarget, check_plan
 
@@ -124,7 +125,14 @@ def run_copy(
             raise
 
 
-@flow(name="copy-vm-disks", on_running=ON_RUNNING, on_crashed=ON_CRASHED, on_cancellation=ON_CANCELLATION)
+@flow(
+    name="copy-vm-disks",
+    flow_run_name="copy-{vm}-{kind}",
+    on_running=ON_RUNNING,
+    on_crashed=ON_CRASHED,
+    on_cancellation=ON_CANCELLATION,
+)
+@one_job_per_vm("copy")
 def copy_vm_disks(
     vm: str,
     targets: list[DiskTarget],

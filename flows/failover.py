@@ -46,6 +46,7 @@ from tasks.jobs import close_job, open_job
 from vmferry.compensation import quietly
 from vmferry.failover_plan import check_attached, plan_attachments
 from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
+from vmferry.runs import one_job_per_vm
 
 
 class FailoverDevice(BaseModel):
@@ -63,7 +64,14 @@ class FailoverResult(BaseModel):
     devices: list[FailoverDevice]
 
 
-@flow(name="failover-vm", on_running=ON_RUNNING, on_crashed=ON_CRASHED, on_cancellation=ON_CANCELLATION)
+@flow(
+    name="failover-vm",
+    flow_run_name="failover-{vm}-{mode}",
+    on_running=ON_RUNNING,
+    on_crashed=ON_CRASHED,
+    on_cancellation=ON_CANCELLATION,
+)
+@one_job_per_vm("failover")
 def failover_vm(
     vm: str,
     cloudstack: CloudStack | str,
