@@ -46,7 +46,7 @@ from tasks.jobs import close_job, open_job
 from vmferry.compensation import quietly
 from vmferry.failover_plan import check_attached, plan_attachments
 from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
-from vmferry.runs import one_job_per_vm
+from vmferry.runs import artifact_key, one_job_per_vm, table_rows
 
 
 class FailoverDevice(BaseModel):
@@ -79,7 +79,17 @@ def failover_vm(
     vcenter: VCenter | str | None = None,
     agent: Agent | str | None = None,
 ) -> FailoverResult:
-    """Bring ``vm`` up in CloudStack from its replicated volumes. ``live`` needs ``vcenter`` and ``agent``."""
+    """Bring ``vm`` up in CloudStack from its replicated volumes. ``live`` needs ``vcenter`` and ``agent``.
+
+    Args:
+        vm: The VM: its name in vCenter, its instance UUID or its moref (vm-123).
+        cloudstack: Saved CloudStack block name (or a CloudStack block) of the destination zone and its hub VM.
+        mode: test starts a copy in CloudStack and leaves the source running (undo it with cleanup-failover);
+            live powers the source off, syncs a last time and moves the VM to CloudStack for good.
+        vcenter: Saved VCenter block name of the source's vCenter; needed by a live failover (power-off and last
+            sync).
+        agent: Saved Agent block name for the last sync; needed by a live failover.
+    """
     logger = get_run_logger()
     cloud = load_block(CloudStack, cloudstack)
     catalog = default_catalog()
@@ -141,8 +151,8 @@ def failover_vm(
         for item in plan
     ]
     create_table_artifact(
-        key=f"failover-vm-{recorded.vm_context_id}",
-        table=[d.model_dump() for d in devices],
+        key=artifact_key("failover", recorded.name),
+        table=table_rows(devices),
         description=f"{mode} failover of {recorded.name} into CloudStack VM {destination.id}",
     )
     return FailoverResult(failover_id=failover_id, mode=mode, destination_vm_id=destination.id, devices=devices)

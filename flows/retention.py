@@ -30,7 +30,14 @@ def prune_point(repository: Repository, point: PointView) -> None:
 def prune_restore_points(
     vm: str, repository: BackupRepository | str, policy: RetentionPolicy | None = None
 ) -> list[int]:
-    """Apply ``policy`` to one VM's points in ``repository``; returns the ids of the pruned points."""
+    """Apply ``policy`` to one VM's points in ``repository``; returns the ids of the pruned points.
+
+    Args:
+        vm: The VM: its name in vCenter, its instance UUID or its moref (vm-123).
+        repository: Saved BackupRepository block name (or a BackupRepository block) holding the restore points.
+        policy: How many points to keep: the last N, N daily, N weekly, N monthly; a chain is never broken.
+            Empty: the defaults.
+    """
     repo = load_block(BackupRepository, repository).repository()
     rules = policy or RetentionPolicy()
     context = find_vm(default_catalog(), vm)

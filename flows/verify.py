@@ -16,7 +16,7 @@ from catalog.inventory import RecordedVM, get_vm
 from catalog.restore_points import PointDiskView, get_point
 from clients.qemu import QemuError, check_image, content_sha256
 from vmferry.repository import Repository
-from vmferry.runs import one_job_per_vm
+from vmferry.runs import artifact_key, one_job_per_vm, table_rows
 
 
 class DiskVerdict(BaseModel):
@@ -59,7 +59,12 @@ def verify_point_disk(repository: Repository, disk: PointDiskView) -> DiskVerdic
 @flow(name="verify-restore-point", flow_run_name="verify-point-{point_id}")
 @one_job_per_vm("verify", point_vm)
 def verify_restore_point(point_id: int, repository: BackupRepository | str) -> list[DiskVerdict]:
-    """Raises VerificationFailed naming every bad disk; returns one verdict per disk when all are good."""
+    """Raises VerificationFailed naming every bad disk; returns one verdict per disk when all are good.
+
+    Args:
+        point_id: The restore point's id (`vmferry points VM` lists them).
+        repository: Saved BackupRepository block name (or a BackupRepository block) holding the restore points.
+    """
     repo = load_block(BackupRepository, repository).repository()
     point = get_point(default_catalog(), point_id)
     if point.state != "committed":
@@ -71,8 +76,8 @@ def verify_restore_point(point_id: int, repository: BackupRepository | str) -> l
         )
     verdicts = [verify_point_disk(repo, disk) for disk in point.disks]
     create_table_artifact(
-        key=f"verify-point-{point_id}",
-        table=[v.model_dump() for v in verdicts],
+        key=artifact_key("verify", get_vm(default_catalog(), point.vm_context_id).name),
+        table=table_rows(verdicts, {"ok": "good"}),
         description=f"Verification of restore point {point_id}",
     )
     bad = [v for v in verdicts if not v.ok]

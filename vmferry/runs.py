@@ -145,3 +145,26 @@ def one_job_per_vm(kind: str, resolve: Callable[[dict[str, Any]], NamedVM] = vm_
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+def _mib(size: float) -> str:
+    return f"{size / 2**20:,.1f} MiB"
+
+
+def describe_progress(label: str, done: int, total: int, elapsed: float) -> str:
+    """``copy of db3 disk-2000: 512.0 MiB of 2,048.0 MiB, 45.2 MiB/s, about 34 s left`` for a progress card."""
+    text = f"{label}: {_mib(done)} of {_mib(total)}"
+    if elapsed <= 0 or done <= 0:
+        return text
+    rate = done / elapsed
+    text += f", {_mib(rate)}/s"
+    if done < total:
+        left = (total - done) / rate
+        text += f", about {left:.0f} s left" if left < 120 else f", about {left / 60:.0f} min left"
+    return text
+
+
+def table_rows(items: list[Any], headings: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Pydantic models as artifact table rows with headings in words (``vm_disk_id`` -> ``catalog disk id``)."""
+    names = {"vm_disk_id": "catalog disk id", **(headings or {})}
+    return [{names.get(k, k.replace("_", " ")): v for k, v in item.model_dump().items()} for item in items]
