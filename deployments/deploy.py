@@ -100,6 +100,9 @@ def render_per_vm(config: dict[str, Any], protected: list[ProtectedVM]) -> dict[
             deployment["name"] = vm.name
             deployment["parameters"] = {**(deployment.get("parameters") or {}), "vm": vm.name}
             deployments.append(deployment)
+    for deployment in deployments:
+        # the alerts (deployments/alerts.py) match runs by this tag; runs inherit their deployment's tags
+        deployment["tags"] = [t for t in deployment.get("tags") or [] if t != "vmferry"] + ["vmferry"]
     rendered = {key: value for key, value in config.items() if key != "definitions"}
     rendered["deployments"] = deployments
     return rendered
@@ -222,7 +225,13 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="a VM to give the per-VM deployments to, instead of those of the protected file (repeatable)",
     )
-    parser.add_argument("--no-deploy", action="store_true", help="only the work pool and the limits")
+    parser.add_argument(
+        "--alerts-block",
+        metavar="SLUG/NAME",
+        help="a saved notification block (e.g. slack-webhook/ops): create the automations that notify through it "
+        "when a vmferry run fails, crashes or is late",
+    )
+    parser.add_argument("--no-deploy", action="store_true", help="only the work pool, the limits and the alerts")
     args = parser.parse_args(argv)
 
     if str(ROOT) not in sys.path:
@@ -239,6 +248,11 @@ def main(argv: list[str] | None = None) -> int:
     upsert_limits(limits)
     for name, limit in limits.items():
         print(f"global concurrency limit {name}: {limit}")
+    if args.alerts_block:
+        from deployments.alerts import ensure_alerts
+
+        for name in ensure_alerts(args.alerts_block):
+            print(f"automation {name!r}: notifies through {args.alerts_block}")
     if args.no_deploy:
         return 0
     with tempfile.TemporaryDirectory(prefix="vmferry-deploy-") as scratch:

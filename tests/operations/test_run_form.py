@@ -43,8 +43,11 @@ def test_table_headings_are_words():
     from flows.replicate import ReplicatedDisk
 
     (row,) = table_rows(
-        [ReplicatedDisk(disk_id="disk-1", vm_disk_id=3, volume_id="v", device_path="/dev/vdb", bytes_written=1,
-                        change_id=None)],
+        [
+            ReplicatedDisk(
+                disk_id="disk-1", vm_disk_id=3, volume_id="v", device_path="/dev/vdb", bytes_written=1, change_id=None
+            )
+        ],
         {"device_path": "hub device"},
     )
     assert list(row) == ["disk id", "catalog disk id", "volume id", "hub device", "bytes written", "change id"]
