@@ -34,6 +34,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 DEFAULT_PREFECT_FILE = HERE / "prefect.yaml"
 DEFAULT_PROTECTED_FILE = HERE / "protected.yaml"
+DEFAULT_POLICIES_FILE = HERE / "policies.yaml"
+POLICY_ENTRYPOINT = "flows/policy.py:protect_policy"
 PER_VM_TAG = "per-vm"
 # Prefect refuses these in deployment names (they end up in URLs and limit names).
 _UNSAFE_NAME_CHARACTERS = set("/%&><")
@@ -106,6 +108,40 @@ def render_per_vm(config: dict[str, Any], protected: list[ProtectedVM]) -> dict[
     rendered = {key: value for key, value in config.items() if key != "definitions"}
     rendered["deployments"] = deployments
     return rendered
+
+
+def render_policies(config: dict[str, Any], policies_file: Path) -> dict[str, Any]:
+    """The config with one deployment of the policy flow per policy and action of ``policies_file``."""
+    from vmferry.policies import load_policies
+
+    policies = load_policies(policies_file)
+    pool = next((d["work_pool"] for d in config["deployments"] if d.get("work_pool")), None)
+    rendered = []
+    for policy in policies:
+        for action, spec in policy.actions().items():
+            parameters: dict[str, Any] = {
+                "policy": policy.name,
+                "action": action,
+                "vms": policy.vms.model_dump(exclude_defaults=True),
+                "vcenter": policy.vcenter,
+                "parameters": spec.parameters,
+                "per_vm_deployment": policy.per_vm_deployment,
+            }
+            if action == "prune" and policy.retention is not None:
+                parameters["retention"] = policy.retention.model_dump()
+            deployment: dict[str, Any] = {
+                "name": f"{policy.name}-{action}",
+                "entrypoint": POLICY_ENTRYPOINT,
+                "description": f"Policy {policy.name}: {action} of its VMs, one per-VM run each. "
+                + (policy.description or ""),
+                "tags": ["policy", f"policy:{policy.name}", "vmferry"],
+                "parameters": parameters,
+                "schedules": [schedule.prefect() for schedule in spec.schedules],
+            }
+            if pool:
+                deployment["work_pool"] = copy.deepcopy(pool)
+            rendered.append(deployment)
+    return {**config, "deployments": [*config["deployments"], *rendered]}
 
 
 class _NoAliasDumper(yaml.SafeDumper):
@@ -220,6 +256,12 @@ def main(argv: list[str] | None = None) -> int:
         help="the VMs that get the per-VM scheduled deployments (default deployments/protected.yaml)",
     )
     parser.add_argument(
+        "--policies-file",
+        type=Path,
+        default=DEFAULT_POLICIES_FILE,
+        help="protection policies: one deployment per policy and action (default deployments/policies.yaml)",
+    )
+    parser.add_argument(
         "--vm",
         action="append",
         default=None,
@@ -239,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     protected = (
         [ProtectedVM(check_vm_name(name)) for name in args.vm] if args.vm else load_protected(args.protected_file)
     )
-    config = render_per_vm(load_config(args.prefect_file), protected)
+    config = render_policies(render_per_vm(load_config(args.prefect_file), protected), args.policies_file)
     deployments = config["deployments"]
     print(f"per-VM deployments for: {', '.join(vm.name for vm in protected) or 'no VM'}")
     for pool in sorted({d["work_pool"]["name"] for d in deployments if d.get("work_pool")}):

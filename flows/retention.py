@@ -35,7 +35,7 @@ def prune_restore_points(
     Args:
         vm: The VM: its name in vCenter, its instance UUID or its moref (vm-123).
         repository: Saved BackupRepository block name (or a BackupRepository block) holding the restore points.
-        policy: How many points to keep: the last N, N daily, N weekly, N monthly; a chain is never broken.
+        policy: How many points to keep: the last N, N daily, N weekly; a chain is never broken.
             Empty: the defaults.
     """
     repo = load_block(BackupRepository, repository).repository()

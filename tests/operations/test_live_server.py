@@ -20,10 +20,19 @@ import pytest
 
 from deployments.alerts import automation_name
 from infra.prefect_server import start_worker, wait_for_workers
+from tests.databases import fresh_catalog_url
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
 POOL = "ops-pool"
 IDLE_POOL = "ops-idle"  # no worker: runs scheduled there become late
+
+
+@pytest.fixture(params=[pytest.param("mariadb", marks=pytest.mark.mariadb)])
+def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Worker processes write the catalog at once: the production backend, MariaDB."""
+    with fresh_catalog_url(request.param, tmp_path) as url:
+        yield url
 
 
 def wait_for(what: str, condition: Callable[[], Any], timeout: float = 60) -> Any:
@@ -149,3 +158,114 @@ def test_failed_and_late_vmferry_runs_notify_the_operators_webhook(worker, talki
         wait_for("the untagged run to fail", lambda: client.read_flow_run(quiet_run.id).state.is_failed())
     time.sleep(3)  # the failure of the untagged run had as long as the tagged one to notify
     assert notified(quiet_run.name, "failed") is None, webhook.received
+
+
+def move_into_folder(lab, names: list[str], folder_name: str) -> str:
+    """Put the lab VMs ``names`` into a new VM folder of the datacenter; returns its inventory path."""
+    from pyVim.task import WaitForTask
+    from pyVmomi import vim
+
+    from infra.lab.vcenter import session
+
+    with session(lab.vcenter) as si:
+        datacenter = next(e for e in si.content.rootFolder.childEntity if isinstance(e, vim.Datacenter))
+        folder = datacenter.vmFolder.CreateFolder(folder_name)
+        view = si.content.viewManager.CreateContainerView(si.content.rootFolder, [vim.VirtualMachine], True)
+        vms = [vm for vm in view.view if vm.name in names]
+        view.Destroy()
+        WaitForTask(folder.MoveIntoFolder_Task(vms))
+        return f"/{datacenter.name}/vm/{folder_name}"
+
+
+@pytest.mark.usefixtures("nbd_port_range")
+def test_a_policy_over_five_lab_vms_schedules_and_runs_each(
+    talking_to_live_server,
+    lab,
+    lab_vcenter_block,
+    agent_block,
+    configured_catalog,
+    catalog_url,
+    nbd_port_range,
+    make_scratch_vm,
+    tmp_path,
+):
+    import hashlib
+
+    import yaml
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+
+    from blocks.repository import BackupRepository
+    from catalog.inventory import get_vm
+    from catalog.restore_points import points_in_state
+    from deployments.deploy import load_config
+    from deployments.deploy import main as deploy_main
+    from infra.lab.mutate import read_disk_bytes
+
+    server = talking_to_live_server
+    names = sorted(make_scratch_vm() for _ in range(5))
+    folder = move_into_folder(lab, names, f"policy-{names[0]}")
+    lab_vcenter_block.save("prod", overwrite=True)
+    agent_block.save("prod", overwrite=True)
+    BackupRepository(name="policy-repo", path=str(tmp_path / "repository")).save("main", overwrite=True)
+
+    # the per-VM deployment the policy starts, and the policy: every VM of the folder, every 20 s
+    config = load_config(ROOT / "deployments" / "prefect.yaml")
+    config["deployments"] = [
+        d for d in config["deployments"] if d["entrypoint"] == "flows/backup.py:backup_vm" and d["name"] == "on-demand"
+    ]
+    (tmp_path / "prefect.yaml").write_text(yaml.safe_dump(config))
+    policies = {
+        "policies": [
+            {
+                "name": "five",
+                "vms": {"folders": [folder]},
+                "backup": {"schedules": [{"interval": 20, "slug": "every-20s", "kind": "full"}]},
+            }
+        ]
+    }
+    (tmp_path / "policies.yaml").write_text(yaml.safe_dump(policies))
+    argv = ["--prefect-file", str(tmp_path / "prefect.yaml"), "--policies-file", str(tmp_path / "policies.yaml")]
+    assert deploy_main([*argv, "--vm", names[0]]) == 0
+
+    worker_env = {
+        "VMFERRY_HOME": str(ROOT),
+        "VMFERRY_CATALOG_URL": catalog_url,
+        "VMFERRY_NBD_PORT_RANGE": nbd_port_range,
+    }
+    start_worker(server, "vmferry-hub", "hub-worker", limit=6, env=worker_env, cwd=ROOT)
+    wait_for_workers(server, "vmferry-hub", ["hub-worker"])
+
+    def policy_runs(client) -> list[Any]:
+        return client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=["policy:five", "policy"]))
+        )
+
+    with get_client(sync_client=True) as client:
+        try:
+            first = wait_for("the scheduler's policy run", lambda: policy_runs(client), timeout=60)[0]
+        finally:
+            client.pause_deployment(client.read_deployment_by_name("protect-policy/five-backup").id)
+        assert first.auto_scheduled
+        done = wait_for(
+            "the policy run to end",
+            lambda: (run := client.read_flow_run(first.id)).state.is_final() and run,
+            timeout=240,
+        )
+        per_vm = client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=["policy:five"])))
+    logs = {worker.name: worker.log()[-4000:] for worker in server.workers}
+    assert done.state.is_completed(), (done.state, logs)
+    assert done.name == "policy-five-backup"
+    backups = [run for run in per_vm if run.deployment_id != first.deployment_id]
+    assert sorted(run.parameters["vm"] for run in backups) == names
+    assert all(run.state.is_completed() for run in backups)
+    assert sorted(run.name for run in backups) == sorted(f"backup-{name}-full" for name in names)
+    assert all(f"vm:{run.parameters['vm']}" in run.tags and "backup" in run.tags for run in backups)
+
+    points = points_in_state(configured_catalog, "committed")
+    by_vm = {get_vm(configured_catalog, p.vm_context_id).name: p for p in points}
+    assert sorted(by_vm) == names
+    for name, point in by_vm.items():
+        assert point.kind == "full"
+        for disk in point.disks:
+            assert disk.checksum == hashlib.sha256(read_disk_bytes(lab.vcenter, name, disk.device_key)).hexdigest()
