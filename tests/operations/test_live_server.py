@@ -243,7 +243,12 @@ def test_a_policy_over_five_lab_vms_schedules_and_runs_each(
 
     with get_client(sync_client=True) as client:
         try:
-            first = wait_for("the scheduler's policy run", lambda: policy_runs(client), timeout=60)[0]
+            # pausing deletes the runs still scheduled: pause once the worker has started the first one
+            first = wait_for(
+                "the scheduler's policy run started",
+                lambda: [r for r in policy_runs(client) if r.state.is_running() or r.state.is_final()],
+                timeout=90,
+            )[0]
         finally:
             client.pause_deployment(client.read_deployment_by_name("protect-policy/five-backup").id)
         assert first.auto_scheduled
