@@ -5,6 +5,11 @@
 Deployments tagged "per-vm" in prefect.yaml (scheduled backups, retention, replication) are templates: each
 VM of protected.yaml (or of --vm) gets its own copy, named after the VM, with its ``vm`` parameter set.
 
+Protection policies (policies.yaml, or --policies-file) get one deployment per policy and action of
+flows/policy.py (``protect-policy/<policy>-<action>``); ``--alerts-block SLUG/NAME`` creates the automations
+that notify through that saved block when a vmferry run fails, crashes or is late (deployments/alerts.py).
+Every deployment is tagged ``vmferry`` (the alerts match on it). See docs/operations.md.
+
 Against the server of PREFECT_API_URL (the active profile's). Safe to run again: the pool is created only when
 missing, limits are upserted, deployments are updated in place.
 
