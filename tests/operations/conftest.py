@@ -2,26 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
-from tests.databases import fresh_catalog_url
-
-
-@pytest.fixture(params=["sqlite"])
-def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    with fresh_catalog_url(request.param, tmp_path) as url:
-        yield url
-
-
-@pytest.fixture
-def repository_block(tmp_path: Path):
-    from blocks.repository import BackupRepository
-
-    return BackupRepository(name="operations-repo", path=str(tmp_path / "repository"))
-
+# The data-path tests' SQLite catalog and their repository block, shared rather than copied.
+from tests.backup.conftest import catalog_url, repository_block  # noqa: F401
 
 # A Prefect server with its services on, shared by a module's tests (each start costs ~15 s): the scheduler on
 # a short loop, and the late-runs, triggers and actions services that alerts need.
