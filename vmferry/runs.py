@@ -27,6 +27,7 @@ from vmferry.limits import ensure_limit, vm_limit_name
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
+VM_SLOT_LEASE_SECONDS = 60
 
 _NOT_KEY = re.compile(r"[^a-z0-9]+")
 # Instance UUIDs of the VMs whose slot this flow (and the flows it calls in-process) holds.
@@ -86,7 +87,9 @@ def vm_job(vm: NamedVM, kind: str, logger: logging.Logger | logging.LoggerAdapte
     if busy:
         logger.info("VM %s is busy with another vmferry job: this %s waits until it ends", vm.name, kind)
     started = time.monotonic()
-    with concurrency(name, strict=True):
+    # A short lease (Prefect's minimum): a job whose process died (SIGKILL, a lost hub) blocks its VM for about
+    # a minute, not five; a live job renews its lease in the background.
+    with concurrency(name, strict=True, lease_duration=VM_SLOT_LEASE_SECONDS):
         if busy:
             logger.info("VM %s is free after %.0f s: the %s starts", vm.name, time.monotonic() - started, kind)
         token = _held.set(_held.get() | {vm.instance_uuid})
