@@ -317,6 +317,47 @@ class VSphereClient:
             )
         return sorted(vms, key=lambda vm: (vm.name, vm.instance_uuid))
 
+    def vm_folders(self) -> dict[str, str]:
+        """Every VM's inventory folder as a path, ``/<datacenter>/vm/<folder>/...``, keyed on the VM's moref."""
+        content = self.service_instance.content
+        kinds = [vim.VirtualMachine, vim.Folder, vim.Datacenter]
+        view = content.viewManager.CreateContainerView(content.rootFolder, kinds, True)
+        try:
+            collector = vmodl.query.PropertyCollector
+            spec = collector.FilterSpec(
+                objectSet=[
+                    collector.ObjectSpec(
+                        obj=view,
+                        skip=True,
+                        selectSet=[
+                            collector.TraversalSpec(name="view", path="view", skip=False, type=vim.view.ContainerView)
+                        ],
+                    )
+                ],
+                propSet=[collector.PropertySpec(type=kind, pathSet=["name", "parent"]) for kind in kinds],
+            )
+            found = {
+                obj.obj._moId: (obj.obj, {prop.name: prop.val for prop in obj.propSet})
+                for obj in content.propertyCollector.RetrieveContents([spec])
+            }
+        finally:
+            view.Destroy()
+
+        def path_of(moref: str) -> str:
+            parts: list[str] = []
+            while moref in found:
+                _, props = found[moref]
+                parts.append(props.get("name", ""))
+                parent = props.get("parent")
+                moref = parent._moId if parent is not None else ""
+            return "/" + "/".join(reversed(parts))  # the root folder is not in the view: paths start below it
+
+        return {
+            moref: path_of(props["parent"]._moId)
+            for moref, (obj, props) in found.items()
+            if isinstance(obj, vim.VirtualMachine) and props.get("parent") is not None
+        }
+
     def find_vm(self, name_or_uuid: str) -> ObservedVM:
         matches = [vm for vm in self.list_vms() if name_or_uuid in (vm.name, vm.instance_uuid, vm.moref)]
         if not matches:

@@ -5,6 +5,11 @@
 Deployments tagged "per-vm" in prefect.yaml (scheduled backups, retention, replication) are templates: each
 VM of protected.yaml (or of --vm) gets its own copy, named after the VM, with its ``vm`` parameter set.
 
+Protection policies (policies.yaml, or --policies-file) get one deployment per policy and action of
+flows/policy.py (``protect-policy/<policy>-<action>``); ``--alerts-block SLUG/NAME`` creates the automations
+that notify through that saved block when a vmferry run fails, crashes or is late (deployments/alerts.py).
+Every deployment is tagged ``vmferry`` (the alerts match on it). See docs/operations.md.
+
 Against the server of PREFECT_API_URL (the active profile's). Safe to run again: the pool is created only when
 missing, limits are upserted, deployments are updated in place.
 
@@ -34,6 +39,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 DEFAULT_PREFECT_FILE = HERE / "prefect.yaml"
 DEFAULT_PROTECTED_FILE = HERE / "protected.yaml"
+DEFAULT_POLICIES_FILE = HERE / "policies.yaml"
+POLICY_ENTRYPOINT = "flows/policy.py:protect_policy"
 PER_VM_TAG = "per-vm"
 # Prefect refuses these in deployment names (they end up in URLs and limit names).
 _UNSAFE_NAME_CHARACTERS = set("/%&><")
@@ -100,9 +107,46 @@ def render_per_vm(config: dict[str, Any], protected: list[ProtectedVM]) -> dict[
             deployment["name"] = vm.name
             deployment["parameters"] = {**(deployment.get("parameters") or {}), "vm": vm.name}
             deployments.append(deployment)
+    for deployment in deployments:
+        # the alerts (deployments/alerts.py) match runs by this tag; runs inherit their deployment's tags
+        deployment["tags"] = [t for t in deployment.get("tags") or [] if t != "vmferry"] + ["vmferry"]
     rendered = {key: value for key, value in config.items() if key != "definitions"}
     rendered["deployments"] = deployments
     return rendered
+
+
+def render_policies(config: dict[str, Any], policies_file: Path) -> dict[str, Any]:
+    """The config with one deployment of the policy flow per policy and action of ``policies_file``."""
+    from vmferry.policies import load_policies
+
+    policies = load_policies(policies_file)
+    pool = next((d["work_pool"] for d in config["deployments"] if d.get("work_pool")), None)
+    rendered = []
+    for policy in policies:
+        for action, spec in policy.actions().items():
+            parameters: dict[str, Any] = {
+                "policy": policy.name,
+                "action": action,
+                "vms": policy.vms.model_dump(exclude_defaults=True),
+                "vcenter": policy.vcenter,
+                "parameters": spec.parameters,
+                "per_vm_deployment": policy.per_vm_deployment,
+            }
+            if action == "prune" and policy.retention is not None:
+                parameters["retention"] = policy.retention.model_dump()
+            deployment: dict[str, Any] = {
+                "name": f"{policy.name}-{action}",
+                "entrypoint": POLICY_ENTRYPOINT,
+                "description": f"Policy {policy.name}: {action} of its VMs, one per-VM run each. "
+                + (policy.description or ""),
+                "tags": ["policy", f"policy:{policy.name}", "vmferry"],
+                "parameters": parameters,
+                "schedules": [schedule.prefect() for schedule in spec.schedules],
+            }
+            if pool:
+                deployment["work_pool"] = copy.deepcopy(pool)
+            rendered.append(deployment)
+    return {**config, "deployments": [*config["deployments"], *rendered]}
 
 
 class _NoAliasDumper(yaml.SafeDumper):
@@ -217,12 +261,24 @@ def main(argv: list[str] | None = None) -> int:
         help="the VMs that get the per-VM scheduled deployments (default deployments/protected.yaml)",
     )
     parser.add_argument(
+        "--policies-file",
+        type=Path,
+        default=DEFAULT_POLICIES_FILE,
+        help="protection policies: one deployment per policy and action (default deployments/policies.yaml)",
+    )
+    parser.add_argument(
         "--vm",
         action="append",
         default=None,
         help="a VM to give the per-VM deployments to, instead of those of the protected file (repeatable)",
     )
-    parser.add_argument("--no-deploy", action="store_true", help="only the work pool and the limits")
+    parser.add_argument(
+        "--alerts-block",
+        metavar="SLUG/NAME",
+        help="a saved notification block (e.g. slack-webhook/ops): create the automations that notify through it "
+        "when a vmferry run fails, crashes or is late",
+    )
+    parser.add_argument("--no-deploy", action="store_true", help="only the work pool, the limits and the alerts")
     args = parser.parse_args(argv)
 
     if str(ROOT) not in sys.path:
@@ -230,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     protected = (
         [ProtectedVM(check_vm_name(name)) for name in args.vm] if args.vm else load_protected(args.protected_file)
     )
-    config = render_per_vm(load_config(args.prefect_file), protected)
+    config = render_policies(render_per_vm(load_config(args.prefect_file), protected), args.policies_file)
     deployments = config["deployments"]
     print(f"per-VM deployments for: {', '.join(vm.name for vm in protected) or 'no VM'}")
     for pool in sorted({d["work_pool"]["name"] for d in deployments if d.get("work_pool")}):
@@ -239,6 +295,11 @@ def main(argv: list[str] | None = None) -> int:
     upsert_limits(limits)
     for name, limit in limits.items():
         print(f"global concurrency limit {name}: {limit}")
+    if args.alerts_block:
+        from deployments.alerts import ensure_alerts
+
+        for name in ensure_alerts(args.alerts_block):
+            print(f"automation {name!r}: notifies through {args.alerts_block}")
     if args.no_deploy:
         return 0
     with tempfile.TemporaryDirectory(prefix="vmferry-deploy-") as scratch:

@@ -25,10 +25,18 @@ from tasks.discovery import read_vcenter_inventory, record_vm_inventory
 from tasks.jobs import close_job, open_job
 from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
 from vmferry.limits import holding, repository_limit_name
+from vmferry.runs import artifact_key, one_job_per_vm
 from vmferry.settings import get_settings
 
 
-@flow(name="backup-vm", on_running=ON_RUNNING, on_crashed=ON_CRASHED, on_cancellation=ON_CANCELLATION)
+@flow(
+    name="backup-vm",
+    flow_run_name="backup-{vm}-{kind}",
+    on_running=ON_RUNNING,
+    on_crashed=ON_CRASHED,
+    on_cancellation=ON_CANCELLATION,
+)
+@one_job_per_vm("backup")
 def backup_vm(
     vm: str,
     repository: BackupRepository | str,
@@ -43,6 +51,19 @@ def backup_vm(
     ``auto`` takes an incremental on top of the newest restore point when that chain is valid, else a full.
     The point becomes restorable only when every disk was copied and checksummed; any failure leaves no
     partial file, no qemu-nbd, no port lease and no snapshot behind.
+
+    Args:
+        vm: The VM: its name in vCenter, its instance UUID or its moref (vm-123).
+        repository: Saved BackupRepository block name (or a BackupRepository block) to write the restore point
+            into.
+        agent: Saved Agent block name (or an Agent block): the agent that reads the VM's disks.
+        vcenter: Saved VCenter block name (or a VCenter block) of the VM's vCenter.
+        kind: full copies every disk; incremental only what changed since the newest point (needs a valid
+            chain); auto: incremental when the chain allows it, else full.
+        quiesce: Ask VMware Tools to quiesce the guest's filesystems for the snapshot (application-consistent);
+            off: crash-consistent.
+        bandwidth_limit_bytes_per_second: Cap on the copy's read rate in bytes per second, all disks together;
+            empty: no cap.
     """
     logger = get_run_logger()
     repository_block = load_block(BackupRepository, repository)
@@ -90,7 +111,7 @@ def backup_vm(
             raise
         close_job(job_id, "succeeded")
     create_table_artifact(
-        key=f"backup-vm-{recorded.vm_context_id}",
+        key=artifact_key("backup", recorded.name),
         table=[
             {
                 "disk": d.disk_id,

@@ -21,6 +21,7 @@ from tasks.failover import destination_name, remove_destination_vm, return_volum
 from tasks.jobs import close_job, open_job
 from vmferry.failover_plan import plan_attachments
 from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
+from vmferry.runs import artifact_key, one_job_per_vm
 
 
 class CleanupResult(BaseModel):
@@ -32,8 +33,21 @@ class CleanupRefused(Exception):
     """Cleanup would undo something it must not (a live failover in production)."""
 
 
-@flow(name="cleanup-failover", on_running=ON_RUNNING, on_crashed=ON_CRASHED, on_cancellation=ON_CANCELLATION)
+@flow(
+    name="cleanup-failover",
+    flow_run_name="cleanup-{vm}",
+    on_running=ON_RUNNING,
+    on_crashed=ON_CRASHED,
+    on_cancellation=ON_CANCELLATION,
+)
+@one_job_per_vm("cleanup")
 def cleanup_failover(vm: str, cloudstack: CloudStack | str) -> CleanupResult:
+    """Roll a test failover of ``vm`` back (the test VM removed, the volumes back on the hub).
+
+    Args:
+        vm: The VM: its name in vCenter, its instance UUID or its moref (vm-123).
+        cloudstack: Saved CloudStack block name (or a CloudStack block) of the destination zone and its hub VM.
+    """
     logger = get_run_logger()
     cloud = load_block(CloudStack, cloudstack)
     catalog = default_catalog()
@@ -82,7 +96,7 @@ def cleanup_failover(vm: str, cloudstack: CloudStack | str) -> CleanupResult:
     close_job(job_id, "succeeded")
     logger.info("removed test VM(s) %s; %d volumes back on the hub", removed, len(order))
     create_table_artifact(
-        key=f"cleanup-vm-{recorded.vm_context_id}",
+        key=artifact_key("cleanup", recorded.name),
         table=[{"volume": volumes[i].volume_id, "catalog disk id": i, "on hub": "yes"} for i in order],
         description=f"Test failover of {recorded.name} rolled back",
     )

@@ -33,6 +33,7 @@ from vmferry.compensation import quietly
 from vmferry.exports import export_url, stop_export
 from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
 from vmferry.limits import holding, vcenter_limit_name
+from vmferry.runs import one_job_per_vm
 from vmferry.settings import get_settings
 from vmferry.targets import DiskTarget, check_plan
 
@@ -124,7 +125,14 @@ def run_copy(
             raise
 
 
-@flow(name="copy-vm-disks", on_running=ON_RUNNING, on_crashed=ON_CRASHED, on_cancellation=ON_CANCELLATION)
+@flow(
+    name="copy-vm-disks",
+    flow_run_name="copy-{vm}-{kind}",
+    on_running=ON_RUNNING,
+    on_crashed=ON_CRASHED,
+    on_cancellation=ON_CANCELLATION,
+)
+@one_job_per_vm("copy")
 def copy_vm_disks(
     vm: str,
     targets: list[DiskTarget],
@@ -133,7 +141,18 @@ def copy_vm_disks(
     kind: str = "full",
     bandwidth_limit_bytes_per_second: int | None = None,
 ) -> JobStatus:
-    """Copy every disk of a discovered VM into the given target files (qcow2 or raw), from one snapshot."""
+    """Copy every disk of a discovered VM into the given target files (qcow2 or raw), from one snapshot.
+
+    Args:
+        vm: The VM: its name in vCenter, its instance UUID or its moref (vm-123).
+        targets: One target per disk of the VM: the file (qcow2 or raw) each disk is copied into.
+        agent: Saved Agent block name (or an Agent block): the agent that reads the VM's disks.
+        vcenter: Saved VCenter block name; with it the copy counts against the vCenter's snapshot limit and a
+            snapshot left by a dead agent is removed.
+        kind: full copies every byte; incremental only what changed since each target's previous_change_id.
+        bandwidth_limit_bytes_per_second: Cap on the copy's read rate in bytes per second, all disks together;
+            empty: no cap.
+    """
     agent_block = load_block(Agent, agent)
     vcenter_block = load_block(VCenter, vcenter) if vcenter is not None else None
     recorded = find_vm(default_catalog(), vm)

@@ -11,6 +11,7 @@ from catalog.inventory import RecordedVM
 from tasks.discovery import mark_missing_vms, read_vcenter_inventory, record_vm_inventory
 from tasks.jobs import close_job, open_job
 from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
+from vmferry.runs import artifact_key
 
 
 def disk_table(vm: RecordedVM) -> list[dict[str, object]]:
@@ -37,6 +38,11 @@ def discover(vcenter: VCenter | str, vms: list[str] | None = None) -> list[Recor
 
     A disk keeps its catalog id across runs; a removed disk is marked absent; VMs missing from a full
     discovery are marked absent. Returns what the catalog now records.
+
+    Args:
+        vcenter: Saved VCenter block name (or a VCenter block) to read the VMs from.
+        vms: Names, instance UUIDs or morefs of the VMs to read; empty: every VM (and those gone are marked
+            absent).
     """
     block = load_block(VCenter, vcenter)
     job_id = open_job("discovery")
@@ -49,7 +55,7 @@ def discover(vcenter: VCenter | str, vms: list[str] | None = None) -> list[Recor
                 print(f"VM {name!r} is no longer in vCenter {block.host}; marked absent")
         for vm in recorded:
             create_table_artifact(
-                key=f"discovery-vm-{vm.vm_context_id}",
+                key=artifact_key("discovery", vm.name),
                 table=disk_table(vm),
                 description=f"Disks of {vm.name} ({vm.instance_uuid}) as recorded by discovery",
             )

@@ -48,6 +48,7 @@ from vmferry.compensation import quietly
 from vmferry.failover_plan import check_attached, plan_attachments
 from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
 from vmferry.network_plan import plan_nics
+from vmferry.runs import artifact_key, one_job_per_vm, table_rows
 
 
 class FailoverDevice(BaseModel):
@@ -65,7 +66,14 @@ class FailoverResult(BaseModel):
     devices: list[FailoverDevice]
 
 
-@flow(name="failover-vm", on_running=ON_RUNNING, on_crashed=ON_CRASHED, on_cancellation=ON_CANCELLATION)
+@flow(
+    name="failover-vm",
+    flow_run_name="failover-{vm}-{mode}",
+    on_running=ON_RUNNING,
+    on_crashed=ON_CRASHED,
+    on_cancellation=ON_CANCELLATION,
+)
+@one_job_per_vm("failover")
 def failover_vm(
     vm: str,
     cloudstack: CloudStack | str,
@@ -77,8 +85,18 @@ def failover_vm(
 ) -> FailoverResult:
     """Bring ``vm`` up in CloudStack from its replicated volumes. ``live`` needs ``vcenter`` and ``agent``.
 
-    ``network_map`` adds to (or overrides) the block's port group -> CloudStack network map for this VM;
-    ``ip_addresses`` pins a NIC's IP by the source NIC's MAC address."""
+    Args:
+        vm: The VM: its name in vCenter, its instance UUID or its moref (vm-123).
+        cloudstack: Saved CloudStack block name (or a CloudStack block) of the destination zone and its hub VM.
+        mode: test starts a copy in CloudStack and leaves the source running (undo it with cleanup-failover);
+            live powers the source off, syncs a last time and moves the VM to CloudStack for good.
+        vcenter: Saved VCenter block name of the source's vCenter; needed by a live failover (power-off and last
+            sync).
+        agent: Saved Agent block name for the last sync; needed by a live failover.
+        network_map: Source port group -> CloudStack network id, adding to (or overriding) the block's map for
+            this VM.
+        ip_addresses: Source NIC MAC address -> the static IP its failover NIC gets.
+    """
     logger = get_run_logger()
     cloud = load_block(CloudStack, cloudstack)
     catalog = default_catalog()
@@ -151,8 +169,8 @@ def failover_vm(
         for item in plan
     ]
     create_table_artifact(
-        key=f"failover-vm-{recorded.vm_context_id}",
-        table=[d.model_dump() for d in devices],
+        key=artifact_key("failover", recorded.name),
+        table=table_rows(devices),
         description=f"{mode} failover of {recorded.name} into CloudStack VM {destination.id}",
     )
     return FailoverResult(failover_id=failover_id, mode=mode, destination_vm_id=destination.id, devices=devices)

@@ -49,7 +49,15 @@ def reconcile(
 ) -> ReconcileReport:
     """Stop orphaned qemu-nbd, release leases, remove partial points and agent snapshots, detach foreign
     volumes from the hub and mark crashed jobs failed. Only the parts whose block is given are swept
-    (exports, leases, pending points and jobs always). ``dry_run`` reports and changes nothing."""
+    (exports, leases, pending points and jobs always). ``dry_run`` reports and changes nothing.
+
+    Args:
+        repository: Saved BackupRepository block name whose partial restore points to remove; empty: not swept.
+        vcenter: Saved VCenter block name whose leftover vmferry snapshots to remove; empty: not swept.
+        cloudstack: Saved CloudStack block name whose hub to sweep for volumes that are not ours; empty: not
+            swept.
+        dry_run: Only report what would be cleaned; change nothing.
+    """
     logger = get_run_logger()
     repo = load_block(BackupRepository, repository).repository() if repository is not None else None
     vcenter_block = load_block(VCenter, vcenter) if vcenter is not None else None

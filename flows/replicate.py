@@ -27,6 +27,7 @@ from tasks.cloudstack import attach_to_hub, ensure_volume
 from tasks.discovery import read_vcenter_inventory, record_vm_inventory
 from tasks.jobs import close_job, open_job
 from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
+from vmferry.runs import artifact_key, one_job_per_vm, table_rows
 from vmferry.targets import DiskTarget
 
 
@@ -47,7 +48,14 @@ class ReplicationResult(BaseModel):
     disks: list[ReplicatedDisk]
 
 
-@flow(name="replicate-vm", on_running=ON_RUNNING, on_crashed=ON_CRASHED, on_cancellation=ON_CANCELLATION)
+@flow(
+    name="replicate-vm",
+    flow_run_name="replicate-{vm}-{kind}",
+    on_running=ON_RUNNING,
+    on_crashed=ON_CRASHED,
+    on_cancellation=ON_CANCELLATION,
+)
+@one_job_per_vm("replication")
 def replicate_vm(
     vm: str,
     cloudstack: CloudStack | str,
@@ -56,7 +64,18 @@ def replicate_vm(
     kind: Literal["initial", "incremental", "auto"] = "auto",
     bandwidth_limit_bytes_per_second: int | None = None,
 ) -> ReplicationResult:
-    """Copy every disk of ``vm`` into its CloudStack volume (created on the first run, reused after)."""
+    """Copy every disk of ``vm`` into its CloudStack volume (created on the first run, reused after).
+
+    Args:
+        vm: The VM: its name in vCenter, its instance UUID or its moref (vm-123).
+        cloudstack: Saved CloudStack block name (or a CloudStack block) of the destination zone and its hub VM.
+        agent: Saved Agent block name (or an Agent block): the agent that reads the VM's disks.
+        vcenter: Saved VCenter block name (or a VCenter block) of the VM's vCenter.
+        kind: initial copies every disk in full; incremental only what changed since the last sync (needs one);
+            auto: initial the first time, incremental after.
+        bandwidth_limit_bytes_per_second: Cap on the copy's read rate in bytes per second, all disks together;
+            empty: no cap.
+    """
     logger = get_run_logger()
     cloud = load_block(CloudStack, cloudstack)
     agent_block = load_block(Agent, agent)
@@ -121,8 +140,8 @@ def replicate_vm(
     if context_state(default_catalog(), recorded.vm_context_id) in ("discovered", READY_FOR_FAILOVER):
         set_context_state(default_catalog(), recorded.vm_context_id, READY_FOR_FAILOVER)
     create_table_artifact(
-        key=f"replication-vm-{recorded.vm_context_id}",
-        table=[d.model_dump() for d in result_disks],
+        key=artifact_key("replication", recorded.name),
+        table=table_rows(result_disks, {"device_path": "hub device"}),
         description=f"{copy_kind} replication of {recorded.name} into CloudStack volumes",
     )
     return ReplicationResult(

@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from blocks import load_block
 from blocks.repository import BackupRepository
 from catalog import default_catalog
+from catalog.inventory import get_vm
 from catalog.restore_points import PointDiskView, PointView, get_point
 from clients.qemu import convert_image
 from vmferry.filelevel import (
@@ -30,6 +31,7 @@ from vmferry.filelevel import (
     open_image,
 )
 from vmferry.repository import Repository
+from vmferry.runs import artifact_key
 
 
 class RestoreError(Exception):
@@ -82,7 +84,16 @@ def restore_disk(
     image_format: Literal["raw", "qcow2"] = "raw",
     overwrite: bool = False,
 ) -> RestoredDisk:
-    """One disk (``disk-2000`` style id or catalog id) of a restore point into the file ``destination``."""
+    """One disk (``disk-2000`` style id or catalog id) of a restore point into the file ``destination``.
+
+    Args:
+        point_id: The restore point's id (`vmferry points VM` lists them).
+        disk: The disk: its id in the point (disk-2000) or its catalog disk id.
+        destination: The file to write the disk into, on the host the flow runs on.
+        repository: Saved BackupRepository block name (or a BackupRepository block) holding the restore points.
+        image_format: raw (any hypervisor) or qcow2 (sparse, smaller).
+        overwrite: Replace files that exist at the destination; off: an existing file is refused and left alone.
+    """
     repo = load_block(BackupRepository, repository).repository()
     point = _restorable_point(point_id, repo)
     Path(destination).parent.mkdir(parents=True, exist_ok=True)
@@ -97,7 +108,15 @@ def restore_vm(
     image_format: Literal["raw", "qcow2"] = "raw",
     overwrite: bool = False,
 ) -> list[RestoredDisk]:
-    """Every disk of a restore point into ``destination_dir/<disk id>.<raw|qcow2>``."""
+    """Every disk of a restore point into ``destination_dir/<disk id>.<raw|qcow2>``.
+
+    Args:
+        point_id: The restore point's id (`vmferry points VM` lists them).
+        destination_dir: The directory to write one file per disk into, on the host the flow runs on.
+        repository: Saved BackupRepository block name (or a BackupRepository block) holding the restore points.
+        image_format: raw (any hypervisor) or qcow2 (sparse, smaller).
+        overwrite: Replace files that exist at the destination; off: an existing file is refused and left alone.
+    """
     repo = load_block(BackupRepository, repository).repository()
     point = _restorable_point(point_id, repo)
     directory = Path(destination_dir)
@@ -107,7 +126,7 @@ def restore_vm(
         for d in point.disks
     ]
     create_table_artifact(
-        key=f"restore-point-{point.id}",
+        key=artifact_key("restore", get_vm(default_catalog(), point.vm_context_id).name),
         table=[{"disk": r.disk_id, "catalog id": r.vm_disk_id, "file": str(r.path)} for r in restored],
         description=f"Disks of restore point {point.id} restored to {directory}",
     )
@@ -123,7 +142,15 @@ class FileListing(BaseModel):
 def list_backup_files(
     point_id: int, disk: str, repository: BackupRepository | str, partition: int | None = None, path: str = "/"
 ) -> FileListing:
-    """Partitions of a backed-up disk, and the entries of ``path`` in one of them."""
+    """Partitions of a backed-up disk, and the entries of ``path`` in one of them.
+
+    Args:
+        point_id: The restore point's id (`vmferry points VM` lists them).
+        disk: The disk: its id in the point (disk-2000) or its catalog disk id.
+        repository: Saved BackupRepository block name (or a BackupRepository block) holding the restore points.
+        partition: The partition number to list files of; empty: list the partitions only.
+        path: The directory to list inside the partition.
+    """
     repo = load_block(BackupRepository, repository).repository()
     point = _restorable_point(point_id, repo)
     with open_image(repo.absolute(point.disk(disk).file_path)) as image:
@@ -142,7 +169,17 @@ def restore_files(
     repository: BackupRepository | str,
     overwrite: bool = False,
 ) -> list[Path]:
-    """Single files out of a backed-up disk's filesystem (ext or FAT): no root, no kernel NBD device."""
+    """Single files out of a backed-up disk's filesystem (ext or FAT): no root, no kernel NBD device.
+
+    Args:
+        point_id: The restore point's id (`vmferry points VM` lists them).
+        disk: The disk: its id in the point (disk-2000) or its catalog disk id.
+        partition: The partition number holding the files (list-backup-files shows them).
+        paths: Absolute paths of the files inside that filesystem.
+        destination_dir: The directory to write the files into, on the host the flow runs on.
+        repository: Saved BackupRepository block name (or a BackupRepository block) holding the restore points.
+        overwrite: Replace files that exist at the destination; off: an existing file is refused and left alone.
+    """
     repo = load_block(BackupRepository, repository).repository()
     point = _restorable_point(point_id, repo)
     entry = point.disk(disk)

@@ -12,6 +12,7 @@ from catalog.inventory import find_vm
 from catalog.restore_points import PointView, committed_points, mark_point
 from vmferry.repository import Repository
 from vmferry.retention import RetentionPolicy, points_to_keep
+from vmferry.runs import one_job_per_vm
 
 
 @task(retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE, task_run_name="prune-point-{point.id}")
@@ -24,11 +25,19 @@ def prune_point(repository: Repository, point: PointView) -> None:
     mark_point(default_catalog(), point.id, "pruned")
 
 
-@flow(name="prune-restore-points")
+@flow(name="prune-restore-points", flow_run_name="prune-{vm}")
+@one_job_per_vm("prune")
 def prune_restore_points(
     vm: str, repository: BackupRepository | str, policy: RetentionPolicy | None = None
 ) -> list[int]:
-    """Apply ``policy`` to one VM's points in ``repository``; returns the ids of the pruned points."""
+    """Apply ``policy`` to one VM's points in ``repository``; returns the ids of the pruned points.
+
+    Args:
+        vm: The VM: its name in vCenter, its instance UUID or its moref (vm-123).
+        repository: Saved BackupRepository block name (or a BackupRepository block) holding the restore points.
+        policy: How many points to keep: the last N, N daily, N weekly; a chain is never broken.
+            Empty: the defaults.
+    """
     repo = load_block(BackupRepository, repository).repository()
     rules = policy or RetentionPolicy()
     context = find_vm(default_catalog(), vm)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
@@ -10,9 +12,11 @@ from pydantic import BaseModel
 from blocks import load_block
 from blocks.repository import BackupRepository
 from catalog import default_catalog
+from catalog.inventory import RecordedVM, get_vm
 from catalog.restore_points import PointDiskView, get_point
 from clients.qemu import QemuError, check_image, content_sha256
 from vmferry.repository import Repository
+from vmferry.runs import artifact_key, one_job_per_vm, table_rows
 
 
 class DiskVerdict(BaseModel):
@@ -24,6 +28,12 @@ class DiskVerdict(BaseModel):
 
 class VerificationFailed(Exception):
     """A restore point does not read back as it was written."""
+
+
+def point_vm(arguments: dict[str, Any]) -> RecordedVM:
+    """The VM whose restore point ``point_id`` is: a verification holds that VM's one-job slot."""
+    catalog = default_catalog()
+    return get_vm(catalog, get_point(catalog, arguments["point_id"]).vm_context_id)
 
 
 @task(cache_policy=NO_CACHE, task_run_name="verify-{disk.disk_id}")
@@ -46,9 +56,15 @@ def verify_point_disk(repository: Repository, disk: PointDiskView) -> DiskVerdic
     return DiskVerdict(disk_id=disk.disk_id, file_path=disk.file_path, ok=True)
 
 
-@flow(name="verify-restore-point")
+@flow(name="verify-restore-point", flow_run_name="verify-point-{point_id}")
+@one_job_per_vm("verify", point_vm)
 def verify_restore_point(point_id: int, repository: BackupRepository | str) -> list[DiskVerdict]:
-    """Raises VerificationFailed naming every bad disk; returns one verdict per disk when all are good."""
+    """Raises VerificationFailed naming every bad disk; returns one verdict per disk when all are good.
+
+    Args:
+        point_id: The restore point's id (`vmferry points VM` lists them).
+        repository: Saved BackupRepository block name (or a BackupRepository block) holding the restore points.
+    """
     repo = load_block(BackupRepository, repository).repository()
     point = get_point(default_catalog(), point_id)
     if point.state != "committed":
@@ -60,8 +76,8 @@ def verify_restore_point(point_id: int, repository: BackupRepository | str) -> l
         )
     verdicts = [verify_point_disk(repo, disk) for disk in point.disks]
     create_table_artifact(
-        key=f"verify-point-{point_id}",
-        table=[v.model_dump() for v in verdicts],
+        key=artifact_key("verify", get_vm(default_catalog(), point.vm_context_id).name),
+        table=table_rows(verdicts, {"ok": "good"}),
         description=f"Verification of restore point {point_id}",
     )
     bad = [v for v in verdicts if not v.ok]

@@ -24,11 +24,12 @@ fi
 if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
-# Reinstall only when the dependency list changed: a warm machine starts in seconds.
-stamp=.venv/.vmferry-deps-$(sha256sum pyproject.toml | cut -c1-16)
+# Reinstall only when the dependency list or the pinned versions changed: a warm machine starts in seconds.
+# constraints.txt pins every package to the versions the tests passed with (SQLAlchemy 2.0.x among them).
+stamp=.venv/.vmferry-deps-$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
 if [ ! -e "$stamp" ]; then
   .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -e ".[dev]"
+  .venv/bin/pip install -q -c constraints.txt -e ".[dev]"
   rm -f .venv/.vmferry-deps-*
   touch "$stamp"
 fi

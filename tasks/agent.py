@@ -10,6 +10,7 @@ from prefect.cache_policies import NO_CACHE
 
 from agent.contract import JobRequest, JobStatus
 from blocks.agent import Agent
+from vmferry.runs import describe_progress
 
 
 @task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, task_run_name="agent-submit-{request.job_id}")
@@ -24,6 +25,7 @@ def follow_agent_job(agent: Agent, job_id: str, disk_labels: dict[int, str], tim
     """Wait for the agent job, showing one progress artifact per disk; raises unless it succeeded."""
     artifacts: dict[int, object] = {}
     last_update = 0.0
+    started = time.monotonic()
 
     def show(status: JobStatus) -> None:
         nonlocal last_update
@@ -33,12 +35,12 @@ def follow_agent_job(agent: Agent, job_id: str, disk_labels: dict[int, str], tim
         last_update = now
         for disk in status.disks:
             percent = 100.0 * disk.bytes_done / disk.bytes_total if disk.bytes_total else 0.0
+            label = f"copy of {disk_labels.get(disk.disk_key, disk.disk_key)}"
+            description = describe_progress(label, disk.bytes_done, disk.bytes_total, now - started)
             if disk.disk_key not in artifacts:
-                artifacts[disk.disk_key] = create_progress_artifact(
-                    progress=percent, description=f"copy of {disk_labels.get(disk.disk_key, disk.disk_key)}"
-                )
+                artifacts[disk.disk_key] = create_progress_artifact(progress=percent, description=description)
             else:
-                update_progress_artifact(artifacts[disk.disk_key], progress=percent)
+                update_progress_artifact(artifacts[disk.disk_key], progress=percent, description=description)
 
     with agent.client() as client:
         return client.wait(job_id, timeout=timeout, on_progress=show)

@@ -29,3 +29,10 @@ def record_vm_inventory(vm: ObservedVM) -> RecordedVM:
 @task(retries=3, retry_delay_seconds=1, cache_policy=NO_CACHE)
 def mark_missing_vms(vcenter_id: str, seen_instance_uuids: list[str]) -> list[str]:
     return mark_vms_missing(default_catalog(), vcenter_id, set(seen_instance_uuids))
+
+
+@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def read_vm_folders(vcenter: VCenter) -> dict[str, str]:
+    """Every VM's inventory folder path (``/DC0/vm/prod``), keyed on its moref."""
+    with VSphereClient(vcenter.endpoint()) as client:
+        return client.vm_folders()

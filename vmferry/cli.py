@@ -966,6 +966,13 @@ def _print_endpoints(out: Console, title: str, endpoints: dict[str, str]) -> Non
 def lab_up(
     ctx: typer.Context,
     reseed: Annotated[bool, typer.Option(help="Seed the VMs again even if the lab is already seeded.")] = False,
+    deployable: Annotated[
+        bool,
+        typer.Option(
+            help="Also run a long-lived agent and save the blocks deployments/prefect.yaml names (VCenter, Agent, "
+            "CloudStack 'prod', BackupRepository 'main') on the Prefect server of PREFECT_API_URL."
+        ),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Start and seed the lab (vcsim with pgtest1 and db3, the CloudStack simulator), or reuse the running one."""
@@ -975,6 +982,12 @@ def lab_up(
 
         state, reused = ensure_lab_up(reseed=reseed)
         endpoints = _lab_endpoints(state)
+        if deployable:
+            from infra.lab.deployable import lab_up_deployable
+            from vmferry.settings import get_settings
+
+            repository = get_settings().data_dir / "repository"
+            endpoints |= lab_up_deployable(state, LAB_REPOSITORY_NAME, repository)
         if as_json:
             _emit_json({**endpoints, "reused": reused})
             return

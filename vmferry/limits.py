@@ -4,6 +4,8 @@
   of one backup target are shared by every VM backed up into it).
 - ``vcenter-snapshots-<vCenter host>[-<port>]``: VMs of one vCenter with a vmferry snapshot open at once,
   keyed on the vCenter itself rather than on a block, so two blocks naming the same vCenter share one limit.
+- ``vm-<instance uuid>``: one job per VM at a time (one slot; vmferry/runs.py ``vm_job``), keyed on the
+  instance UUID because a VM's name can change between two jobs.
 
 ``deployments/deploy.py`` creates them with the operator's values. A run that finds its limit missing creates
 it with the default from settings (VMFERRY_REPOSITORY_BACKUP_LIMIT, VMFERRY_VCENTER_SNAPSHOT_LIMIT) and says
@@ -34,8 +36,18 @@ def vcenter_limit_name(host: str, port: int = 443) -> str:
     return f"vcenter-snapshots-{name}{suffix}"
 
 
-def ensure_limit(name: str, default: int, logger: logging.Logger | logging.LoggerAdapter = log) -> None:
-    """Create the limit with ``default`` slots when it does not exist; an existing one is left as it is."""
+def vm_limit_name(instance_uuid: str) -> str:
+    return f"vm-{_UNSAFE.sub('-', instance_uuid.strip().lower()).strip('-')}"
+
+
+def ensure_limit(
+    name: str, default: int, logger: logging.Logger | logging.LoggerAdapter = log, *, quiet: bool = False
+) -> bool:
+    """Create the limit with ``default`` slots when it does not exist; an existing one is left as it is.
+
+    Returns whether every slot is taken now (the caller will wait). ``quiet``: the caller tells the operator
+    itself, and a limit created on first use is normal (one per VM), not a missing operator setting.
+    """
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
@@ -46,7 +58,7 @@ def ensure_limit(name: str, default: int, logger: logging.Logger | logging.Logge
         except ObjectNotFound:
             try:
                 client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=default))
-                logger.warning(
+                (logger.debug if quiet else logger.warning)(
                     "global concurrency limit %s did not exist: created it with %d slots "
                     "(deployments/deploy.py sets the operator's value)",
                     name,
@@ -54,11 +66,14 @@ def ensure_limit(name: str, default: int, logger: logging.Logger | logging.Logge
                 )
             except ObjectAlreadyExists:
                 pass  # another run created it between our read and our create
-            return
+            return False
     if not limit.active:
         logger.warning("global concurrency limit %s is inactive: Prefect does not enforce it", name)
-    elif limit.active_slots >= limit.limit:
+        return False
+    busy = limit.active_slots >= limit.limit
+    if busy and not quiet:
         logger.info("waiting for a slot of %s (%d of %d taken)", name, limit.active_slots, limit.limit)
+    return busy
 
 
 @contextmanager

@@ -49,7 +49,7 @@ def running_lab_vcenter(root: Path | None = None) -> LabVCenter | None:
     return lab if is_running(lab) else None
 
 
-def _write_state(root: Path, state: dict[str, Any]) -> None:
+def write_state(root: Path, state: dict[str, Any]) -> None:
     tmp = _state_path(root).with_suffix(".tmp")
     tmp.write_text(json.dumps(state, indent=2) + "\n")
     tmp.replace(_state_path(root))
@@ -60,6 +60,10 @@ def _teardown(root: Path, state: dict[str, Any] | None) -> None:
         stop_vcsim(LabVCenter.from_dict(state["vcenter"]))
         if "cloudstack" in state:
             stop_simulator_pid(state["cloudstack"]["pid"])
+        if "agent" in state:  # `lab up --deployable`'s long-lived agent
+            from infra.lab.deployable import stop_agent
+
+            stop_agent(state["agent"])
     for name in (VCENTER_DIR, SEED_DIR, CLOUDSTACK_DIR):
         shutil.rmtree(root / name, ignore_errors=True)
     _state_path(root).unlink(missing_ok=True)
@@ -76,7 +80,7 @@ def ensure_lab_up(root: Path | None = None, *, reseed: bool = False) -> tuple[di
             seed_lab(lab, root / SEED_DIR)
         if "cloudstack" not in state or not simulator_alive(state["cloudstack"]["pid"]):
             state["cloudstack"] = _start_cloudstack(root)
-            _write_state(root, state)
+            write_state(root, state)
         return state, True
     # A description without a live process is left over from a crash or reboot.
     _teardown(root, state)
@@ -91,7 +95,7 @@ def ensure_lab_up(root: Path | None = None, *, reseed: bool = False) -> tuple[di
         "manifest": str(root / SEED_DIR / "manifest.json"),
         "cloudstack": _start_cloudstack(root),
     }
-    _write_state(root, state)
+    write_state(root, state)
     return state, False
 
 

@@ -174,7 +174,7 @@ def test_protected_vms_get_their_own_copies_of_the_per_vm_deployments(tmp_path):
         return {d["name"] for d in rendered if script.flow_name(d) == flow}
 
     assert names("backup-vm") == {"web1", "files2", "on-demand"}
-    assert names("prune-restore-points") == {"web1", "files2"}
+    assert names("prune-restore-points") == {"web1", "files2", "on-demand"}
     assert names("replicate-vm") == {"web1", "on-demand"}  # files2 is backed up, not replicated
     assert "db3" not in names("backup-vm")  # the template itself is deployed only for the VMs listed
     for deployment in rendered:

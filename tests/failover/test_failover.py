@@ -23,6 +23,7 @@ from flows.replicate import replicate_vm
 from infra.lab.mutate import read_disk_bytes
 from infra.lab.seed import require_vm
 from infra.lab.vcenter import session
+from tests.slots import free_vm_slot
 
 pytestmark = pytest.mark.usefixtures("prefect_backend", "nbd_port_range")
 
@@ -160,6 +161,7 @@ def test_cleanup_after_a_failover_process_was_killed(
         if process.poll() is None:
             process.kill()
     cloudstack_sim.job_delay = 0.02
+    free_vm_slot(vm.instance_uuid)  # the killed failover held the VM's slot; the harness repossesses no lease
     cleanup_failover(name, cloudstack_block)
     assert_back_on_hub(cloudstack_sim, cloudstack_block, configured_catalog, name, expected)
 

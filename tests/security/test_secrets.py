@@ -23,6 +23,7 @@ from clients.agent import AgentError
 from flows.backup import backup_vm
 from flows.discover import discover
 from flows.reconcile import reconcile
+from vmferry.runs import artifact_key
 
 pytestmark = pytest.mark.usefixtures("prefect_backend", "nbd_port_range")
 
@@ -116,7 +117,7 @@ def test_secrets_stay_out_of_the_catalog_logs_parameters_and_artifacts(
     assert name in stores["catalog tables"] and "401" in stores["catalog tables"]
     assert f"backing up {name}" in stores["Prefect logs"]
     assert any(str(log.flow_run_id) in ours for log in logs if log.level >= logging.ERROR)  # the failed run's
-    assert f"backup-vm-{point.vm_context_id}" in stores["artifacts"] and "Reconciliation" in stores["artifacts"]
+    assert artifact_key("backup", name) in stores["artifacts"] and "Reconciliation" in stores["artifacts"]
     assert point.disks[0].checksum in stores["Prefect database file"]
 
     leaks = [(what, where) for what, value in hidden.items() for where, text in stores.items() if value in text]

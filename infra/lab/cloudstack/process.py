@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 
 from infra.lab.cloudstack.server import SimulatorInfo
-from infra.lab.processes import free_port, stop_child
+from infra.lab.processes import free_port, process_alive, stop_child, stop_pid
 
 INFO_FILE = "simulator.json"
 
@@ -85,23 +85,9 @@ def start_simulator_process(
 
 def simulator_alive(pid: int) -> bool:
     """True when ``pid`` is a running CloudStack simulator (checked by command line, never by pid alone)."""
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z" and b"infra.lab.cloudstack" in argv
+    return process_alive(pid, b"infra.lab.cloudstack")
 
 
 def stop_simulator_pid(pid: int, timeout: float = 10) -> None:
     """Stop a simulator started by an earlier process (the lab's), idempotently."""
-    import os
-
-    if not simulator_alive(pid):
-        return
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while simulator_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if simulator_alive(pid):
-        os.kill(pid, signal.SIGKILL)
+    stop_pid(pid, b"infra.lab.cloudstack", timeout)
