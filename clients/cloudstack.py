@@ -27,11 +27,13 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
+from vmferry.errors import VmferryError
+
 SAFE_READ_PREFIXES = ("list", "query")
 RETRY_STATUSES = frozenset({502, 503, 504})
 
 
-class CloudStackError(Exception):
+class CloudStackError(VmferryError):
     """CloudStack refused or failed a command; ``errortext`` is CloudStack's own words."""
 
     def __init__(

@@ -25,10 +25,17 @@ from tasks.discovery import read_vcenter_inventory, record_vm_inventory
 from tasks.jobs import close_job, open_job
 from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
 from vmferry.limits import holding, repository_limit_name
+from vmferry.outcome import PUBLISH_OUTCOME
 from vmferry.settings import get_settings
 
 
-@flow(name="backup-vm", on_running=ON_RUNNING, on_crashed=ON_CRASHED, on_cancellation=ON_CANCELLATION)
+@flow(
+    name="backup-vm",
+    on_running=ON_RUNNING,
+    on_crashed=ON_CRASHED,
+    on_cancellation=ON_CANCELLATION,
+    **PUBLISH_OUTCOME,
+)
 def backup_vm(
     vm: str,
     repository: BackupRepository | str,

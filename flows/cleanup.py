@@ -19,8 +19,10 @@ from catalog.inventory import find_vm
 from catalog.replication import record_attachment, volumes_of_vm
 from tasks.failover import destination_name, remove_destination_vm, return_volume_to_hub
 from tasks.jobs import close_job, open_job
+from vmferry.errors import Refused
 from vmferry.failover_plan import plan_attachments
 from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
+from vmferry.outcome import PUBLISH_OUTCOME
 
 
 class CleanupResult(BaseModel):
@@ -28,11 +30,17 @@ class CleanupResult(BaseModel):
     volumes_on_hub: list[str]
 
 
-class CleanupRefused(Exception):
+class CleanupRefused(Refused):
     """Cleanup would undo something it must not (a live failover in production)."""
 
 
-@flow(name="cleanup-failover", on_running=ON_RUNNING, on_crashed=ON_CRASHED, on_cancellation=ON_CANCELLATION)
+@flow(
+    name="cleanup-failover",
+    on_running=ON_RUNNING,
+    on_crashed=ON_CRASHED,
+    on_cancellation=ON_CANCELLATION,
+    **PUBLISH_OUTCOME,
+)
 def cleanup_failover(vm: str, cloudstack: CloudStack | str) -> CleanupResult:
     logger = get_run_logger()
     cloud = load_block(CloudStack, cloudstack)

@@ -11,6 +11,7 @@ from catalog.inventory import RecordedVM
 from tasks.discovery import mark_missing_vms, read_vcenter_inventory, record_vm_inventory
 from tasks.jobs import close_job, open_job
 from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
+from vmferry.outcome import PUBLISH_OUTCOME
 
 
 def disk_table(vm: RecordedVM) -> list[dict[str, object]]:
@@ -31,7 +32,14 @@ def disk_table(vm: RecordedVM) -> list[dict[str, object]]:
     ]
 
 
-@flow(name="discover", log_prints=True, on_running=ON_RUNNING, on_crashed=ON_CRASHED, on_cancellation=ON_CANCELLATION)
+@flow(
+    name="discover",
+    log_prints=True,
+    on_running=ON_RUNNING,
+    on_crashed=ON_CRASHED,
+    on_cancellation=ON_CANCELLATION,
+    **PUBLISH_OUTCOME,
+)
 def discover(vcenter: VCenter | str, vms: list[str] | None = None) -> list[RecordedVM]:
     """Read VMs (all, or those named) and their disks from vCenter; upsert them into the catalog.
 

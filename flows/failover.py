@@ -46,6 +46,7 @@ from tasks.jobs import close_job, open_job
 from vmferry.compensation import quietly
 from vmferry.failover_plan import check_attached, plan_attachments
 from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
+from vmferry.outcome import PUBLISH_OUTCOME
 
 
 class FailoverDevice(BaseModel):
@@ -63,7 +64,13 @@ class FailoverResult(BaseModel):
     devices: list[FailoverDevice]
 
 
-@flow(name="failover-vm", on_running=ON_RUNNING, on_crashed=ON_CRASHED, on_cancellation=ON_CANCELLATION)
+@flow(
+    name="failover-vm",
+    on_running=ON_RUNNING,
+    on_crashed=ON_CRASHED,
+    on_cancellation=ON_CANCELLATION,
+    **PUBLISH_OUTCOME,
+)
 def failover_vm(
     vm: str,
     cloudstack: CloudStack | str,

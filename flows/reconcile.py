@@ -27,11 +27,13 @@ from tasks.reconcile import (
     sweep_restore_points,
     sweep_snapshots,
 )
+from vmferry.errors import VmferryError
 from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
+from vmferry.outcome import PUBLISH_OUTCOME
 from vmferry.reconcile import Finding, FindingKind, OwnerJudge, Reconciler, ReconcileReport
 
 
-class ReconcileIncomplete(Exception):
+class ReconcileIncomplete(VmferryError):
     """Some orphan could not be cleaned; ``report`` says which and why. Running again retries them."""
 
     def __init__(self, report: ReconcileReport) -> None:
@@ -40,7 +42,13 @@ class ReconcileIncomplete(Exception):
         super().__init__(f"reconciliation left {len(report.errors)} problem(s): {problems}")
 
 
-@flow(name="reconcile", on_running=ON_RUNNING, on_crashed=ON_CRASHED, on_cancellation=ON_CANCELLATION)
+@flow(
+    name="reconcile",
+    on_running=ON_RUNNING,
+    on_crashed=ON_CRASHED,
+    on_cancellation=ON_CANCELLATION,
+    **PUBLISH_OUTCOME,
+)
 def reconcile(
     repository: BackupRepository | str | None = None,
     vcenter: VCenter | str | None = None,

@@ -27,6 +27,7 @@ from tasks.cloudstack import attach_to_hub, ensure_volume
 from tasks.discovery import read_vcenter_inventory, record_vm_inventory
 from tasks.jobs import close_job, open_job
 from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
+from vmferry.outcome import PUBLISH_OUTCOME
 from vmferry.targets import DiskTarget
 
 
@@ -47,7 +48,13 @@ class ReplicationResult(BaseModel):
     disks: list[ReplicatedDisk]
 
 
-@flow(name="replicate-vm", on_running=ON_RUNNING, on_crashed=ON_CRASHED, on_cancellation=ON_CANCELLATION)
+@flow(
+    name="replicate-vm",
+    on_running=ON_RUNNING,
+    on_crashed=ON_CRASHED,
+    on_cancellation=ON_CANCELLATION,
+    **PUBLISH_OUTCOME,
+)
 def replicate_vm(
     vm: str,
     cloudstack: CloudStack | str,

@@ -12,6 +12,8 @@ from blocks.repository import BackupRepository
 from catalog import default_catalog
 from catalog.restore_points import PointDiskView, get_point
 from clients.qemu import QemuError, check_image, content_sha256
+from vmferry.errors import VmferryError
+from vmferry.outcome import PUBLISH_OUTCOME
 from vmferry.repository import Repository
 
 
@@ -22,7 +24,7 @@ class DiskVerdict(BaseModel):
     problem: str | None = None
 
 
-class VerificationFailed(Exception):
+class VerificationFailed(VmferryError):
     """A restore point does not read back as it was written."""
 
 
@@ -46,7 +48,7 @@ def verify_point_disk(repository: Repository, disk: PointDiskView) -> DiskVerdic
     return DiskVerdict(disk_id=disk.disk_id, file_path=disk.file_path, ok=True)
 
 
-@flow(name="verify-restore-point")
+@flow(name="verify-restore-point", **PUBLISH_OUTCOME)
 def verify_restore_point(point_id: int, repository: BackupRepository | str) -> list[DiskVerdict]:
     """Raises VerificationFailed naming every bad disk; returns one verdict per disk when all are good."""
     repo = load_block(BackupRepository, repository).repository()

@@ -5,8 +5,9 @@ PREFECT_API_URL). Blocks come from the running lab (``vmferry lab up``) unless s
 ``--vcenter/--agent/--repository/--cloudstack``. ``--submit DEPLOYMENT`` on backup and replicate hands the
 run to a worker instead.
 
-Exit codes: 0 success, 1 the operation failed, 2 usage error, 3 something named does not exist (a VM, a
-restore point, a disk, a saved block, a deployment).
+Exit codes (vmferry/errors.py): 0 success, 1 the operation failed, 2 usage error, 3 something named does not
+exist (a VM, a restore point, a disk, a saved block, a deployment), 4 refused (a precondition is not met and
+nothing was changed). A run submitted with ``--submit --wait`` ends with the same code as it would in-process.
 """
 
 from __future__ import annotations
@@ -38,6 +39,18 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from vmferry.errors import (
+    EXIT_CODES_HELP,
+    EXIT_FAILED,
+    EXIT_REFUSED,
+    NotFoundError,
+    Refused,
+    VmferryError,
+    describe,
+    exit_code_of,
+    label_of,
+)
+
 if TYPE_CHECKING:
     from prefect.blocks.core import Block
 
@@ -45,13 +58,7 @@ if TYPE_CHECKING:
     from catalog.inventory import RecordedVM
     from clients.agent import AgentClient
 
-EXIT_FAILED = 1
-EXIT_NOT_FOUND = 3
-
-EXIT_CODES = (
-    "Exit codes: 0 success; 1 the operation failed (reason on stderr); 2 usage error; "
-    "3 not found (unknown VM, restore point, disk, saved block or deployment)."
-)
+EXIT_CODES = EXIT_CODES_HELP
 # The repository the lab demo writes (vmferry/demo.py), so the lab's points are listed and restorable here.
 LAB_REPOSITORY_NAME = "demo"
 
@@ -60,8 +67,17 @@ B = TypeVar("B", bound="Block")
 T = TypeVar("T")
 
 
-class NotFound(Exception):
+class NotFound(NotFoundError):
     """Something the operator named does not exist: exit 3."""
+
+
+class SubmittedRunFailed(VmferryError):
+    """A run submitted with --wait did not complete; carries the exit code its error maps to."""
+
+    def __init__(self, message: str, exit_code: int, label: str) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.label = label
 
 
 class LabNotRunning(Exception):
@@ -113,12 +129,6 @@ def main(
 # --- errors and exit codes -------------------------------------------------------------------------------------
 
 
-def _is_not_found(exc: BaseException) -> bool:
-    from catalog.errors import UnknownRecord
-
-    return isinstance(exc, NotFound | UnknownRecord)
-
-
 @contextmanager
 def _operation(ctx: typer.Context, what: str) -> Iterator[None]:
     """Turn any failure into one stderr line and the exit code a script can trust."""
@@ -133,9 +143,9 @@ def _operation(ctx: typer.Context, what: str) -> Iterator[None]:
     except Exception as exc:
         if cli.debug:
             traceback.print_exc()
-        message = str(exc) or type(exc).__name__
-        code = EXIT_NOT_FOUND if _is_not_found(exc) else EXIT_FAILED
-        label = "not found" if code == EXIT_NOT_FOUND else f"failed ({type(exc).__name__})"
+        message = describe(exc)
+        code = exit_code_of(exc)
+        label = label_of(exc)
         # markup off: messages quote paths and ids with brackets ("[datastore] vm/disk.vmdk")
         cli.err.print(f"vmferry {what}: {label}: {message}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(code) from None
@@ -453,11 +463,14 @@ def submit_to_deployment(
 ) -> None:
     """``run_deployment`` of ``<flow>/<deployment>`` (a bare name is the flow's deployment of that name).
 
-    Without ``wait`` it returns once the run is created (a worker runs it); with it, the run's final state
-    decides the exit code.
+    Without ``wait`` it returns once the run is created (a worker runs it); with it, the run's outcome (what
+    the flow published, vmferry/outcome.py) decides the exit code, the same one an in-process run would end
+    with, and ``--json`` prints the flow's result.
     """
     from prefect.deployments import run_deployment
     from prefect.exceptions import ObjectNotFound
+
+    from vmferry.outcome import Outcome, outcome_from_message, read_outcome
 
     name = deployment if "/" in deployment else f"{flow_name}/{deployment}"
     try:
@@ -465,13 +478,26 @@ def submit_to_deployment(
     except ObjectNotFound as exc:
         raise NotFound(f"no deployment {name!r} on the Prefect server") from exc
     state = run.state.type.value if run.state else "UNKNOWN"
+    outcome: Outcome | None = None
+    if wait:
+        outcome = read_outcome(run.id)
+        if outcome is None and not (run.state and run.state.is_completed()):
+            outcome = outcome_from_message(run.state.message if run.state and run.state.message else state)
+    summary: dict[str, Any] = {"flow_run_id": str(run.id), "flow_run_name": run.name, "deployment": name}
+    summary["state"] = state
     if as_json:
-        _emit_json({"flow_run_id": str(run.id), "flow_run_name": run.name, "deployment": name, "state": state})
+        if outcome is not None:
+            summary |= {"result": outcome.result} if outcome.ok else {"error": outcome.error}
+        _emit_json(summary)
     else:
         cli.out.print(f"flow run {run.name} ({run.id}) of deployment {name}: {state}")
     if wait and not (run.state and run.state.is_completed()):
-        message = run.state.message if run.state and run.state.message else state
-        raise RuntimeError(f"flow run {run.name} ({run.id}) ended {state}: {message}")
+        assert outcome is not None  # read above for every run that did not complete
+        raise SubmittedRunFailed(
+            f"flow run {run.name} ({run.id}) ended {state}: {outcome.error}",
+            outcome.exit_code or EXIT_FAILED,
+            outcome.label or "failed",
+        )
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,10 @@ from typing import Any
 from pydantic import BaseModel
 
 from agent.dataplane.nbd import NBDClient, NBDError
+from vmferry.errors import NotFoundError, VmferryError
 
 
-class FileRestoreError(Exception):
+class FileRestoreError(VmferryError):
     """The file cannot be listed or extracted; the message names the point, disk, partition and path."""
 
 
@@ -50,6 +51,10 @@ def _connect_when_accepting(
         if time.monotonic() > deadline:
             raise FileRestoreError(f"qemu-nbd did not accept connections for {image} within {timeout:.0f} s")
         time.sleep(0.02)
+
+
+class NotInBackup(FileRestoreError, NotFoundError):
+    """The partition or path named is not in the backed-up disk."""
 
 
 class NBDFile(io.RawIOBase):
@@ -158,14 +163,14 @@ def _filesystem(image: NBDFile, partition: int) -> tuple[str, Any]:
             if found is None:
                 raise FileRestoreError(f"partition {partition} holds no ext or FAT filesystem vmferry can read")
             return found
-    raise FileRestoreError(f"there is no partition {partition}")
+    raise NotInBackup(f"there is no partition {partition}")
 
 
 def _entry(kind: str, fs: Any, path: str) -> Any:
     try:
         return fs.get(path)
     except Exception as exc:
-        raise FileRestoreError(f"{path!r} does not exist") from exc
+        raise NotInBackup(f"{path!r} does not exist") from exc
 
 
 def _children(kind: str, entry: Any) -> list[tuple[str, Any]]:
