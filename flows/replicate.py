@@ -20,12 +20,14 @@ from blocks.agent import Agent
 from blocks.cloudstack import CloudStack
 from blocks.vcenter import VCenter
 from catalog import default_catalog
-from catalog.failovers import READY_FOR_FAILOVER, context_state, set_context_state
+from catalog.failovers import READY_FOR_FAILOVER, context_state, latest_failover, set_context_state
+from catalog.inventory import RecordedVM
 from catalog.replication import VolumeView, record_sync
 from flows.copy import run_copy
 from tasks.cloudstack import attach_to_hub, ensure_volume
 from tasks.discovery import read_vcenter_inventory, record_vm_inventory
 from tasks.jobs import close_job, open_job
+from vmferry.errors import Refused
 from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
 from vmferry.outcome import PUBLISH_OUTCOME
 from vmferry.targets import DiskTarget
@@ -46,6 +48,27 @@ class ReplicationResult(BaseModel):
     kind: str
     job_id: str
     disks: list[ReplicatedDisk]
+
+
+class ReplicationRefused(Refused):
+    """The VM is failed over (or migrated): its volumes are not replication's to write."""
+
+
+def refuse_while_failed_over(recorded: RecordedVM) -> None:
+    latest = latest_failover(default_catalog(), recorded.vm_context_id)
+    if latest is None or latest.state not in ("active", "committed"):
+        return
+    where = f"CloudStack VM {latest.destination_vm_id} (failover {latest.id})"
+    if latest.state == "committed":
+        raise ReplicationRefused(f"VM {recorded.name!r} was migrated to {where}: its replication has stopped")
+    if latest.mode == "live":
+        raise ReplicationRefused(
+            f"VM {recorded.name!r} runs in {where} since its live failover: commit it (`vmferry commit "
+            f"{recorded.name}`) or revert it (`vmferry revert {recorded.name} --yes`) before replicating"
+        )
+    raise ReplicationRefused(
+        f"VM {recorded.name!r} has a test failover on {where}: clean it up first (`vmferry cleanup {recorded.name}`)"
+    )
 
 
 @flow(
@@ -70,6 +93,7 @@ def replicate_vm(
     vcenter_block = load_block(VCenter, vcenter)
     (observed,) = read_vcenter_inventory(vcenter_block, [vm])
     recorded = record_vm_inventory(observed)
+    refuse_while_failed_over(recorded)
     job_id = open_job("replication", recorded.vm_context_id)
     try:
         disks = recorded.present_disks()

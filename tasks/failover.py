@@ -11,6 +11,7 @@ from catalog.inventory import RecordedVM
 from clients.cloudstack import CloudStackError, VirtualMachine
 from clients.vsphere import VSphereClient, VSphereError, VSphereSnapshots
 from tasks.cloudstack import wait_for_device
+from vmferry.errors import retry_unless_permanent
 from vmferry.failover_plan import PlannedAttachment
 
 
@@ -121,10 +122,33 @@ def power_off_source(vcenter: VCenter, vm: RecordedVM) -> str:
         return "powered off"
 
 
-def return_volume_to_hub(cloudstack: CloudStack, volume_id: str, capacity_bytes: int) -> None:
-    """Compensation and cleanup: wherever the volume is, put it back on the hub and check its device."""
+@task(retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE, retry_condition_fn=retry_unless_permanent)
+def power_on_source(vcenter: VCenter, vm: RecordedVM) -> str:
+    """Power the source VM on again: after a live failover that failed once it was off, or on a revert."""
+    from pyVim.task import WaitForTask
+    from pyVmomi import vim, vmodl
+
+    with VSphereClient(vcenter.endpoint()) as client:
+        source = VSphereSnapshots(client, vm.instance_uuid).vm
+        if source.runtime.powerState == vim.VirtualMachinePowerState.poweredOn:
+            return "already on"
+        try:
+            WaitForTask(source.PowerOnVM_Task())
+        except vmodl.MethodFault as exc:
+            raise VSphereError(
+                f"VM {vm.name!r} could not be powered on again ({exc.msg or type(exc).__name__}); it stays off: "
+                "power it on by hand in vCenter"
+            ) from exc
+        return "powered on"
+
+
+def return_volume_to_hub(cloudstack: CloudStack, volume_id: str, capacity_bytes: int) -> bool:
+    """Compensation and cleanup: wherever the volume is, put it back on the hub and check its device.
+
+    True when it had to be moved (it was not on the hub), so a cleanup reports only what it did."""
     with cloudstack.client() as client:
         volume = client.get_volume(volume_id)
+        moved = volume.virtual_machine_id != cloudstack.hub_vm_id
         if volume.virtual_machine_id not in (None, cloudstack.hub_vm_id):
             holder = client.get_vm(volume.virtual_machine_id)
             if holder.state == "Running":  # a root volume only comes off a stopped VM
@@ -134,20 +158,24 @@ def return_volume_to_hub(cloudstack: CloudStack, volume_id: str, capacity_bytes:
         if volume.virtual_machine_id is None:
             client.attach_volume(volume_id, cloudstack.hub_vm_id)
     wait_for_device(cloudstack.device_root_path(), volume_id, capacity_bytes)
+    return moved
 
 
-def remove_destination_vm(cloudstack: CloudStack, vm_id: str, our_volume_ids: list[str]) -> None:
-    """Compensation and cleanup: stop the VM, take our volumes off it, destroy it (expunge)."""
+def remove_destination_vm(cloudstack: CloudStack, vm_id: str, our_volume_ids: list[str]) -> bool:
+    """Compensation and cleanup: stop the VM, take our volumes off it, destroy it (expunge).
+
+    True when there was a VM to destroy, so a cleanup reports only what it did."""
     with cloudstack.client() as client:
         try:
             current = client.get_vm(vm_id)
         except CloudStackError:
-            return  # already gone
+            return False  # already gone
         if current.state in ("Destroyed", "Expunging"):
-            return
+            return False
         if current.state == "Running":
             client.stop_vm(vm_id, forced=True)
         for volume in client.list_volumes(virtual_machine_id=vm_id):
             if volume.id in our_volume_ids:
                 client.detach_volume(volume.id)
         client.destroy_vm(vm_id, expunge=True)
+    return True
