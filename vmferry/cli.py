@@ -19,7 +19,7 @@ import tempfile
 import threading
 import traceback
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cached_property
@@ -42,7 +42,6 @@ from rich.table import Table
 from vmferry.errors import (
     EXIT_CODES_HELP,
     EXIT_FAILED,
-    EXIT_REFUSED,
     NotFoundError,
     Refused,
     VmferryError,
@@ -317,8 +316,25 @@ SubmitOption = Annotated[
     ),
 ]
 WaitOption = Annotated[
-    bool, typer.Option("--wait", help="With --submit: wait for the flow run and exit 1 unless it completed.")
+    bool,
+    typer.Option(
+        "--wait", help="With --submit: wait for the flow run; its exit code is the one an in-process run would have."
+    ),
 ]
+YesOption = Annotated[bool, typer.Option("--yes", "-y", help="Do it without asking (scripts, --submit).")]
+
+
+def _confirm(yes: bool, question: str, what: str) -> None:
+    """Ask on a terminal; without one (scripts, CI), --yes is the only way: refused (exit 4) otherwise."""
+    import sys
+
+    if yes:
+        return
+    if sys.stdin.isatty():
+        if typer.confirm(question, default=False):
+            return
+        raise Refused(f"{what} not confirmed: nothing was changed")
+    raise Refused(f"{what} needs confirmation: pass --yes (nothing was changed)")
 
 
 # --- VM names: not found is exit 3, at once ------------------------------------------------------------------------
@@ -795,11 +811,14 @@ def failover(
     progress: ProgressOption = None,
     submit: SubmitOption = None,
     wait: WaitOption = False,
+    yes: YesOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """Bring a replicated VM up in CloudStack: OS volume on device 0, data volumes after it in source order.
 
     Device ids are read back from CloudStack and checked before the VM starts; any failure undoes every step.
+    A live failover powers the source off (asks first, or --yes); if it fails after that, the source is powered
+    on again. It ends active: then `vmferry commit VM` (it lives in CloudStack) or `vmferry revert VM`.
     """
     cli = _cli(ctx)
     blocks = BlockChoice(vcenter=vcenter, agent=agent, cloudstack=cloudstack)
@@ -808,8 +827,12 @@ def failover(
         from flows.failover import failover_vm
 
         _recorded_vm(vm)  # unknown VM: exit 3 before anything in CloudStack is touched
+        live = mode is FailoverMode.live
+        if live:
+            _confirm(yes, f"Power {vm} off in vCenter and run it in CloudStack from now on?", "--mode live")
         if submit is not None:
             parameters = {"vm": vm, "mode": mode.value, **blocks.parameters("cloudstack", "agent", "vcenter")}
+            parameters |= {"confirm_live": True} if live else {}
             submit_to_deployment(cli, submit, "failover-vm", parameters, wait=wait, as_json=as_json)
             return
         cloudstack_block = blocks.cloudstack_block()
@@ -824,7 +847,7 @@ def failover(
                     agent_block,
                     vm,
                     "replication",
-                    lambda: failover_vm(vm, cloudstack_block, "live", vcenter_block, agent_block),
+                    lambda: failover_vm(vm, cloudstack_block, "live", vcenter_block, agent_block, confirm_live=True),
                 )
         if as_json:
             _emit_json(_dump(result))
@@ -860,11 +883,267 @@ def cleanup(
         result = cleanup_failover(vm, BlockChoice(cloudstack=cloudstack).cloudstack_block())
         if as_json:
             _emit_json(_dump(result))
+        elif not result.did_anything:
+            cli.out.print(f"{vm}: nothing to clean up (no test VM, every volume on the hub)")
+        else:
+            cli.out.print(
+                f"{vm}: removed test VM(s) {', '.join(result.removed_vms) or 'none'}; moved "
+                f"{len(result.volumes_returned)} volume(s) back onto the hub"
+            )
+
+
+@app.command(epilog=EXIT_CODES)
+def commit(
+    ctx: typer.Context,
+    vm: Annotated[str, typer.Argument(metavar="VM", help="VM name, instance UUID or moref (failed over live).")],
+    cloudstack: CloudStackOption = None,
+    submit: SubmitOption = None,
+    wait: WaitOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Make an active live failover final: the VM lives in CloudStack, its volumes are the CloudStack VM's.
+
+    Replication refuses the VM from now on and its per-VM replication schedules are paused.
+    """
+    cli = _cli(ctx)
+    blocks = BlockChoice(cloudstack=cloudstack)
+    with _operation(ctx, f"commit {vm}"):
+        _quiet_prefect_console(cli.verbose)
+        from flows.live_failover import commit_failover
+
+        _recorded_vm(vm)
+        if submit is not None:
+            parameters = {"vm": vm, **blocks.parameters("cloudstack")}
+            submit_to_deployment(cli, submit, "commit-failover", parameters, wait=wait, as_json=as_json)
+            return
+        result = commit_failover(vm, blocks.cloudstack_block())
+        if as_json:
+            _emit_json(_dump(result))
             return
         cli.out.print(
-            f"{vm}: removed test VM(s) {', '.join(result.removed_vms) or 'none'}; "
-            f"{len(result.volumes_on_hub)} volume(s) on the hub"
+            f"{result.vm}: migrated to CloudStack VM {result.destination_vm_id} (failover {result.failover_id}); "
+            f"volumes {', '.join(result.volumes)} are that VM's; replication stopped"
+            + (f", paused {', '.join(result.paused_deployments)}" if result.paused_deployments else "")
         )
+
+
+@app.command(epilog=EXIT_CODES)
+def revert(
+    ctx: typer.Context,
+    vm: Annotated[str, typer.Argument(metavar="VM", help="VM name, instance UUID or moref (failed over live).")],
+    cloudstack: CloudStackOption = None,
+    vcenter: VCenterOption = None,
+    submit: SubmitOption = None,
+    wait: WaitOption = False,
+    yes: YesOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Undo an active live failover: CloudStack VM destroyed, volumes back to replication, source powered on.
+
+    What the VM wrote in CloudStack since the failover is discarded: asks first, or --yes.
+    """
+    cli = _cli(ctx)
+    blocks = BlockChoice(vcenter=vcenter, cloudstack=cloudstack)
+    with _operation(ctx, f"revert {vm}"):
+        _quiet_prefect_console(cli.verbose)
+        from flows.live_failover import revert_failover
+
+        _recorded_vm(vm)
+        _confirm(yes, f"Destroy {vm}'s CloudStack VM (discarding what it wrote) and power the source on?", "revert")
+        if submit is not None:
+            parameters = {"vm": vm, "confirm_revert": True, **blocks.parameters("cloudstack", "vcenter")}
+            submit_to_deployment(cli, submit, "revert-failover", parameters, wait=wait, as_json=as_json)
+            return
+        result = revert_failover(vm, blocks.cloudstack_block(), blocks.vcenter_block(), confirm_revert=True)
+        if as_json:
+            _emit_json(_dump(result))
+            return
+        cli.out.print(
+            f"{result.vm}: failover {result.failover_id} reverted; CloudStack VM "
+            f"{result.removed_vm or '(gone already)'} removed, {len(result.volumes_on_hub)} volume(s) back on the "
+            f"hub, source {result.source}"
+        )
+
+
+def _point_in(point_id: int, repository: str | None, submit: str | None) -> tuple[Any, Any]:
+    """The point (unknown: exit 3) and the repository block to read it from (None when a deployment names it)."""
+    from catalog import default_catalog
+    from catalog.restore_points import get_point
+
+    point = get_point(default_catalog(), point_id)
+    if submit is not None and repository is None:
+        return point, None
+    block = BlockChoice(repository=repository).repository_block()
+    if block.name != point.repository:
+        raise typer.BadParameter(
+            f"restore point {point_id} is in repository {point.repository!r}, not {block.name!r}: name its block",
+            param_hint="--repository",
+        )
+    return point, block
+
+
+@app.command(epilog=EXIT_CODES)
+def verify(
+    ctx: typer.Context,
+    point_id: Annotated[int, typer.Argument(metavar="POINT", help="Restore point id (see `vmferry status`).")],
+    repository: RepositoryOption = None,
+    submit: SubmitOption = None,
+    wait: WaitOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Check every file of a restore point (qemu-img check) and that it still reads as its stored checksum."""
+    cli = _cli(ctx)
+    with _operation(ctx, f"verify {point_id}"):
+        _quiet_prefect_console(cli.verbose)
+        from flows.verify import verify_restore_point
+
+        _, block = _point_in(point_id, repository, submit)
+        if submit is not None:
+            parameters = {"point_id": point_id, **BlockChoice(repository=repository).parameters("repository")}
+            submit_to_deployment(cli, submit, "verify-restore-point", parameters, wait=wait, as_json=as_json)
+            return
+        verdicts = verify_restore_point(point_id, block)
+        if as_json:
+            _emit_json([_dump(v) for v in verdicts])
+            return
+        table = Table(title=f"restore point {point_id}: every disk reads as written")
+        for column in ("disk", "file", "result"):
+            table.add_column(column)
+        for verdict in verdicts:
+            table.add_row(verdict.disk_id, verdict.file_path, "ok")
+        cli.out.print(table)
+
+
+@app.command(epilog=EXIT_CODES)
+def prune(
+    ctx: typer.Context,
+    vm: Annotated[str, typer.Argument(metavar="VM", help="VM name, instance UUID or moref.")],
+    keep_last: Annotated[int, typer.Option(min=1, help="Keep the newest N points.")] = 7,
+    keep_daily: Annotated[int, typer.Option(min=0, help="Keep the newest point of each of the last N days.")] = 0,
+    keep_weekly: Annotated[int, typer.Option(min=0, help="Keep the newest point of each of the last N weeks.")] = 0,
+    repository: RepositoryOption = None,
+    submit: SubmitOption = None,
+    wait: WaitOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Remove a VM's restore points beyond a retention policy; a point another one still builds on is kept."""
+    cli = _cli(ctx)
+    blocks = BlockChoice(repository=repository)
+    with _operation(ctx, f"prune {vm}"):
+        _quiet_prefect_console(cli.verbose)
+        from flows.retention import prune_restore_points
+        from vmferry.retention import RetentionPolicy
+
+        _recorded_vm(vm)
+        policy = RetentionPolicy(keep_last=keep_last, keep_daily=keep_daily, keep_weekly=keep_weekly)
+        if submit is not None:
+            parameters = {"vm": vm, "policy": _dump(policy), **blocks.parameters("repository")}
+            submit_to_deployment(cli, submit, "prune-restore-points", parameters, wait=wait, as_json=as_json)
+            return
+        pruned = prune_restore_points(vm, blocks.repository_block(), policy)
+        if as_json:
+            _emit_json({"vm": vm, "pruned": pruned})
+            return
+        cli.out.print(
+            f"{vm}: pruned restore point(s) {', '.join(map(str, pruned))}" if pruned else f"{vm}: nothing to prune"
+        )
+
+
+@app.command(epilog=EXIT_CODES)
+def files(
+    ctx: typer.Context,
+    point_id: Annotated[int, typer.Argument(metavar="POINT", help="Restore point id (see `vmferry status`).")],
+    path: Annotated[str, typer.Argument(metavar="[PATH]", help="Directory inside the partition.")] = "/",
+    disk: Annotated[str | None, typer.Option(help="Disk id like disk-2000 (default: the VM's OS disk).")] = None,
+    partition: Annotated[
+        int | None, typer.Option(help="Partition to list PATH in (default: list the partitions only).")
+    ] = None,
+    repository: RepositoryOption = None,
+    submit: SubmitOption = None,
+    wait: WaitOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """List a restore point's files: the partitions of a disk, or a directory in one (for `restore --file`)."""
+    cli = _cli(ctx)
+    with _operation(ctx, f"files {point_id}"):
+        _quiet_prefect_console(cli.verbose)
+        from catalog import default_catalog
+        from catalog.inventory import get_vm
+        from flows.restore import list_backup_files
+
+        point, block = _point_in(point_id, repository, submit)
+        source = disk or get_vm(default_catalog(), point.vm_context_id).boot_disk_id
+        if source is None:
+            raise typer.BadParameter("the VM has no OS disk recorded: name the disk", param_hint="--disk")
+        entry = point.disk(source)  # unknown disk: exit 3
+        parameters: dict[str, Any] = {"point_id": point_id, "disk": entry.disk_id, "partition": partition, "path": path}
+        if submit is not None:
+            parameters |= BlockChoice(repository=repository).parameters("repository")
+            submit_to_deployment(cli, submit, "list-backup-files", parameters, wait=wait, as_json=as_json)
+            return
+        listing = list_backup_files(repository=block, **parameters)
+        if as_json:
+            _emit_json(_dump(listing))
+            return
+        if partition is None:
+            table = Table(title=f"restore point {point_id}, {entry.disk_id}: partitions (list one with --partition)")
+            for column in ("partition", "filesystem", "offset", "size"):
+                table.add_column(column)
+            for part in listing.partitions:
+                table.add_row(str(part.number), part.filesystem or "(not readable)", str(part.offset), str(part.size))
+        else:
+            table = Table(title=f"restore point {point_id}, {entry.disk_id}, partition {partition}: {path}")
+            for column in ("path", "type", "size"):
+                table.add_column(column)
+            for item in listing.entries:
+                table.add_row(item.path, "directory" if item.is_dir else "file", "" if item.is_dir else str(item.size))
+        cli.out.print(table)
+
+
+@app.command(epilog=EXIT_CODES)
+def reconcile(
+    ctx: typer.Context,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Report what would be cleaned; change nothing.")] = False,
+    repository: RepositoryOption = None,
+    vcenter: VCenterOption = None,
+    cloudstack: CloudStackOption = None,
+    submit: SubmitOption = None,
+    wait: WaitOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Clean what no running job owns: qemu-nbd exports, port leases, partial points, agent snapshots, foreign
+    volumes on the hub, jobs of crashed runs. Without block options: the lab's (when it runs) and the repository."""
+    cli = _cli(ctx)
+    blocks = BlockChoice(repository=repository, vcenter=vcenter, cloudstack=cloudstack)
+    with _operation(ctx, "reconcile"):
+        _quiet_prefect_console(cli.verbose)
+        from flows.reconcile import reconcile as reconcile_flow
+
+        if submit is not None:
+            parameters = {"dry_run": dry_run, **blocks.parameters("repository", "vcenter", "cloudstack")}
+            submit_to_deployment(cli, submit, "reconcile", parameters, wait=wait, as_json=as_json)
+            return
+        # no lab (or no simulator in it): the sweeps that need no such block still run
+        vcenter_block: Any = None
+        cloudstack_block: Any = None
+        with suppress(LabNotRunning):
+            vcenter_block = blocks.vcenter_block()
+        with suppress(LabNotRunning):
+            cloudstack_block = blocks.cloudstack_block()
+        report = reconcile_flow(blocks.repository_block(), vcenter_block, cloudstack_block, dry_run=dry_run)
+        if as_json:
+            _emit_json(_dump(report))
+            return
+        rows = report.table()
+        if not rows:
+            cli.out.print(f"reconcile{' (dry run)' if dry_run else ''}: nothing to clean")
+            return
+        table = Table(title=f"reconcile{' (dry run)' if dry_run else ''}: {report.summary()}")
+        for column in rows[0]:
+            table.add_column(column)
+        for row in rows:
+            table.add_row(*row.values())
+        cli.out.print(table)
 
 
 @app.command(epilog=EXIT_CODES)
@@ -876,7 +1155,8 @@ def status(
     jobs: Annotated[int, typer.Option(help="How many of the newest jobs to show.")] = 20,
     as_json: JsonOption = False,
 ) -> None:
-    """What the catalog records: VMs and their disks, restorable points, recent jobs. Reads the catalog only."""
+    """What the catalog records: per VM its state, failover, newest restore point and last sync with their ages;
+    VMs and their disks, restorable points, recent jobs with their times. Reads the catalog only."""
     cli = _cli(ctx)
     with _operation(ctx, "status"):
         from catalog import default_catalog
@@ -891,20 +1171,45 @@ def status(
         points = [p for vm in recorded for p in committed_points(catalog, vm.vm_context_id)]
         points += [p for p in points_in_state(catalog, "pending") if p.vm_context_id in ids]
         recent = [j for j in list_jobs(catalog, limit=jobs) if not vms or j.vm_context_id in ids]
+        from vmferry.protection import vm_protection
+
+        protection = [vm_protection(catalog, vm) for vm in recorded]
         if as_json:
             _emit_json(
                 {
+                    "protection": [_dump(p) for p in protection],
                     "vms": [_dump(vm) for vm in recorded],
                     "restore_points": [_dump(p) for p in points],
                     "jobs": [_dump(j) for j in recent],
                 }
             )
             return
+        _print_protection(cli.out, protection)
         _print_status(cli.out, recorded, points, recent, names)
+
+
+def _print_protection(out: Console, protection: list[Any]) -> None:
+    from vmferry.protection import describe_failover, format_age
+
+    table = Table(title="protection (newest restore point and last complete sync: the recovery points you have)")
+    for column in ("VM", "state", "newest point", "point age", "replicated disks", "last sync", "failover"):
+        table.add_column(column)
+    for p in protection:
+        table.add_row(
+            p.vm,
+            p.state,
+            str(p.newest_point_id or "none"),
+            format_age(p.newest_point_age_seconds),
+            f"{p.replicated_disks}/{p.disks}",
+            format_age(p.last_sync_age_seconds),
+            describe_failover(p.failover),
+        )
+    out.print(table)
 
 
 def _print_status(out: Console, recorded: list[Any], points: list[Any], recent: list[Any], names: dict) -> None:
     from vmferry.demo import disks_table, points_table
+    from vmferry.protection import format_time
 
     vms = Table(title="VMs")
     for column in ("VM", "catalog id", "instance UUID", "moref", "disks", "OS disk"):
@@ -921,11 +1226,12 @@ def _print_status(out: Console, recorded: list[Any], points: list[Any], recent: 
     else:
         out.print("no restore points")
     table = Table(title="jobs (newest first)")
-    for column in ("job", "kind", "VM", "state", "error"):
+    for column in ("job", "kind", "VM", "state", "started", "finished", "error"):
         table.add_column(column)
     for job in recent:
         vm_name = names.get(job.vm_context_id, str(job.vm_context_id or ""))
-        table.add_row(job.id, job.kind, vm_name, job.state, (job.error or "")[:120])
+        started, finished = format_time(job.created_at), format_time(job.finished_at)
+        table.add_row(job.id, job.kind, vm_name, job.state, started, finished, (job.error or "")[:120])
     out.print(table)
 
 
