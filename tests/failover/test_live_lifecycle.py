@@ -21,7 +21,7 @@ from flows.failover import LiveFailoverRefused, failover_vm
 from flows.replicate import ReplicationRefused, replicate_vm
 from infra.lab.seed import require_vm
 from infra.lab.vcenter import session
-from tests.failover.test_failover import assert_back_on_hub, replicated, source_shas, volume_sha  # noqa: F401
+from tests.failover.test_failover import assert_back_on_hub, source_shas
 from vmferry.errors import EXIT_REFUSED
 from vmferry.protection import vm_protection
 
@@ -38,6 +38,15 @@ def power_on(lab, name: str) -> None:
         vm = require_vm(si, name)
         if str(vm.runtime.powerState) != "poweredOn":
             WaitForTask(vm.PowerOnVM_Task())
+
+
+@pytest.fixture
+def running_replica(lab, cloudstack_block, agent_block, lab_vcenter_block, configured_catalog, make_scratch_vm) -> str:
+    """A two-disk VM, replicated, with its source running (as a VM to fail over live is)."""
+    name = make_scratch_vm(disks=2)
+    replicate_vm(name, cloudstack_block, agent_block, lab_vcenter_block)
+    power_on(lab, name)
+    return name
 
 
 @pytest.fixture
@@ -62,10 +71,9 @@ def vmferry(cloudstack_block, lab_vcenter_block, agent_block):
 
 
 def test_live_failover_asks_first_and_powers_the_source_on_when_it_fails(
-    replicated, lab, cloudstack_sim, cloudstack_block, agent_block, lab_vcenter_block, configured_catalog
+    running_replica, lab, cloudstack_sim, cloudstack_block, agent_block, lab_vcenter_block, configured_catalog
 ):
-    name = replicated(disks=2)
-    power_on(lab, name)
+    name = running_replica
     vm = find_vm(configured_catalog, name)
     with pytest.raises(LiveFailoverRefused, match="confirm"):
         failover_vm(name, cloudstack_block, mode="live", vcenter=lab_vcenter_block, agent=agent_block)
@@ -90,12 +98,11 @@ def test_live_failover_asks_first_and_powers_the_source_on_when_it_fails(
 
 
 def test_commit_leaves_the_vm_in_cloudstack(
-    replicated, lab, cloudstack_sim, cloudstack_block, agent_block, lab_vcenter_block, configured_catalog, vmferry
+    running_replica, lab, cloudstack_sim, cloudstack_block, agent_block, lab_vcenter_block, configured_catalog, vmferry
 ):
     from prefect.client.orchestration import get_client
 
-    name = replicated(disks=2)
-    power_on(lab, name)
+    name = running_replica
     own = replicate_vm.to_deployment(name=f"sched-{name}", parameters={"vm": name}).apply()
     other = replicate_vm.to_deployment(name=f"sched-other-{name}", parameters={"vm": "db3"}).apply()
     everything = ("cloudstack", "vcenter", "agent")
@@ -145,10 +152,9 @@ def test_commit_leaves_the_vm_in_cloudstack(
 
 
 def test_revert_brings_the_vm_back_to_vmware(
-    replicated, lab, cloudstack_sim, cloudstack_block, agent_block, lab_vcenter_block, configured_catalog, vmferry
+    running_replica, lab, cloudstack_sim, cloudstack_block, agent_block, lab_vcenter_block, configured_catalog, vmferry
 ):
-    name = replicated(disks=2)
-    power_on(lab, name)
+    name = running_replica
     failover_vm(name, cloudstack_block, mode="live", vcenter=lab_vcenter_block, agent=agent_block, confirm_live=True)
     vm = find_vm(configured_catalog, name)
     (failover,) = failovers_of(configured_catalog, vm.vm_context_id)
