@@ -23,6 +23,7 @@ from tasks.backup import (
 )
 from tasks.discovery import read_vcenter_inventory, record_vm_inventory
 from tasks.jobs import close_job, open_job
+from vmferry.errors import describe
 from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
 from vmferry.limits import holding, repository_limit_name
 from vmferry.outcome import PUBLISH_OUTCOME
@@ -93,7 +94,7 @@ def backup_vm(
         except BaseException as exc:
             if point_id is not None:
                 discard_restore_point(repo, recorded.vm_context_id, point_id)
-            close_job(job_id, "failed", f"{type(exc).__name__}: {exc}")
+            close_job(job_id, "failed", describe(exc))
             raise
         close_job(job_id, "succeeded")
     create_table_artifact(

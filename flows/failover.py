@@ -46,7 +46,7 @@ from tasks.failover import (
 )
 from tasks.jobs import close_job, open_job
 from vmferry.compensation import quietly
-from vmferry.errors import Refused
+from vmferry.errors import Refused, describe
 from vmferry.failover_plan import check_attached, plan_attachments
 from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
 from vmferry.outcome import PUBLISH_OUTCOME
@@ -193,7 +193,7 @@ def _fail_over(
             undo.pop_all()  # success: nothing to undo
     except BaseException as exc:
         finish_failover(catalog, failover_id, "rolled-back", READY_FOR_FAILOVER)
-        close_job(job_id, "failed", f"{type(exc).__name__}: {exc}")
+        close_job(job_id, "failed", describe(exc))
         raise
     record_devices(
         catalog,
@@ -224,6 +224,7 @@ def _fail_over(
     create_table_artifact(
         key=f"failover-vm-{recorded.vm_context_id}",
         table=[d.model_dump() for d in devices],
-        description=f"{mode} failover of {recorded.name} into CloudStack VM {destination.id}",
+        description=f"{mode} failover of {recorded.name} into CloudStack VM {destination.id}"
+        + (": active, the source is off; commit it or revert it" if mode == "live" else ""),
     )
     return FailoverResult(failover_id=failover_id, mode=mode, destination_vm_id=destination.id, devices=devices)

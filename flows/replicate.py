@@ -27,7 +27,7 @@ from flows.copy import run_copy
 from tasks.cloudstack import attach_to_hub, ensure_volume
 from tasks.discovery import read_vcenter_inventory, record_vm_inventory
 from tasks.jobs import close_job, open_job
-from vmferry.errors import Refused
+from vmferry.errors import Refused, describe
 from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
 from vmferry.outcome import PUBLISH_OUTCOME
 from vmferry.targets import DiskTarget
@@ -148,7 +148,7 @@ def replicate_vm(
                 )
             )
     except BaseException as exc:
-        close_job(job_id, "failed", f"{type(exc).__name__}: {exc}")
+        close_job(job_id, "failed", describe(exc))
         raise
     close_job(job_id, "succeeded")
     if context_state(default_catalog(), recorded.vm_context_id) in ("discovered", READY_FOR_FAILOVER):
