@@ -102,44 +102,37 @@ def start_destination_vm(cloudstack: CloudStack, vm_id: str) -> VirtualMachine:
         return current if current.state == "Running" else client.start_vm(vm_id)
 
 
-@task(retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def power_off_source(vcenter: VCenter, vm: RecordedVM) -> str:
-    """Power the source VM off for a live failover; refuses with vCenter's reason when it cannot."""
+def _set_power(vcenter: VCenter, vm: RecordedVM, on: bool, fix: str) -> str:
+    """Power the source VM on or off (nothing when it already is); vCenter's reason and ``fix`` when it cannot."""
     from pyVim.task import WaitForTask
     from pyVmomi import vim, vmodl
 
+    wanted = vim.VirtualMachinePowerState.poweredOn if on else vim.VirtualMachinePowerState.poweredOff
+    word = "on" if on else "off"
     with VSphereClient(vcenter.endpoint()) as client:
         source = VSphereSnapshots(client, vm.instance_uuid).vm
-        if source.runtime.powerState == vim.VirtualMachinePowerState.poweredOff:
-            return "already off"
+        if source.runtime.powerState == wanted:
+            return f"already {word}"
         try:
-            WaitForTask(source.PowerOffVM_Task())
+            WaitForTask(source.PowerOnVM_Task() if on else source.PowerOffVM_Task())
         except vmodl.MethodFault as exc:
             raise VSphereError(
-                f"VM {vm.name!r} could not be powered off ({exc.msg or type(exc).__name__}); a live failover needs "
-                "the source stopped so the final sync is complete — stop it by hand or fix the cause"
+                f"VM {vm.name!r} could not be powered {word} ({exc.msg or type(exc).__name__}); {fix}"
             ) from exc
-        return "powered off"
+        return f"powered {word}"
+
+
+@task(retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def power_off_source(vcenter: VCenter, vm: RecordedVM) -> str:
+    """Power the source VM off for a live failover; refuses with vCenter's reason when it cannot."""
+    fix = "a live failover needs the source stopped so the final sync is complete — stop it by hand or fix the cause"
+    return _set_power(vcenter, vm, False, fix)
 
 
 @task(retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE, retry_condition_fn=retry_unless_permanent)
 def power_on_source(vcenter: VCenter, vm: RecordedVM) -> str:
     """Power the source VM on again: after a live failover that failed once it was off, or on a revert."""
-    from pyVim.task import WaitForTask
-    from pyVmomi import vim, vmodl
-
-    with VSphereClient(vcenter.endpoint()) as client:
-        source = VSphereSnapshots(client, vm.instance_uuid).vm
-        if source.runtime.powerState == vim.VirtualMachinePowerState.poweredOn:
-            return "already on"
-        try:
-            WaitForTask(source.PowerOnVM_Task())
-        except vmodl.MethodFault as exc:
-            raise VSphereError(
-                f"VM {vm.name!r} could not be powered on again ({exc.msg or type(exc).__name__}); it stays off: "
-                "power it on by hand in vCenter"
-            ) from exc
-        return "powered on"
+    return _set_power(vcenter, vm, True, "it stays off: power it on by hand in vCenter")
 
 
 def return_volume_to_hub(cloudstack: CloudStack, volume_id: str, capacity_bytes: int) -> bool:

@@ -694,20 +694,10 @@ def restore(
         _quiet_prefect_console(cli.verbose)
         from catalog import default_catalog
         from catalog.inventory import get_vm
-        from catalog.restore_points import get_point
         from flows.restore import restore_disk, restore_files, restore_vm
 
-        point = get_point(default_catalog(), point_id)
+        point, repository_block = _point_in(point_id, repository, submit)
         blocks = BlockChoice(repository=repository)
-        repository_block = None
-        if submit is None or repository is not None:
-            repository_block = blocks.repository_block()
-            if repository_block.name != point.repository:
-                raise typer.BadParameter(
-                    f"restore point {point_id} is in repository {point.repository!r}, not "
-                    f"{repository_block.name!r}: name its block",
-                    param_hint="--repository",
-                )
         run: Callable[..., Any]
         if files:
             assert partition is not None  # checked above
