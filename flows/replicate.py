@@ -104,9 +104,7 @@ def replicate_vm(
         ]
         synced = all(v.last_synced_at is not None for v in attached)
         if kind == "incremental" and not synced:
-            raise ReplicationRefused(
-                f"VM {recorded.name!r} has volumes never synced; run an initial replication first"
-            )
+            raise ReplicationRefused(f"VM {recorded.name!r} has volumes never synced; run an initial replication first")
         copy_kind = "incremental" if kind == "incremental" or (kind == "auto" and synced) else "full"
         logger.info("replicating %s: %s copy into %d volumes", recorded.name, copy_kind, len(attached))
         targets = [
