@@ -10,7 +10,7 @@ from blocks.vcenter import VCenter
 from catalog.inventory import RecordedVM
 from clients.cloudstack import CloudStackError, VirtualMachine
 from clients.vsphere import VSphereClient, VSphereError, VSphereSnapshots
-from tasks.cloudstack import wait_for_device
+from tasks.cloudstack import VolumeRefused, wait_for_device
 from vmferry.errors import retry_unless_permanent
 from vmferry.failover_plan import PlannedAttachment
 
@@ -72,6 +72,7 @@ def remove_template_root(cloudstack: CloudStack, vm_id: str, keep_volume_ids: li
     retries=2,
     retry_delay_seconds=2,
     cache_policy=NO_CACHE,
+    retry_condition_fn=retry_unless_permanent,
     task_run_name="move-{item.disk_id}-to-device-{item.device_id}",
 )
 def attach_to_destination(cloudstack: CloudStack, item: PlannedAttachment, vm_id: str) -> None:
@@ -82,8 +83,9 @@ def attach_to_destination(cloudstack: CloudStack, item: PlannedAttachment, vm_id
             return
         if volume.virtual_machine_id is not None:
             if volume.virtual_machine_id != cloudstack.hub_vm_id:
-                raise CloudStackError(
-                    "attachVolume", f"volume {item.volume_id} is attached to {volume.virtual_machine_id}, not the hub"
+                raise VolumeRefused(
+                    f"volume {item.volume_id} ({item.disk_id}) is attached to VM {volume.virtual_machine_id}, not "
+                    "the hub: another failover holds it; clean that up or revert it first"
                 )
             client.detach_volume(item.volume_id)
         client.attach_volume(item.volume_id, vm_id, item.device_id)
