@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
-from pydantic import BaseModel
+from pydantic import BaseModel, computed_field
 
 from blocks import load_block
 from blocks.cloudstack import CloudStack
@@ -30,6 +30,7 @@ class CleanupResult(BaseModel):
     volumes_returned: list[str]  # volumes this run moved back onto the hub
     volumes_on_hub: list[str]  # every volume of the VM, on the hub now
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def did_anything(self) -> bool:
         return bool(self.removed_vms or self.volumes_returned)
