@@ -83,6 +83,10 @@ class SourcePower:
             self._turned_off = (vcenter, vm)
         return how
 
+    def keep_off(self) -> None:
+        """The destination VM runs: whatever fails from now on, powering the source on would run the VM twice."""
+        self._turned_off = None
+
     def restore(self) -> None:
         """After a failure: the source back on, so the VM runs somewhere. Never raises over the failure."""
         if self._turned_off is None:
@@ -190,6 +194,7 @@ def _fail_over(
             actual = read_back_devices(cloud, destination.id)
             check_attached(plan, actual)
             start_destination_vm(cloud, destination.id)
+            source.keep_off()
             undo.pop_all()  # success: nothing to undo
     except BaseException as exc:
         finish_failover(catalog, failover_id, "rolled-back", READY_FOR_FAILOVER)
