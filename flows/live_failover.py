@@ -103,7 +103,12 @@ def _state_artifact(recorded: RecordedVM, title: str, lines: list[str]) -> None:
     **PUBLISH_OUTCOME,
 )
 def commit_failover(vm: str, cloudstack: CloudStack | str) -> CommitResult:
-    """Make an active live failover final: the VM lives in CloudStack, its replication stops."""
+    """Make an active live failover final: the VM lives in CloudStack, its replication stops.
+
+    Args:
+        vm: The VM failed over live (name, instance UUID or moref).
+        cloudstack: The CloudStack block the VM was failed over into.
+    """
     logger = get_run_logger()
     cloud = load_block(CloudStack, cloudstack)
     catalog = default_catalog()
@@ -171,7 +176,14 @@ def revert_failover(
     vm: str, cloudstack: CloudStack | str, vcenter: VCenter | str, confirm_revert: bool = False
 ) -> RevertResult:
     """Undo an active live failover: destination VM destroyed (what it wrote since is discarded: confirm with
-    ``confirm_revert``), volumes back on the hub for replication, source powered on."""
+    ``confirm_revert``), volumes back on the hub for replication, source powered on.
+
+    Args:
+        vm: The VM failed over live (name, instance UUID or moref).
+        cloudstack: The CloudStack block the VM was failed over into.
+        vcenter: The VCenter block of the source VM, which is powered on again.
+        confirm_revert: Must be true: the CloudStack VM is destroyed and what it wrote since the failover is lost.
+    """
     logger = get_run_logger()
     cloud = load_block(CloudStack, cloudstack)
     vcenter_block = load_block(VCenter, vcenter)
