@@ -90,7 +90,9 @@ def test_same_exit_code_in_process_and_through_submit(vmferry, saved_blocks, wor
     assert failed["state"] == "FAILED" and "no-such-vm" in failed["error"]
 
 
-def test_a_vm_that_does_not_exist_is_not_looked_up_again(prefect_backend, lab_vcenter_block, monkeypatch):
+def test_a_vm_that_does_not_exist_is_not_looked_up_again(
+    prefect_backend, lab_vcenter_block, configured_catalog, monkeypatch
+):
     """The read task retries passing errors; "no such VM" is not one of them."""
     from clients.vsphere import VMNotFound, VSphereClient
     from flows.discover import discover
