@@ -208,7 +208,8 @@ class JobManager:
         except DiskCopyError as exc:
             self._finish(job, "cancelled" if job.cancel.is_set() else "failed", str(exc))
         except Exception as exc:  # every failure must end the job with a readable reason
-            self._finish(job, "cancelled" if job.cancel.is_set() else "failed", f"{type(exc).__name__}: {exc}")
+            reason = str(exc) or f"unexpected {type(exc).__name__} without a message"  # words, not a class name
+            self._finish(job, "cancelled" if job.cancel.is_set() else "failed", reason)
         else:
             self._finish(job, "succeeded", None)
 

@@ -1,7 +1,9 @@
 """Errors the catalog raises; each message says what happened and what to do."""
 
+from vmferry.errors import NotFoundError, VmferryError
 
-class CatalogError(Exception):
+
+class CatalogError(VmferryError):
     """Base class for catalog errors."""
 
 
@@ -13,5 +15,5 @@ class PortRangeExhausted(CatalogError):
     """Every port of the configured NBD range is leased."""
 
 
-class UnknownRecord(CatalogError):
+class UnknownRecord(CatalogError, NotFoundError):
     """A row the caller named does not exist."""

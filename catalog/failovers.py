@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 from pydantic import BaseModel
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, selectinload
@@ -12,6 +14,8 @@ from catalog.models import Failover, FailoverVolume, VmContext, utcnow
 
 ACTIVE_STATES = ("in-progress", "active")
 READY_FOR_FAILOVER = "ready-for-failover"
+# A committed live failover: the VM lives in CloudStack, its source is retired and replication has stopped.
+MIGRATED = "migrated"
 
 
 class FailoverVolumeView(BaseModel):
@@ -30,6 +34,8 @@ class FailoverView(BaseModel):
     destination_vm_id: str | None
     state: str
     volumes: list[FailoverVolumeView]
+    created_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
 
 
 def _view(row: Failover) -> FailoverView:
@@ -50,6 +56,8 @@ def _view(row: Failover) -> FailoverView:
             )
             for v in sorted(row.volumes, key=lambda v: v.planned_device_id)
         ],
+        created_at=row.created_at,
+        finished_at=row.finished_at,
     )
 
 
@@ -124,3 +132,8 @@ def context_state(catalog: Catalog, vm_context_id: int) -> str:
         if context is None:
             raise UnknownRecord(f"vm context {vm_context_id} does not exist")
         return context.state
+
+
+def latest_failover(catalog: Catalog, vm_context_id: int) -> FailoverView | None:
+    history = failovers_of(catalog, vm_context_id)
+    return history[-1] if history else None

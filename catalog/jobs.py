@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from typing import Literal
 
@@ -13,7 +14,9 @@ from catalog.db import Catalog
 from catalog.errors import UnknownRecord
 from catalog.models import Job, utcnow
 
-JobKind = Literal["discovery", "copy", "backup", "restore", "replication", "failover", "cleanup", "reconcile"]
+JobKind = Literal[
+    "discovery", "copy", "backup", "restore", "replication", "failover", "commit", "revert", "cleanup", "reconcile"
+]
 JobState = Literal["pending", "running", "succeeded", "failed", "cancelled"]
 FINISHED_STATES = ("succeeded", "failed", "cancelled")
 
@@ -25,6 +28,8 @@ class JobView(BaseModel):
     state: str
     error: str | None
     flow_run_id: str | None
+    created_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
 
 
 def _view(job: Job) -> JobView:
@@ -35,6 +40,8 @@ def _view(job: Job) -> JobView:
         state=job.state,
         error=job.error,
         flow_run_id=job.flow_run_id,
+        created_at=job.created_at,
+        finished_at=job.finished_at,
     )
 
 

@@ -109,6 +109,12 @@ def record_sync(catalog: Catalog, volume_id: str, change_id: str | None) -> Volu
     return _update(catalog, volume_id, last_change_id=change_id, last_synced_at=utcnow())
 
 
+def forget_change_id(catalog: Catalog, volume_id: str) -> VolumeView:
+    """The volume was written by something else (a failover VM ran on it): changes since its last change id no
+    longer describe what differs, so the next sync compares every block instead."""
+    return _update(catalog, volume_id, last_change_id=None)
+
+
 def recorded_volume_ids(catalog: Catalog) -> set[str]:
     """Every CloudStack volume id the catalog owns (one per replicated disk)."""
     with catalog.session() as session:

@@ -11,9 +11,10 @@ from collections.abc import Callable
 import httpx
 
 from agent.contract import API_PREFIX, JobRequest, JobStatus
+from vmferry.errors import VmferryError
 
 
-class AgentError(Exception):
+class AgentError(VmferryError):
     """The agent refused a request or could not be reached; the message says which and why."""
 
 

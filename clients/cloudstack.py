@@ -33,6 +33,8 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
+from vmferry.errors import VmferryError
+
 SAFE_READ_PREFIXES = ("list", "query")
 RETRY_STATUSES = frozenset({502, 503, 504})
 # ApiErrorCode.UNSUPPORTED_ACTION_ERROR: an unknown command, or one the caller's role may not use
@@ -44,7 +46,7 @@ _MAX_PAGE_SIZE = re.compile(r"Page size can't exceed max allowed page size value
 ADMIN_ONLY_COMMANDS = frozenset({"listStoragePools", "listHypervisorCapabilities", "listClusters", "listHosts"})
 
 
-class CloudStackError(Exception):
+class CloudStackError(VmferryError):
     """CloudStack refused or failed a command; ``errortext`` is CloudStack's own words."""
 
     def __init__(

@@ -20,12 +20,13 @@ from pathlib import Path
 
 from cryptography import x509
 
+from vmferry.errors import VmferryError
 from vmferry.nbd_tls import CA_CERT, CLIENT_CERT, CLIENT_KEY
 
 EXPORT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
-class QemuError(Exception):
+class QemuError(VmferryError):
     """A qemu tool failed; the message quotes its own error output."""
 
 

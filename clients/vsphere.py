@@ -14,11 +14,16 @@ from pyVim.connect import Disconnect, SmartConnect
 from pyVmomi import vim, vmodl
 from pyVmomi.Security import CertificateMismatchException, ThumbprintMismatchException
 
+from vmferry.errors import NotFoundError, VmferryError
 from vmferry.inventory import ObservedDisk, ObservedNic, ObservedVM, base_disk_file
 
 
-class VSphereError(Exception):
+class VSphereError(VmferryError):
     """A vCenter call failed; the message names the vCenter and, where known, the VM."""
+
+
+class VMNotFound(VSphereError, NotFoundError):
+    """vCenter has no VM of that name, instance UUID or moref: retrying does not make one."""
 
 
 class VSphereSettings(Protocol):
@@ -361,7 +366,7 @@ class VSphereClient:
     def find_vm(self, name_or_uuid: str) -> ObservedVM:
         matches = [vm for vm in self.list_vms() if name_or_uuid in (vm.name, vm.instance_uuid, vm.moref)]
         if not matches:
-            raise VSphereError(f"vCenter {self.endpoint.host} has no VM named {name_or_uuid!r}")
+            raise VMNotFound(f"vCenter {self.endpoint.host} has no VM named {name_or_uuid!r}")
         if len(matches) > 1:
             raise VSphereError(
                 f"{name_or_uuid!r} names {len(matches)} VMs on vCenter {self.endpoint.host}; use the instance UUID"
@@ -452,10 +457,10 @@ class VSphereSnapshots:
                 _ = vm.name
                 return vm
             except vmodl.fault.ManagedObjectNotFound as exc:
-                raise VSphereError(f"no VM with moref {handle!r}") from exc
+                raise VMNotFound(f"no VM with moref {handle!r}") from exc
         vm = content.searchIndex.FindByUuid(None, handle, True, True)
         if vm is None:
-            raise VSphereError(f"no VM with instance UUID {handle!r} on {self.client.endpoint.host}")
+            raise VMNotFound(f"no VM with instance UUID {handle!r} on {self.client.endpoint.host}")
         return vm
 
     @property

@@ -23,8 +23,10 @@ from tasks.backup import (
 )
 from tasks.discovery import read_vcenter_inventory, record_vm_inventory
 from tasks.jobs import close_job, open_job
+from vmferry.errors import describe
 from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
 from vmferry.limits import holding, repository_limit_name
+from vmferry.outcome import PUBLISH_OUTCOME
 from vmferry.runs import artifact_key, one_job_per_vm
 from vmferry.settings import get_settings
 
@@ -35,6 +37,7 @@ from vmferry.settings import get_settings
     on_running=ON_RUNNING,
     on_crashed=ON_CRASHED,
     on_cancellation=ON_CANCELLATION,
+    **PUBLISH_OUTCOME,
 )
 @one_job_per_vm("backup")
 def backup_vm(
@@ -107,7 +110,7 @@ def backup_vm(
         except BaseException as exc:
             if point_id is not None:
                 discard_restore_point(repo, recorded.vm_context_id, point_id)
-            close_job(job_id, "failed", f"{type(exc).__name__}: {exc}")
+            close_job(job_id, "failed", describe(exc))
             raise
         close_job(job_id, "succeeded")
     create_table_artifact(

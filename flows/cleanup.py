@@ -9,27 +9,62 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
-from pydantic import BaseModel
+from pydantic import BaseModel, computed_field
 
 from blocks import load_block
 from blocks.cloudstack import CloudStack
 from catalog import default_catalog
 from catalog.failovers import READY_FOR_FAILOVER, failovers_of, finish_failover, set_context_state
-from catalog.inventory import find_vm
-from catalog.replication import record_attachment, volumes_of_vm
+from catalog.inventory import RecordedVM, find_vm
+from catalog.replication import forget_change_id, record_attachment, volumes_of_vm
 from tasks.failover import destination_name, remove_destination_vm, return_volume_to_hub
 from tasks.jobs import close_job, open_job
+from vmferry.errors import Refused, describe
 from vmferry.failover_plan import plan_attachments
 from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
+from vmferry.outcome import PUBLISH_OUTCOME
 from vmferry.runs import artifact_key, one_job_per_vm
 
 
 class CleanupResult(BaseModel):
-    removed_vms: list[str]
-    volumes_on_hub: list[str]
+    removed_vms: list[str]  # test VMs this run destroyed
+    volumes_returned: list[str]  # volumes this run moved back onto the hub
+    volumes_on_hub: list[str]  # every volume of the VM, on the hub now
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def did_anything(self) -> bool:
+        return bool(self.removed_vms or self.volumes_returned)
 
 
-class CleanupRefused(Exception):
+def return_volumes_to_hub(cloud: CloudStack, recorded: RecordedVM) -> tuple[list[str], list[str]]:
+    """Every replicated volume of the VM back on the hub, root first and then data in source order (the order
+    replication expects); returns (volumes on the hub, volumes this call moved). A moved volume was written by
+    the VM it was on, so its next sync compares every block rather than trusting the change id."""
+    catalog = default_catalog()
+    volumes = {v.vm_disk_id: v for v in volumes_of_vm(catalog, recorded.vm_context_id)}
+    order = [item.vm_disk_id for item in plan_attachments(recorded, volumes)] if volumes else []
+    capacity = {d.id: d.capacity_bytes for d in recorded.present_disks()}
+    moved = []
+    for vm_disk_id in order:
+        volume = volumes[vm_disk_id]
+        if return_volume_to_hub(cloud, volume.volume_id, capacity[vm_disk_id]):
+            moved.append(volume.volume_id)
+            forget_change_id(catalog, volume.volume_id)
+        with cloud.client() as client:
+            answer = client.get_volume(volume.volume_id)
+        record_attachment(
+            catalog,
+            volume.volume_id,
+            vm_id=cloud.hub_vm_id,
+            device_id=answer.device_id,
+            device_path=volume.device_path,
+            state="attached-to-hub",
+        )
+    return [volumes[i].volume_id for i in order], moved
+
+
+class CleanupRefused(Refused):
     """Cleanup would undo something it must not (a live failover in production)."""
 
 
@@ -39,6 +74,7 @@ class CleanupRefused(Exception):
     on_running=ON_RUNNING,
     on_crashed=ON_CRASHED,
     on_cancellation=ON_CANCELLATION,
+    **PUBLISH_OUTCOME,
 )
 @one_job_per_vm("cleanup")
 def cleanup_failover(vm: str, cloudstack: CloudStack | str) -> CleanupResult:
@@ -53,51 +89,38 @@ def cleanup_failover(vm: str, cloudstack: CloudStack | str) -> CleanupResult:
     catalog = default_catalog()
     recorded = find_vm(catalog, vm)
     history = failovers_of(catalog, recorded.vm_context_id)
-    if any(f.mode == "live" and f.state == "active" for f in history):
+    for live in (f for f in history if f.mode == "live" and f.state in ("active", "committed")):
+        fix = "it was committed" if live.state == "committed" else f"commit or revert it (`vmferry revert {vm} --yes`)"
         raise CleanupRefused(
-            f"VM {recorded.name!r} was failed over live: its CloudStack VM is production now; cleanup only rolls back "
-            "test failovers"
+            f"VM {recorded.name!r} was failed over live (failover {live.id}): its CloudStack VM "
+            f"{live.destination_vm_id} is production now and cleanup only rolls back test failovers; {fix}"
         )
     job_id = open_job("cleanup", recorded.vm_context_id)
     try:
-        volumes = {v.vm_disk_id: v for v in volumes_of_vm(catalog, recorded.vm_context_id)}
-        ours = [v.volume_id for v in volumes.values()]
+        ours = [v.volume_id for v in volumes_of_vm(catalog, recorded.vm_context_id)]
         candidates = {f.destination_vm_id for f in history if f.mode == "test" and f.destination_vm_id}
         with cloud.client() as client:
             name = destination_name(recorded, "test")
             candidates |= {v.id for v in client.list_vms(name=name) if v.name == name}
-        removed = []
-        for vm_id in sorted(candidates):
-            remove_destination_vm(cloud, vm_id, ours)
-            removed.append(vm_id)
-        # back on the hub root first, then data in source order: the same order replication expects
-        order = [item.vm_disk_id for item in plan_attachments(recorded, volumes)] if volumes else []
-        capacity = {d.id: d.capacity_bytes for d in recorded.present_disks()}
-        for vm_disk_id in order:
-            volume = volumes[vm_disk_id]
-            return_volume_to_hub(cloud, volume.volume_id, capacity[vm_disk_id])
-            with cloud.client() as client:
-                answer = client.get_volume(volume.volume_id)
-            record_attachment(
-                catalog,
-                volume.volume_id,
-                vm_id=cloud.hub_vm_id,
-                device_id=answer.device_id,
-                device_path=volume.device_path,
-                state="attached-to-hub",
-            )
+        removed = [vm_id for vm_id in sorted(candidates) if remove_destination_vm(cloud, vm_id, ours)]
+        on_hub, returned = return_volumes_to_hub(cloud, recorded)
         for failover in history:
             if failover.mode == "test" and failover.state in ("in-progress", "active", "rolled-back"):
                 finish_failover(catalog, failover.id, "cleaned-up", READY_FOR_FAILOVER)
         set_context_state(catalog, recorded.vm_context_id, READY_FOR_FAILOVER)
     except BaseException as exc:
-        close_job(job_id, "failed", f"{type(exc).__name__}: {exc}")
+        close_job(job_id, "failed", describe(exc))
         raise
     close_job(job_id, "succeeded")
-    logger.info("removed test VM(s) %s; %d volumes back on the hub", removed, len(order))
+    result = CleanupResult(removed_vms=removed, volumes_returned=returned, volumes_on_hub=on_hub)
+    if not result.did_anything:
+        logger.info("%s: nothing to clean up (no test VM, every volume on the hub)", recorded.name)
+        return result
+    logger.info("removed test VM(s) %s; moved %d volume(s) back onto the hub", removed, len(returned))
     create_table_artifact(
         key=artifact_key("cleanup", recorded.name),
-        table=[{"volume": volumes[i].volume_id, "catalog disk id": i, "on hub": "yes"} for i in order],
+        table=[{"removed": "test VM", "id": vm_id} for vm_id in removed]
+        + [{"removed": "volume from the test VM, back on the hub", "id": v} for v in returned],
         description=f"Test failover of {recorded.name} rolled back",
     )
-    return CleanupResult(removed_vms=removed, volumes_on_hub=[volumes[i].volume_id for i in order])
+    return result

@@ -30,6 +30,7 @@ from tasks.jobs import close_job, open_job
 from tasks.nbd import check_target_file, lease_nbd_port, start_nbd_export
 from tasks.vsphere import remove_job_snapshots
 from vmferry.compensation import quietly
+from vmferry.errors import describe
 from vmferry.exports import export_url, stop_export
 from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
 from vmferry.limits import holding, vcenter_limit_name
@@ -168,7 +169,7 @@ def copy_vm_disks(
             bandwidth_limit_bytes_per_second=bandwidth_limit_bytes_per_second,
         )
     except BaseException as exc:
-        close_job(job_id, "failed", f"{type(exc).__name__}: {exc}")
+        close_job(job_id, "failed", describe(exc))
         raise
     close_job(job_id, "succeeded")
     return status

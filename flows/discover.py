@@ -10,7 +10,9 @@ from blocks.vcenter import VCenter
 from catalog.inventory import RecordedVM
 from tasks.discovery import mark_missing_vms, read_vcenter_inventory, record_vm_inventory
 from tasks.jobs import close_job, open_job
+from vmferry.errors import describe
 from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
+from vmferry.outcome import PUBLISH_OUTCOME
 from vmferry.runs import artifact_key
 
 
@@ -32,7 +34,14 @@ def disk_table(vm: RecordedVM) -> list[dict[str, object]]:
     ]
 
 
-@flow(name="discover", log_prints=True, on_running=ON_RUNNING, on_crashed=ON_CRASHED, on_cancellation=ON_CANCELLATION)
+@flow(
+    name="discover",
+    log_prints=True,
+    on_running=ON_RUNNING,
+    on_crashed=ON_CRASHED,
+    on_cancellation=ON_CANCELLATION,
+    **PUBLISH_OUTCOME,
+)
 def discover(vcenter: VCenter | str, vms: list[str] | None = None) -> list[RecordedVM]:
     """Read VMs (all, or those named) and their disks from vCenter; upsert them into the catalog.
 
@@ -60,7 +69,7 @@ def discover(vcenter: VCenter | str, vms: list[str] | None = None) -> list[Recor
                 description=f"Disks of {vm.name} ({vm.instance_uuid}) as recorded by discovery",
             )
     except BaseException as exc:
-        close_job(job_id, "failed", f"{type(exc).__name__}: {exc}")
+        close_job(job_id, "failed", describe(exc))
         raise
     close_job(job_id, "succeeded")
     return recorded

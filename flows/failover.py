@@ -25,11 +25,12 @@ from catalog.failovers import (
     READY_FOR_FAILOVER,
     FailoverVolumeView,
     finish_failover,
+    latest_failover,
     record_devices,
     set_destination,
     start_failover,
 )
-from catalog.inventory import find_vm
+from catalog.inventory import RecordedVM, find_vm
 from catalog.replication import volumes_of_vm
 from flows.replicate import replicate_vm
 from tasks.destination import check_destination
@@ -37,6 +38,7 @@ from tasks.failover import (
     attach_to_destination,
     deploy_destination_vm,
     power_off_source,
+    power_on_source,
     read_back_devices,
     remove_destination_vm,
     remove_template_root,
@@ -45,9 +47,11 @@ from tasks.failover import (
 )
 from tasks.jobs import close_job, open_job
 from vmferry.compensation import quietly
+from vmferry.errors import Refused, describe
 from vmferry.failover_plan import check_attached, plan_attachments
 from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
 from vmferry.network_plan import plan_nics
+from vmferry.outcome import PUBLISH_OUTCOME
 from vmferry.runs import artifact_key, one_job_per_vm, table_rows
 
 
@@ -66,12 +70,70 @@ class FailoverResult(BaseModel):
     devices: list[FailoverDevice]
 
 
+class LiveFailoverRefused(Refused):
+    """A live failover was not confirmed, or the VM is not in a state to fail over."""
+
+
+class SourcePower:
+    """Remembers whether this failover powered the source off, to power it on again if the failover fails."""
+
+    def __init__(self) -> None:
+        self._turned_off: tuple[VCenter, RecordedVM] | None = None
+
+    def power_off(self, vcenter: VCenter, vm: RecordedVM) -> str:
+        how = power_off_source(vcenter, vm)
+        if how == "powered off":  # a source that was already off stays off
+            self._turned_off = (vcenter, vm)
+        return how
+
+    def keep_off(self) -> None:
+        """The destination VM runs: whatever fails from now on, powering the source on would run the VM twice."""
+        self._turned_off = None
+
+    def restore(self) -> None:
+        """After a failure: the source back on, so the VM runs somewhere. Never raises over the failure."""
+        if self._turned_off is None:
+            return
+        vcenter, vm = self._turned_off
+        logger = get_run_logger()
+        try:
+            logger.warning("live failover of %s failed: source %s again", vm.name, power_on_source(vcenter, vm))
+        except Exception as exc:
+            logger.error("live failover of %s failed and the source could not be powered on: %s", vm.name, exc)
+
+
+def refuse_unless_ready(vm: RecordedVM, mode: str, confirm_live: bool) -> None:
+    """Nothing is touched for an unconfirmed live failover, or while an earlier failover of the VM is still on."""
+    if mode == "live" and not confirm_live:
+        raise LiveFailoverRefused(
+            f"a live failover powers VM {vm.name!r} off and moves it into CloudStack for good: confirm it "
+            "(confirm_live=True, `vmferry failover VM --mode live --yes`)"
+        )
+    latest = latest_failover(default_catalog(), vm.vm_context_id)
+    if latest is not None and latest.state == "active":
+        fix = (
+            f"commit it (`vmferry commit {vm.name}`) or revert it (`vmferry revert {vm.name} --yes`)"
+            if latest.mode == "live"
+            else f"clean it up first (`vmferry cleanup {vm.name}`)"
+        )
+        raise LiveFailoverRefused(
+            f"VM {vm.name!r} is already failed over ({latest.mode}, failover {latest.id}, CloudStack VM "
+            f"{latest.destination_vm_id}): {fix}"
+        )
+    if latest is not None and latest.state == "committed":
+        raise LiveFailoverRefused(
+            f"VM {vm.name!r} was migrated to CloudStack VM {latest.destination_vm_id} (committed failover "
+            f"{latest.id}): there is nothing left to fail over"
+        )
+
+
 @flow(
     name="failover-vm",
     flow_run_name="failover-{vm}-{mode}",
     on_running=ON_RUNNING,
     on_crashed=ON_CRASHED,
     on_cancellation=ON_CANCELLATION,
+    **PUBLISH_OUTCOME,
 )
 @one_job_per_vm("failover")
 def failover_vm(
@@ -82,8 +144,13 @@ def failover_vm(
     agent: Agent | str | None = None,
     network_map: dict[str, str] | None = None,
     ip_addresses: dict[str, str] | None = None,
+    confirm_live: bool = False,
 ) -> FailoverResult:
-    """Bring ``vm`` up in CloudStack from its replicated volumes. ``live`` needs ``vcenter`` and ``agent``.
+    """Bring ``vm`` up in CloudStack from its replicated volumes.
+
+    ``live`` powers the source off, syncs a last time (needs ``vcenter`` and ``agent``) and must be confirmed
+    with ``confirm_live``; if it then fails, the source is powered on again. A live failover ends active: commit
+    it (flows/live_failover.py ``commit_failover``) or revert it (``revert_failover``).
 
     Args:
         vm: The VM: its name in vCenter, its instance UUID or its moref (vm-123).
@@ -96,7 +163,28 @@ def failover_vm(
         network_map: Source port group -> CloudStack network id, adding to (or overriding) the block's map for
             this VM.
         ip_addresses: Source NIC MAC address -> the static IP its failover NIC gets.
+        confirm_live: Must be true for a live failover: it powers the source VM off. Ignored in test mode.
     """
+    recorded = find_vm(default_catalog(), vm)
+    refuse_unless_ready(recorded, mode, confirm_live)
+    source = SourcePower()
+    try:
+        return _fail_over(vm, cloudstack, mode, vcenter, agent, source, network_map, ip_addresses)
+    except BaseException:
+        source.restore()
+        raise
+
+
+def _fail_over(
+    vm: str,
+    cloudstack: CloudStack | str,
+    mode: Literal["test", "live"],
+    vcenter: VCenter | str | None,
+    agent: Agent | str | None,
+    source: SourcePower,
+    network_map: dict[str, str] | None,
+    ip_addresses: dict[str, str] | None,
+) -> FailoverResult:
     logger = get_run_logger()
     cloud = load_block(CloudStack, cloudstack)
     catalog = default_catalog()
@@ -114,9 +202,11 @@ def failover_vm(
     logger.info("placement of %s: %s", recorded.name, placement.reason)
     if mode == "live":
         if vcenter is None or agent is None:
-            raise ValueError("a live failover powers the source off and syncs a last time: pass vcenter and agent")
+            raise LiveFailoverRefused(
+                "a live failover powers the source off and syncs a last time: pass vcenter and agent"
+            )
         vcenter_block = load_block(VCenter, vcenter)
-        logger.info("live failover of %s: source %s", recorded.name, power_off_source(vcenter_block, recorded))
+        logger.info("live failover of %s: source %s", recorded.name, source.power_off(vcenter_block, recorded))
         replicate_vm(recorded.instance_uuid, cloud, load_block(Agent, agent), vcenter_block, kind="incremental")
         recorded = find_vm(catalog, vm)
     volumes = {v.vm_disk_id: v for v in volumes_of_vm(catalog, recorded.vm_context_id)}
@@ -137,10 +227,11 @@ def failover_vm(
             actual = read_back_devices(cloud, destination.id)
             check_attached(plan, actual)
             start_destination_vm(cloud, destination.id)
+            source.keep_off()
             undo.pop_all()  # success: nothing to undo
     except BaseException as exc:
         finish_failover(catalog, failover_id, "rolled-back", READY_FOR_FAILOVER)
-        close_job(job_id, "failed", f"{type(exc).__name__}: {exc}")
+        close_job(job_id, "failed", describe(exc))
         raise
     record_devices(
         catalog,
@@ -171,6 +262,7 @@ def failover_vm(
     create_table_artifact(
         key=artifact_key("failover", recorded.name),
         table=table_rows(devices),
-        description=f"{mode} failover of {recorded.name} into CloudStack VM {destination.id}",
+        description=f"{mode} failover of {recorded.name} into CloudStack VM {destination.id}"
+        + (": active, the source is off; commit it or revert it" if mode == "live" else ""),
     )
     return FailoverResult(failover_id=failover_id, mode=mode, destination_vm_id=destination.id, devices=devices)

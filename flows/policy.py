@@ -20,6 +20,7 @@ from blocks import load_block
 from blocks.vcenter import VCenter
 from tasks.discovery import read_vcenter_inventory, read_vm_folders
 from vmferry.inventory import ObservedVM
+from vmferry.outcome import PUBLISH_OUTCOME
 from vmferry.policies import PER_VM_FLOWS, VMSelector, select_vms
 from vmferry.retention import RetentionPolicy
 from vmferry.runs import artifact_key, table_rows
@@ -72,7 +73,7 @@ def wait_for_vm_runs(runs: list[PolicyVMRun], poll_seconds: float = 5) -> list[P
     return [done[run.flow_run_id] for run in runs]
 
 
-@flow(name="protect-policy", flow_run_name="policy-{policy}-{action}")
+@flow(name="protect-policy", flow_run_name="policy-{policy}-{action}", **PUBLISH_OUTCOME)
 def protect_policy(
     policy: str,
     action: Literal["backup", "replicate", "prune"],

@@ -27,11 +27,13 @@ from tasks.reconcile import (
     sweep_restore_points,
     sweep_snapshots,
 )
+from vmferry.errors import VmferryError, describe
 from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
+from vmferry.outcome import PUBLISH_OUTCOME
 from vmferry.reconcile import Finding, FindingKind, OwnerJudge, Reconciler, ReconcileReport
 
 
-class ReconcileIncomplete(Exception):
+class ReconcileIncomplete(VmferryError):
     """Some orphan could not be cleaned; ``report`` says which and why. Running again retries them."""
 
     def __init__(self, report: ReconcileReport) -> None:
@@ -40,7 +42,13 @@ class ReconcileIncomplete(Exception):
         super().__init__(f"reconciliation left {len(report.errors)} problem(s): {problems}")
 
 
-@flow(name="reconcile", on_running=ON_RUNNING, on_crashed=ON_CRASHED, on_cancellation=ON_CANCELLATION)
+@flow(
+    name="reconcile",
+    on_running=ON_RUNNING,
+    on_crashed=ON_CRASHED,
+    on_cancellation=ON_CANCELLATION,
+    **PUBLISH_OUTCOME,
+)
 def reconcile(
     repository: BackupRepository | str | None = None,
     vcenter: VCenter | str | None = None,
@@ -77,7 +85,7 @@ def reconcile(
             except Exception as exc:
                 # one unreachable system must not stop the other sweeps
                 logger.exception("the %s sweep failed", kind)
-                error = f"{type(exc).__name__}: {exc}"
+                error = describe(exc)
                 report.findings.append(Finding(kind=kind, subject="(the whole sweep)", action="failed", error=error))
 
         # Processes first, then the ports they held, then files, then the job rows that owned it all, so an
@@ -92,7 +100,7 @@ def reconcile(
         sweep("job", lambda: sweep_crashed_jobs(reconciler))
     except BaseException as exc:
         if job_id is not None:
-            close_job(job_id, "failed", f"{type(exc).__name__}: {exc}")
+            close_job(job_id, "failed", describe(exc))
         raise
     for finding in report.findings:
         if finding.action != "kept":

@@ -20,13 +20,16 @@ from blocks.agent import Agent
 from blocks.cloudstack import CloudStack
 from blocks.vcenter import VCenter
 from catalog import default_catalog
-from catalog.failovers import READY_FOR_FAILOVER, context_state, set_context_state
+from catalog.failovers import READY_FOR_FAILOVER, context_state, latest_failover, set_context_state
+from catalog.inventory import RecordedVM
 from catalog.replication import VolumeView, record_sync
 from flows.copy import run_copy
 from tasks.cloudstack import attach_to_hub, ensure_volume
 from tasks.discovery import read_vcenter_inventory, record_vm_inventory
 from tasks.jobs import close_job, open_job
+from vmferry.errors import Refused, describe
 from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
+from vmferry.outcome import PUBLISH_OUTCOME
 from vmferry.runs import artifact_key, one_job_per_vm, table_rows
 from vmferry.targets import DiskTarget
 
@@ -48,12 +51,34 @@ class ReplicationResult(BaseModel):
     disks: list[ReplicatedDisk]
 
 
+class ReplicationRefused(Refused):
+    """The VM is failed over (or migrated): its volumes are not replication's to write."""
+
+
+def refuse_while_failed_over(recorded: RecordedVM) -> None:
+    latest = latest_failover(default_catalog(), recorded.vm_context_id)
+    if latest is None or latest.state not in ("active", "committed"):
+        return
+    where = f"CloudStack VM {latest.destination_vm_id} (failover {latest.id})"
+    if latest.state == "committed":
+        raise ReplicationRefused(f"VM {recorded.name!r} was migrated to {where}: its replication has stopped")
+    if latest.mode == "live":
+        raise ReplicationRefused(
+            f"VM {recorded.name!r} runs in {where} since its live failover: commit it (`vmferry commit "
+            f"{recorded.name}`) or revert it (`vmferry revert {recorded.name} --yes`) before replicating"
+        )
+    raise ReplicationRefused(
+        f"VM {recorded.name!r} has a test failover on {where}: clean it up first (`vmferry cleanup {recorded.name}`)"
+    )
+
+
 @flow(
     name="replicate-vm",
     flow_run_name="replicate-{vm}-{kind}",
     on_running=ON_RUNNING,
     on_crashed=ON_CRASHED,
     on_cancellation=ON_CANCELLATION,
+    **PUBLISH_OUTCOME,
 )
 @one_job_per_vm("replication")
 def replicate_vm(
@@ -82,6 +107,7 @@ def replicate_vm(
     vcenter_block = load_block(VCenter, vcenter)
     (observed,) = read_vcenter_inventory(vcenter_block, [vm])
     recorded = record_vm_inventory(observed)
+    refuse_while_failed_over(recorded)
     job_id = open_job("replication", recorded.vm_context_id)
     try:
         disks = recorded.present_disks()
@@ -92,7 +118,7 @@ def replicate_vm(
         ]
         synced = all(v.last_synced_at is not None for v in attached)
         if kind == "incremental" and not synced:
-            raise ValueError(f"VM {recorded.name!r} has volumes never synced; run an initial replication first")
+            raise ReplicationRefused(f"VM {recorded.name!r} has volumes never synced; run an initial replication first")
         copy_kind = "incremental" if kind == "incremental" or (kind == "auto" and synced) else "full"
         logger.info("replicating %s: %s copy into %d volumes", recorded.name, copy_kind, len(attached))
         targets = [
@@ -134,7 +160,7 @@ def replicate_vm(
                 )
             )
     except BaseException as exc:
-        close_job(job_id, "failed", f"{type(exc).__name__}: {exc}")
+        close_job(job_id, "failed", describe(exc))
         raise
     close_job(job_id, "succeeded")
     if context_state(default_catalog(), recorded.vm_context_id) in ("discovered", READY_FOR_FAILOVER):

@@ -7,6 +7,7 @@ when complete. Destinations are what the operator names; nothing here builds a p
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -21,6 +22,7 @@ from catalog import default_catalog
 from catalog.inventory import get_vm
 from catalog.restore_points import PointDiskView, PointView, get_point
 from clients.qemu import convert_image
+from vmferry.errors import Refused
 from vmferry.filelevel import (
     FileEntry,
     FileRestoreError,
@@ -30,11 +32,12 @@ from vmferry.filelevel import (
     list_partitions,
     open_image,
 )
+from vmferry.outcome import PUBLISH_OUTCOME
 from vmferry.repository import Repository
 from vmferry.runs import artifact_key
 
 
-class RestoreError(Exception):
+class RestoreError(Refused):
     """A restore was refused; the message names the point, the disk and the reason."""
 
 
@@ -57,6 +60,21 @@ def _restorable_point(point_id: int, repository: Repository) -> PointView:
     return point
 
 
+def writable_directory(directory: Path) -> Path:
+    """``directory``, created if missing, once a file could be written in it: refused before any work, not
+    after minutes of copying (a read-only mount or a permission passes ``os.access`` checks wrongly)."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".vmferry-write-test-"):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise RestoreError(
+            f"cannot write into {directory} ({reason}): restore into a directory this hub can write"
+        ) from exc
+    return directory
+
+
 @task(cache_policy=NO_CACHE, task_run_name="restore-{disk.disk_id}")
 def restore_disk_file(
     repository: Repository, disk: PointDiskView, destination: Path, image_format: str, overwrite: bool
@@ -75,7 +93,7 @@ def restore_disk_file(
     return RestoredDisk(disk_id=disk.disk_id, vm_disk_id=disk.vm_disk_id, path=destination)
 
 
-@flow(name="restore-disk")
+@flow(name="restore-disk", **PUBLISH_OUTCOME)
 def restore_disk(
     point_id: int,
     disk: str,
@@ -96,11 +114,11 @@ def restore_disk(
     """
     repo = load_block(BackupRepository, repository).repository()
     point = _restorable_point(point_id, repo)
-    Path(destination).parent.mkdir(parents=True, exist_ok=True)
+    writable_directory(Path(destination).parent)
     return restore_disk_file(repo, point.disk(disk), Path(destination), image_format, overwrite)
 
 
-@flow(name="restore-vm")
+@flow(name="restore-vm", **PUBLISH_OUTCOME)
 def restore_vm(
     point_id: int,
     destination_dir: str,
@@ -119,8 +137,7 @@ def restore_vm(
     """
     repo = load_block(BackupRepository, repository).repository()
     point = _restorable_point(point_id, repo)
-    directory = Path(destination_dir)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = writable_directory(Path(destination_dir))
     restored = [
         restore_disk_file(repo, d, directory / f"{d.disk_id}.{image_format}", image_format, overwrite)
         for d in point.disks
@@ -138,7 +155,7 @@ class FileListing(BaseModel):
     entries: list[FileEntry]
 
 
-@flow(name="list-backup-files")
+@flow(name="list-backup-files", **PUBLISH_OUTCOME)
 def list_backup_files(
     point_id: int, disk: str, repository: BackupRepository | str, partition: int | None = None, path: str = "/"
 ) -> FileListing:
@@ -159,7 +176,7 @@ def list_backup_files(
     return FileListing(partitions=partitions, entries=entries)
 
 
-@flow(name="restore-files")
+@flow(name="restore-files", **PUBLISH_OUTCOME)
 def restore_files(
     point_id: int,
     disk: str,
@@ -183,12 +200,9 @@ def restore_files(
     repo = load_block(BackupRepository, repository).repository()
     point = _restorable_point(point_id, repo)
     entry = point.disk(disk)
-    destination = Path(destination_dir)
-    destination.mkdir(parents=True, exist_ok=True)
+    destination = writable_directory(Path(destination_dir))
     with open_image(repo.absolute(entry.file_path)) as image:
         try:
             return [extract_file(image, partition, path, destination, overwrite=overwrite) for path in paths]
         except FileRestoreError as exc:
-            raise FileRestoreError(
-                f"restore point {point_id} disk {entry.disk_id} partition {partition}: {exc}"
-            ) from exc
+            raise type(exc)(f"restore point {point_id} disk {entry.disk_id} partition {partition}: {exc}") from exc

@@ -15,6 +15,8 @@ from catalog import default_catalog
 from catalog.inventory import RecordedVM, get_vm
 from catalog.restore_points import PointDiskView, get_point
 from clients.qemu import QemuError, check_image, content_sha256
+from vmferry.errors import VmferryError
+from vmferry.outcome import PUBLISH_OUTCOME
 from vmferry.repository import Repository
 from vmferry.runs import artifact_key, one_job_per_vm, table_rows
 
@@ -26,7 +28,7 @@ class DiskVerdict(BaseModel):
     problem: str | None = None
 
 
-class VerificationFailed(Exception):
+class VerificationFailed(VmferryError):
     """A restore point does not read back as it was written."""
 
 
@@ -56,7 +58,7 @@ def verify_point_disk(repository: Repository, disk: PointDiskView) -> DiskVerdic
     return DiskVerdict(disk_id=disk.disk_id, file_path=disk.file_path, ok=True)
 
 
-@flow(name="verify-restore-point", flow_run_name="verify-point-{point_id}")
+@flow(name="verify-restore-point", flow_run_name="verify-point-{point_id}", **PUBLISH_OUTCOME)
 @one_job_per_vm("verify", point_vm)
 def verify_restore_point(point_id: int, repository: BackupRepository | str) -> list[DiskVerdict]:
     """Raises VerificationFailed naming every bad disk; returns one verdict per disk when all are good.

@@ -14,7 +14,8 @@ from blocks.cloudstack import CloudStack
 from catalog import default_catalog
 from catalog.inventory import RecordedDisk, RecordedVM
 from catalog.replication import VolumeView, record_attachment, record_volume, volume_for_disk
-from clients.cloudstack import CloudStackError, device_candidates, find_volume_device
+from clients.cloudstack import device_candidates, find_volume_device
+from vmferry.errors import Refused, retry_unless_permanent
 
 GiB = 2**30
 
@@ -28,14 +29,24 @@ def volume_name(vm: RecordedVM, disk: RecordedDisk) -> str:
     return f"vmferry-vm{vm.vm_context_id}-{disk.disk_id}"
 
 
-@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, task_run_name="volume-{disk.disk_id}")
+class VolumeRefused(Refused):
+    """A replicated volume cannot be used as it is (another VM holds it, it is smaller than its disk, its name is
+    ambiguous): our own refusal, not CloudStack's, and nothing was written."""
+
+
+@task(
+    retries=2,
+    retry_delay_seconds=2,
+    cache_policy=NO_CACHE,
+    retry_condition_fn=retry_unless_permanent,
+    task_run_name="volume-{disk.disk_id}",
+)
 def ensure_volume(cloudstack: CloudStack, vm: RecordedVM, disk: RecordedDisk) -> VolumeView:
     """The disk's volume: the recorded one, else one an interrupted run created, else a new one."""
     recorded = volume_for_disk(default_catalog(), disk.id)
     if recorded is not None:
         if recorded.disk_generation != disk.generation or recorded.size_bytes < disk.capacity_bytes:
-            raise CloudStackError(
-                "createVolume",
+            raise VolumeRefused(
                 f"VM {vm.name!r} disk {disk.disk_id} changed size since volume {recorded.volume_id} was made for "
                 "it; resize the volume in CloudStack (or delete it and its catalog row) before replicating again",
             )
@@ -44,7 +55,7 @@ def ensure_volume(cloudstack: CloudStack, vm: RecordedVM, disk: RecordedDisk) ->
         name = volume_name(vm, disk)
         existing = [v for v in client.list_volumes(name=name) if v.name == name]
         if len(existing) > 1:
-            raise CloudStackError("listVolumes", f"{len(existing)} volumes are named {name}; keep one")
+            raise VolumeRefused(f"{len(existing)} CloudStack volumes are named {name}; keep one")
         volume = (
             existing[0]
             if existing
@@ -85,16 +96,21 @@ def wait_for_device(dev_root: Path, volume_id: str, minimum_bytes: int, timeout:
     return path
 
 
-@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, task_run_name="attach-to-hub-{volume.volume_id}")
+@task(
+    retries=2,
+    retry_delay_seconds=2,
+    cache_policy=NO_CACHE,
+    retry_condition_fn=retry_unless_permanent,
+    task_run_name="attach-to-hub-{volume.volume_id}",
+)
 def attach_to_hub(cloudstack: CloudStack, volume: VolumeView, capacity_bytes: int) -> VolumeView:
     """Attach the volume to the hub (unless it already is) and find its device from CloudStack's answer."""
     with cloudstack.client() as client:
         current = client.get_volume(volume.volume_id)
         if current.virtual_machine_id not in (None, cloudstack.hub_vm_id):
-            raise CloudStackError(
-                "attachVolume",
-                f"volume {volume.volume_id} is attached to VM {current.virtual_machine_id}, not the hub; run the "
-                "failover cleanup first",
+            raise VolumeRefused(
+                f"volume {volume.volume_id} is attached to VM {current.virtual_machine_id}, not the hub: it is not "
+                "replication's to write; if a failover put it there, clean that up (test) or revert it (live) first"
             )
         if current.virtual_machine_id is None:
             current = client.attach_volume(volume.volume_id, cloudstack.hub_vm_id)

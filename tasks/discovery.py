@@ -9,10 +9,11 @@ from blocks.vcenter import VCenter
 from catalog import default_catalog
 from catalog.inventory import RecordedVM, mark_vms_missing, record_vm
 from clients.vsphere import VSphereClient
+from vmferry.errors import retry_unless_permanent
 from vmferry.inventory import ObservedVM
 
 
-@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, retry_condition_fn=retry_unless_permanent)
 def read_vcenter_inventory(vcenter: VCenter, vm_names: list[str] | None = None) -> list[ObservedVM]:
     """Every VM of the vCenter (or just ``vm_names``, by name, instance UUID or moref) with its disks."""
     with VSphereClient(vcenter.endpoint()) as client:

@@ -10,7 +10,8 @@ from blocks.vcenter import VCenter
 from catalog.inventory import RecordedVM
 from clients.cloudstack import CloudStackError, VirtualMachine
 from clients.vsphere import VSphereClient, VSphereError, VSphereSnapshots
-from tasks.cloudstack import wait_for_device
+from tasks.cloudstack import VolumeRefused, wait_for_device
+from vmferry.errors import retry_unless_permanent
 from vmferry.failover_plan import PlannedAttachment
 from vmferry.network_plan import PlannedNic
 
@@ -81,6 +82,7 @@ def remove_template_root(cloudstack: CloudStack, vm_id: str, keep_volume_ids: li
     retries=2,
     retry_delay_seconds=2,
     cache_policy=NO_CACHE,
+    retry_condition_fn=retry_unless_permanent,
     task_run_name="move-{item.disk_id}-to-device-{item.device_id}",
 )
 def attach_to_destination(cloudstack: CloudStack, item: PlannedAttachment, vm_id: str) -> None:
@@ -91,8 +93,9 @@ def attach_to_destination(cloudstack: CloudStack, item: PlannedAttachment, vm_id
             return
         if volume.virtual_machine_id is not None:
             if volume.virtual_machine_id != cloudstack.hub_vm_id:
-                raise CloudStackError(
-                    "attachVolume", f"volume {item.volume_id} is attached to {volume.virtual_machine_id}, not the hub"
+                raise VolumeRefused(
+                    f"volume {item.volume_id} ({item.disk_id}) is attached to VM {volume.virtual_machine_id}, not "
+                    "the hub: another failover holds it; clean that up or revert it first"
                 )
             client.detach_volume(item.volume_id)
         client.attach_volume(item.volume_id, vm_id, item.device_id)
@@ -111,30 +114,46 @@ def start_destination_vm(cloudstack: CloudStack, vm_id: str) -> VirtualMachine:
         return current if current.state == "Running" else client.start_vm(vm_id)
 
 
-@task(retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def power_off_source(vcenter: VCenter, vm: RecordedVM) -> str:
-    """Power the source VM off for a live failover; refuses with vCenter's reason when it cannot."""
+def _set_power(vcenter: VCenter, vm: RecordedVM, on: bool, fix: str) -> str:
+    """Power the source VM on or off (nothing when it already is); vCenter's reason and ``fix`` when it cannot."""
     from pyVim.task import WaitForTask
     from pyVmomi import vim, vmodl
 
+    wanted = vim.VirtualMachinePowerState.poweredOn if on else vim.VirtualMachinePowerState.poweredOff
+    word = "on" if on else "off"
     with VSphereClient(vcenter.endpoint()) as client:
         source = VSphereSnapshots(client, vm.instance_uuid).vm
-        if source.runtime.powerState == vim.VirtualMachinePowerState.poweredOff:
-            return "already off"
+        if source.runtime.powerState == wanted:
+            return f"already {word}"
         try:
-            WaitForTask(source.PowerOffVM_Task())
+            WaitForTask(source.PowerOnVM_Task() if on else source.PowerOffVM_Task())
         except vmodl.MethodFault as exc:
             raise VSphereError(
-                f"VM {vm.name!r} could not be powered off ({exc.msg or type(exc).__name__}); a live failover needs "
-                "the source stopped so the final sync is complete — stop it by hand or fix the cause"
+                f"VM {vm.name!r} could not be powered {word} ({exc.msg or type(exc).__name__}); {fix}"
             ) from exc
-        return "powered off"
+        return f"powered {word}"
 
 
-def return_volume_to_hub(cloudstack: CloudStack, volume_id: str, capacity_bytes: int) -> None:
-    """Compensation and cleanup: wherever the volume is, put it back on the hub and check its device."""
+@task(retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def power_off_source(vcenter: VCenter, vm: RecordedVM) -> str:
+    """Power the source VM off for a live failover; refuses with vCenter's reason when it cannot."""
+    fix = "a live failover needs the source stopped so the final sync is complete — stop it by hand or fix the cause"
+    return _set_power(vcenter, vm, False, fix)
+
+
+@task(retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE, retry_condition_fn=retry_unless_permanent)
+def power_on_source(vcenter: VCenter, vm: RecordedVM) -> str:
+    """Power the source VM on again: after a live failover that failed once it was off, or on a revert."""
+    return _set_power(vcenter, vm, True, "it stays off: power it on by hand in vCenter")
+
+
+def return_volume_to_hub(cloudstack: CloudStack, volume_id: str, capacity_bytes: int) -> bool:
+    """Compensation and cleanup: wherever the volume is, put it back on the hub and check its device.
+
+    True when it had to be moved (it was not on the hub), so a cleanup reports only what it did."""
     with cloudstack.client() as client:
         volume = client.get_volume(volume_id)
+        moved = volume.virtual_machine_id != cloudstack.hub_vm_id
         if volume.virtual_machine_id not in (None, cloudstack.hub_vm_id):
             holder = client.get_vm(volume.virtual_machine_id)
             if holder.state == "Running":  # a root volume only comes off a stopped VM
@@ -144,20 +163,24 @@ def return_volume_to_hub(cloudstack: CloudStack, volume_id: str, capacity_bytes:
         if volume.virtual_machine_id is None:
             client.attach_volume(volume_id, cloudstack.hub_vm_id)
     wait_for_device(cloudstack.device_root_path(), volume_id, capacity_bytes)
+    return moved
 
 
-def remove_destination_vm(cloudstack: CloudStack, vm_id: str, our_volume_ids: list[str]) -> None:
-    """Compensation and cleanup: stop the VM, take our volumes off it, destroy it (expunge)."""
+def remove_destination_vm(cloudstack: CloudStack, vm_id: str, our_volume_ids: list[str]) -> bool:
+    """Compensation and cleanup: stop the VM, take our volumes off it, destroy it (expunge).
+
+    True when there was a VM to destroy, so a cleanup reports only what it did."""
     with cloudstack.client() as client:
         try:
             current = client.get_vm(vm_id)
         except CloudStackError:
-            return  # already gone
+            return False  # already gone
         if current.state in ("Destroyed", "Expunging"):
-            return
+            return False
         if current.state == "Running":
             client.stop_vm(vm_id, forced=True)
         for volume in client.list_volumes(virtual_machine_id=vm_id):
             if volume.id in our_volume_ids:
                 client.detach_volume(volume.id)
         client.destroy_vm(vm_id, expunge=True)
+    return True

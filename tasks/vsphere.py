@@ -7,9 +7,10 @@ from prefect.cache_policies import NO_CACHE
 
 from blocks.vcenter import VCenter
 from clients.vsphere import VSphereClient, VSphereSnapshots
+from vmferry.errors import retry_unless_permanent
 
 
-@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, retry_condition_fn=retry_unless_permanent)
 def remove_job_snapshots(vcenter: VCenter, vm_instance_uuid: str, snapshot_name: str) -> list[str]:
     """The hub's own sweep of an agent job's snapshot, for when the agent died before removing it."""
     with VSphereClient(vcenter.endpoint()) as client:

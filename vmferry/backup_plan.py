@@ -8,10 +8,11 @@ from pydantic import BaseModel
 
 from catalog.inventory import RecordedVM
 from catalog.restore_points import PointView
+from vmferry.errors import Refused
 from vmferry.repository import Repository
 
 
-class BackupRefused(Exception):
+class BackupRefused(Refused):
     """The requested backup cannot be made; the message says why and what to do."""
 
 

@@ -5,8 +5,9 @@ PREFECT_API_URL). Blocks come from the running lab (``vmferry lab up``) unless s
 ``--vcenter/--agent/--repository/--cloudstack``. ``--submit DEPLOYMENT`` on backup and replicate hands the
 run to a worker instead.
 
-Exit codes: 0 success, 1 the operation failed, 2 usage error, 3 something named does not exist (a VM, a
-restore point, a disk, a saved block, a deployment).
+Exit codes (vmferry/errors.py): 0 success, 1 the operation failed, 2 usage error, 3 something named does not
+exist (a VM, a restore point, a disk, a saved block, a deployment), 4 refused (a precondition is not met and
+nothing was changed). A run submitted with ``--submit --wait`` ends with the same code as it would in-process.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import tempfile
 import threading
 import traceback
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cached_property
@@ -38,6 +39,17 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from vmferry.errors import (
+    EXIT_CODES_HELP,
+    EXIT_FAILED,
+    NotFoundError,
+    Refused,
+    VmferryError,
+    describe,
+    exit_code_of,
+    label_of,
+)
+
 if TYPE_CHECKING:
     from prefect.blocks.core import Block
 
@@ -45,13 +57,7 @@ if TYPE_CHECKING:
     from catalog.inventory import RecordedVM
     from clients.agent import AgentClient
 
-EXIT_FAILED = 1
-EXIT_NOT_FOUND = 3
-
-EXIT_CODES = (
-    "Exit codes: 0 success; 1 the operation failed (reason on stderr); 2 usage error; "
-    "3 not found (unknown VM, restore point, disk, saved block or deployment)."
-)
+EXIT_CODES = EXIT_CODES_HELP
 # The repository the lab demo writes (vmferry/demo.py), so the lab's points are listed and restorable here.
 LAB_REPOSITORY_NAME = "demo"
 
@@ -60,8 +66,17 @@ B = TypeVar("B", bound="Block")
 T = TypeVar("T")
 
 
-class NotFound(Exception):
+class NotFound(NotFoundError):
     """Something the operator named does not exist: exit 3."""
+
+
+class SubmittedRunFailed(VmferryError):
+    """A run submitted with --wait did not complete; carries the exit code its error maps to."""
+
+    def __init__(self, message: str, exit_code: int, label: str) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.label = label
 
 
 class LabNotRunning(Exception):
@@ -113,12 +128,6 @@ def main(
 # --- errors and exit codes -------------------------------------------------------------------------------------
 
 
-def _is_not_found(exc: BaseException) -> bool:
-    from catalog.errors import UnknownRecord
-
-    return isinstance(exc, NotFound | UnknownRecord)
-
-
 @contextmanager
 def _operation(ctx: typer.Context, what: str) -> Iterator[None]:
     """Turn any failure into one stderr line and the exit code a script can trust."""
@@ -133,9 +142,9 @@ def _operation(ctx: typer.Context, what: str) -> Iterator[None]:
     except Exception as exc:
         if cli.debug:
             traceback.print_exc()
-        message = str(exc) or type(exc).__name__
-        code = EXIT_NOT_FOUND if _is_not_found(exc) else EXIT_FAILED
-        label = "not found" if code == EXIT_NOT_FOUND else f"failed ({type(exc).__name__})"
+        message = describe(exc)
+        code = exit_code_of(exc)
+        label = label_of(exc)
         # markup off: messages quote paths and ids with brackets ("[datastore] vm/disk.vmdk")
         cli.err.print(f"vmferry {what}: {label}: {message}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(code) from None
@@ -307,8 +316,25 @@ SubmitOption = Annotated[
     ),
 ]
 WaitOption = Annotated[
-    bool, typer.Option("--wait", help="With --submit: wait for the flow run and exit 1 unless it completed.")
+    bool,
+    typer.Option(
+        "--wait", help="With --submit: wait for the flow run; its exit code is the one an in-process run would have."
+    ),
 ]
+YesOption = Annotated[bool, typer.Option("--yes", "-y", help="Do it without asking (scripts, --submit).")]
+
+
+def _confirm(yes: bool, question: str, what: str) -> None:
+    """Ask on a terminal; without one (scripts, CI), --yes is the only way: refused (exit 4) otherwise."""
+    import sys
+
+    if yes:
+        return
+    if sys.stdin.isatty():
+        if typer.confirm(question, default=False):
+            return
+        raise Refused(f"{what} not confirmed: nothing was changed")
+    raise Refused(f"{what} needs confirmation: pass --yes (nothing was changed)")
 
 
 # --- VM names: not found is exit 3, at once ------------------------------------------------------------------------
@@ -453,11 +479,14 @@ def submit_to_deployment(
 ) -> None:
     """``run_deployment`` of ``<flow>/<deployment>`` (a bare name is the flow's deployment of that name).
 
-    Without ``wait`` it returns once the run is created (a worker runs it); with it, the run's final state
-    decides the exit code.
+    Without ``wait`` it returns once the run is created (a worker runs it); with it, the run's outcome (what
+    the flow published, vmferry/outcome.py) decides the exit code, the same one an in-process run would end
+    with, and ``--json`` prints the flow's result.
     """
     from prefect.deployments import run_deployment
     from prefect.exceptions import ObjectNotFound
+
+    from vmferry.outcome import Outcome, outcome_from_message, read_outcome
 
     name = deployment if "/" in deployment else f"{flow_name}/{deployment}"
     try:
@@ -465,13 +494,26 @@ def submit_to_deployment(
     except ObjectNotFound as exc:
         raise NotFound(f"no deployment {name!r} on the Prefect server") from exc
     state = run.state.type.value if run.state else "UNKNOWN"
+    outcome: Outcome | None = None
+    if wait:
+        outcome = read_outcome(run.id)
+        if outcome is None and not (run.state and run.state.is_completed()):
+            outcome = outcome_from_message(run.state.message if run.state and run.state.message else state)
+    summary: dict[str, Any] = {"flow_run_id": str(run.id), "flow_run_name": run.name, "deployment": name}
+    summary["state"] = state
     if as_json:
-        _emit_json({"flow_run_id": str(run.id), "flow_run_name": run.name, "deployment": name, "state": state})
+        if outcome is not None:
+            summary |= {"result": outcome.result} if outcome.ok else {"error": outcome.error}
+        _emit_json(summary)
     else:
         cli.out.print(f"flow run {run.name} ({run.id}) of deployment {name}: {state}")
     if wait and not (run.state and run.state.is_completed()):
-        message = run.state.message if run.state and run.state.message else state
-        raise RuntimeError(f"flow run {run.name} ({run.id}) ended {state}: {message}")
+        assert outcome is not None  # read above for every run that did not complete
+        raise SubmittedRunFailed(
+            f"flow run {run.name} ({run.id}) ended {state}: {outcome.error}",
+            outcome.exit_code or EXIT_FAILED,
+            outcome.label or "failed",
+        )
 
 
 @dataclass(frozen=True)
@@ -652,20 +694,10 @@ def restore(
         _quiet_prefect_console(cli.verbose)
         from catalog import default_catalog
         from catalog.inventory import get_vm
-        from catalog.restore_points import get_point
         from flows.restore import restore_disk, restore_files, restore_vm
 
-        point = get_point(default_catalog(), point_id)
+        point, repository_block = _point_in(point_id, repository, submit)
         blocks = BlockChoice(repository=repository)
-        repository_block = None
-        if submit is None or repository is not None:
-            repository_block = blocks.repository_block()
-            if repository_block.name != point.repository:
-                raise typer.BadParameter(
-                    f"restore point {point_id} is in repository {point.repository!r}, not "
-                    f"{repository_block.name!r}: name its block",
-                    param_hint="--repository",
-                )
         run: Callable[..., Any]
         if files:
             assert partition is not None  # checked above
@@ -792,13 +824,16 @@ def failover(
     progress: ProgressOption = None,
     submit: SubmitOption = None,
     wait: WaitOption = False,
+    yes: YesOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """Bring a replicated VM up in CloudStack: OS volume on device 0, data volumes after it in source order, one
     NIC per source NIC on its mapped network.
 
     Device ids are read back from CloudStack and checked before the VM starts; any failure undoes every step. A
-    source network without a mapping refuses the failover before anything is created.
+    source network without a mapping refuses the failover before anything is created. A live failover powers
+    the source off (asks first, or --yes); if it fails after that, the source is powered on again. It ends
+    active: then `vmferry commit VM` (it lives in CloudStack) or `vmferry revert VM`.
     """
     cli = _cli(ctx)
     blocks = BlockChoice(vcenter=vcenter, agent=agent, cloudstack=cloudstack)
@@ -812,6 +847,9 @@ def failover(
         from flows.failover import failover_vm
 
         _recorded_vm(vm)  # unknown VM: exit 3 before anything in CloudStack is touched
+        live = mode is FailoverMode.live
+        if live:
+            _confirm(yes, f"Power {vm} off in vCenter and run it in CloudStack from now on?", "--mode live")
         if submit is not None:
             parameters = {
                 "vm": vm,
@@ -819,6 +857,7 @@ def failover(
                 **blocks.parameters("cloudstack", "agent", "vcenter"),
                 **networking,
             }
+            parameters |= {"confirm_live": True} if live else {}
             submit_to_deployment(cli, submit, "failover-vm", parameters, wait=wait, as_json=as_json)
             return
         cloudstack_block = blocks.cloudstack_block()
@@ -833,7 +872,9 @@ def failover(
                     agent_block,
                     vm,
                     "replication",
-                    lambda: failover_vm(vm, cloudstack_block, "live", vcenter_block, agent_block, **networking),
+                    lambda: failover_vm(
+                        vm, cloudstack_block, "live", vcenter_block, agent_block, confirm_live=True, **networking
+                    ),
                 )
         if as_json:
             _emit_json(_dump(result))
@@ -869,11 +910,267 @@ def cleanup(
         result = cleanup_failover(vm, BlockChoice(cloudstack=cloudstack).cloudstack_block())
         if as_json:
             _emit_json(_dump(result))
+        elif not result.did_anything:
+            cli.out.print(f"{vm}: nothing to clean up (no test VM, every volume on the hub)")
+        else:
+            cli.out.print(
+                f"{vm}: removed test VM(s) {', '.join(result.removed_vms) or 'none'}; moved "
+                f"{len(result.volumes_returned)} volume(s) back onto the hub"
+            )
+
+
+@app.command(epilog=EXIT_CODES)
+def commit(
+    ctx: typer.Context,
+    vm: Annotated[str, typer.Argument(metavar="VM", help="VM name, instance UUID or moref (failed over live).")],
+    cloudstack: CloudStackOption = None,
+    submit: SubmitOption = None,
+    wait: WaitOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Make an active live failover final: the VM lives in CloudStack, its volumes are the CloudStack VM's.
+
+    Replication refuses the VM from now on and its per-VM replication schedules are paused.
+    """
+    cli = _cli(ctx)
+    blocks = BlockChoice(cloudstack=cloudstack)
+    with _operation(ctx, f"commit {vm}"):
+        _quiet_prefect_console(cli.verbose)
+        from flows.live_failover import commit_failover
+
+        _recorded_vm(vm)
+        if submit is not None:
+            parameters = {"vm": vm, **blocks.parameters("cloudstack")}
+            submit_to_deployment(cli, submit, "commit-failover", parameters, wait=wait, as_json=as_json)
+            return
+        result = commit_failover(vm, blocks.cloudstack_block())
+        if as_json:
+            _emit_json(_dump(result))
             return
         cli.out.print(
-            f"{vm}: removed test VM(s) {', '.join(result.removed_vms) or 'none'}; "
-            f"{len(result.volumes_on_hub)} volume(s) on the hub"
+            f"{result.vm}: migrated to CloudStack VM {result.destination_vm_id} (failover {result.failover_id}); "
+            f"volumes {', '.join(result.volumes)} are that VM's; replication stopped"
+            + (f", paused {', '.join(result.paused_deployments)}" if result.paused_deployments else "")
         )
+
+
+@app.command(epilog=EXIT_CODES)
+def revert(
+    ctx: typer.Context,
+    vm: Annotated[str, typer.Argument(metavar="VM", help="VM name, instance UUID or moref (failed over live).")],
+    cloudstack: CloudStackOption = None,
+    vcenter: VCenterOption = None,
+    submit: SubmitOption = None,
+    wait: WaitOption = False,
+    yes: YesOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Undo an active live failover: CloudStack VM destroyed, volumes back to replication, source powered on.
+
+    What the VM wrote in CloudStack since the failover is discarded: asks first, or --yes.
+    """
+    cli = _cli(ctx)
+    blocks = BlockChoice(vcenter=vcenter, cloudstack=cloudstack)
+    with _operation(ctx, f"revert {vm}"):
+        _quiet_prefect_console(cli.verbose)
+        from flows.live_failover import revert_failover
+
+        _recorded_vm(vm)
+        _confirm(yes, f"Destroy {vm}'s CloudStack VM (discarding what it wrote) and power the source on?", "revert")
+        if submit is not None:
+            parameters = {"vm": vm, "confirm_revert": True, **blocks.parameters("cloudstack", "vcenter")}
+            submit_to_deployment(cli, submit, "revert-failover", parameters, wait=wait, as_json=as_json)
+            return
+        result = revert_failover(vm, blocks.cloudstack_block(), blocks.vcenter_block(), confirm_revert=True)
+        if as_json:
+            _emit_json(_dump(result))
+            return
+        cli.out.print(
+            f"{result.vm}: failover {result.failover_id} reverted; CloudStack VM "
+            f"{result.removed_vm or '(gone already)'} removed, {len(result.volumes_on_hub)} volume(s) back on the "
+            f"hub, source {result.source}"
+        )
+
+
+def _point_in(point_id: int, repository: str | None, submit: str | None) -> tuple[Any, Any]:
+    """The point (unknown: exit 3) and the repository block to read it from (None when a deployment names it)."""
+    from catalog import default_catalog
+    from catalog.restore_points import get_point
+
+    point = get_point(default_catalog(), point_id)
+    if submit is not None and repository is None:
+        return point, None
+    block = BlockChoice(repository=repository).repository_block()
+    if block.name != point.repository:
+        raise typer.BadParameter(
+            f"restore point {point_id} is in repository {point.repository!r}, not {block.name!r}: name its block",
+            param_hint="--repository",
+        )
+    return point, block
+
+
+@app.command(epilog=EXIT_CODES)
+def verify(
+    ctx: typer.Context,
+    point_id: Annotated[int, typer.Argument(metavar="POINT", help="Restore point id (see `vmferry status`).")],
+    repository: RepositoryOption = None,
+    submit: SubmitOption = None,
+    wait: WaitOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Check every file of a restore point (qemu-img check) and that it still reads as its stored checksum."""
+    cli = _cli(ctx)
+    with _operation(ctx, f"verify {point_id}"):
+        _quiet_prefect_console(cli.verbose)
+        from flows.verify import verify_restore_point
+
+        _, block = _point_in(point_id, repository, submit)
+        if submit is not None:
+            parameters = {"point_id": point_id, **BlockChoice(repository=repository).parameters("repository")}
+            submit_to_deployment(cli, submit, "verify-restore-point", parameters, wait=wait, as_json=as_json)
+            return
+        verdicts = verify_restore_point(point_id, block)
+        if as_json:
+            _emit_json([_dump(v) for v in verdicts])
+            return
+        table = Table(title=f"restore point {point_id}: every disk reads as written")
+        for column in ("disk", "file", "result"):
+            table.add_column(column)
+        for verdict in verdicts:
+            table.add_row(verdict.disk_id, verdict.file_path, "ok")
+        cli.out.print(table)
+
+
+@app.command(epilog=EXIT_CODES)
+def prune(
+    ctx: typer.Context,
+    vm: Annotated[str, typer.Argument(metavar="VM", help="VM name, instance UUID or moref.")],
+    keep_last: Annotated[int, typer.Option(min=1, help="Keep the newest N points.")] = 7,
+    keep_daily: Annotated[int, typer.Option(min=0, help="Keep the newest point of each of the last N days.")] = 0,
+    keep_weekly: Annotated[int, typer.Option(min=0, help="Keep the newest point of each of the last N weeks.")] = 0,
+    repository: RepositoryOption = None,
+    submit: SubmitOption = None,
+    wait: WaitOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Remove a VM's restore points beyond a retention policy; a point another one still builds on is kept."""
+    cli = _cli(ctx)
+    blocks = BlockChoice(repository=repository)
+    with _operation(ctx, f"prune {vm}"):
+        _quiet_prefect_console(cli.verbose)
+        from flows.retention import prune_restore_points
+        from vmferry.retention import RetentionPolicy
+
+        _recorded_vm(vm)
+        policy = RetentionPolicy(keep_last=keep_last, keep_daily=keep_daily, keep_weekly=keep_weekly)
+        if submit is not None:
+            parameters = {"vm": vm, "policy": _dump(policy), **blocks.parameters("repository")}
+            submit_to_deployment(cli, submit, "prune-restore-points", parameters, wait=wait, as_json=as_json)
+            return
+        pruned = prune_restore_points(vm, blocks.repository_block(), policy)
+        if as_json:
+            _emit_json({"vm": vm, "pruned": pruned})
+            return
+        cli.out.print(
+            f"{vm}: pruned restore point(s) {', '.join(map(str, pruned))}" if pruned else f"{vm}: nothing to prune"
+        )
+
+
+@app.command(epilog=EXIT_CODES)
+def files(
+    ctx: typer.Context,
+    point_id: Annotated[int, typer.Argument(metavar="POINT", help="Restore point id (see `vmferry status`).")],
+    path: Annotated[str, typer.Argument(metavar="[PATH]", help="Directory inside the partition.")] = "/",
+    disk: Annotated[str | None, typer.Option(help="Disk id like disk-2000 (default: the VM's OS disk).")] = None,
+    partition: Annotated[
+        int | None, typer.Option(help="Partition to list PATH in (default: list the partitions only).")
+    ] = None,
+    repository: RepositoryOption = None,
+    submit: SubmitOption = None,
+    wait: WaitOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """List a restore point's files: the partitions of a disk, or a directory in one (for `restore --file`)."""
+    cli = _cli(ctx)
+    with _operation(ctx, f"files {point_id}"):
+        _quiet_prefect_console(cli.verbose)
+        from catalog import default_catalog
+        from catalog.inventory import get_vm
+        from flows.restore import list_backup_files
+
+        point, block = _point_in(point_id, repository, submit)
+        source = disk or get_vm(default_catalog(), point.vm_context_id).boot_disk_id
+        if source is None:
+            raise typer.BadParameter("the VM has no OS disk recorded: name the disk", param_hint="--disk")
+        entry = point.disk(source)  # unknown disk: exit 3
+        parameters: dict[str, Any] = {"point_id": point_id, "disk": entry.disk_id, "partition": partition, "path": path}
+        if submit is not None:
+            parameters |= BlockChoice(repository=repository).parameters("repository")
+            submit_to_deployment(cli, submit, "list-backup-files", parameters, wait=wait, as_json=as_json)
+            return
+        listing = list_backup_files(repository=block, **parameters)
+        if as_json:
+            _emit_json(_dump(listing))
+            return
+        if partition is None:
+            table = Table(title=f"restore point {point_id}, {entry.disk_id}: partitions (list one with --partition)")
+            for column in ("partition", "filesystem", "offset", "size"):
+                table.add_column(column)
+            for part in listing.partitions:
+                table.add_row(str(part.number), part.filesystem or "(not readable)", str(part.offset), str(part.size))
+        else:
+            table = Table(title=f"restore point {point_id}, {entry.disk_id}, partition {partition}: {path}")
+            for column in ("path", "type", "size"):
+                table.add_column(column)
+            for item in listing.entries:
+                table.add_row(item.path, "directory" if item.is_dir else "file", "" if item.is_dir else str(item.size))
+        cli.out.print(table)
+
+
+@app.command(epilog=EXIT_CODES)
+def reconcile(
+    ctx: typer.Context,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Report what would be cleaned; change nothing.")] = False,
+    repository: RepositoryOption = None,
+    vcenter: VCenterOption = None,
+    cloudstack: CloudStackOption = None,
+    submit: SubmitOption = None,
+    wait: WaitOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Clean what no running job owns: qemu-nbd exports, port leases, partial points, agent snapshots, foreign
+    volumes on the hub, jobs of crashed runs. Without block options: the lab's (when it runs) and the repository."""
+    cli = _cli(ctx)
+    blocks = BlockChoice(repository=repository, vcenter=vcenter, cloudstack=cloudstack)
+    with _operation(ctx, "reconcile"):
+        _quiet_prefect_console(cli.verbose)
+        from flows.reconcile import reconcile as reconcile_flow
+
+        if submit is not None:
+            parameters = {"dry_run": dry_run, **blocks.parameters("repository", "vcenter", "cloudstack")}
+            submit_to_deployment(cli, submit, "reconcile", parameters, wait=wait, as_json=as_json)
+            return
+        # no lab (or no simulator in it): the sweeps that need no such block still run
+        vcenter_block: Any = None
+        cloudstack_block: Any = None
+        with suppress(LabNotRunning):
+            vcenter_block = blocks.vcenter_block()
+        with suppress(LabNotRunning):
+            cloudstack_block = blocks.cloudstack_block()
+        report = reconcile_flow(blocks.repository_block(), vcenter_block, cloudstack_block, dry_run=dry_run)
+        if as_json:
+            _emit_json(_dump(report))
+            return
+        rows = report.table()
+        if not rows:
+            cli.out.print(f"reconcile{' (dry run)' if dry_run else ''}: nothing to clean")
+            return
+        table = Table(title=f"reconcile{' (dry run)' if dry_run else ''}: {report.summary()}")
+        for column in rows[0]:
+            table.add_column(column)
+        for row in rows:
+            table.add_row(*row.values())
+        cli.out.print(table)
 
 
 @app.command(epilog=EXIT_CODES)
@@ -885,7 +1182,8 @@ def status(
     jobs: Annotated[int, typer.Option(help="How many of the newest jobs to show.")] = 20,
     as_json: JsonOption = False,
 ) -> None:
-    """What the catalog records: VMs and their disks, restorable points, recent jobs. Reads the catalog only."""
+    """What the catalog records: per VM its state, failover, newest restore point and last sync with their ages;
+    VMs and their disks, restorable points, recent jobs with their times. Reads the catalog only."""
     cli = _cli(ctx)
     with _operation(ctx, "status"):
         from catalog import default_catalog
@@ -900,20 +1198,45 @@ def status(
         points = [p for vm in recorded for p in committed_points(catalog, vm.vm_context_id)]
         points += [p for p in points_in_state(catalog, "pending") if p.vm_context_id in ids]
         recent = [j for j in list_jobs(catalog, limit=jobs) if not vms or j.vm_context_id in ids]
+        from vmferry.protection import vm_protection
+
+        protection = [vm_protection(catalog, vm) for vm in recorded]
         if as_json:
             _emit_json(
                 {
+                    "protection": [_dump(p) for p in protection],
                     "vms": [_dump(vm) for vm in recorded],
                     "restore_points": [_dump(p) for p in points],
                     "jobs": [_dump(j) for j in recent],
                 }
             )
             return
+        _print_protection(cli.out, protection)
         _print_status(cli.out, recorded, points, recent, names)
+
+
+def _print_protection(out: Console, protection: list[Any]) -> None:
+    from vmferry.protection import describe_failover, format_age
+
+    table = Table(title="protection (newest restore point and last complete sync: the recovery points you have)")
+    for column in ("VM", "state", "newest point", "point age", "replicated disks", "last sync", "failover"):
+        table.add_column(column)
+    for p in protection:
+        table.add_row(
+            p.vm,
+            p.state,
+            str(p.newest_point_id or "none"),
+            format_age(p.newest_point_age_seconds),
+            f"{p.replicated_disks}/{p.disks}",
+            format_age(p.last_sync_age_seconds),
+            describe_failover(p.failover),
+        )
+    out.print(table)
 
 
 def _print_status(out: Console, recorded: list[Any], points: list[Any], recent: list[Any], names: dict) -> None:
     from vmferry.demo import disks_table, points_table
+    from vmferry.protection import format_time
 
     vms = Table(title="VMs")
     for column in ("VM", "catalog id", "instance UUID", "moref", "disks", "OS disk"):
@@ -930,11 +1253,12 @@ def _print_status(out: Console, recorded: list[Any], points: list[Any], recent: 
     else:
         out.print("no restore points")
     table = Table(title="jobs (newest first)")
-    for column in ("job", "kind", "VM", "state", "error"):
+    for column in ("job", "kind", "VM", "state", "started", "finished", "error"):
         table.add_column(column)
     for job in recent:
         vm_name = names.get(job.vm_context_id, str(job.vm_context_id or ""))
-        table.add_row(job.id, job.kind, vm_name, job.state, (job.error or "")[:120])
+        started, finished = format_time(job.created_at), format_time(job.finished_at)
+        table.add_row(job.id, job.kind, vm_name, job.state, started, finished, (job.error or "")[:120])
     out.print(table)
 
 

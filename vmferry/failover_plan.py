@@ -11,13 +11,14 @@ from pydantic import BaseModel
 
 from catalog.inventory import RecordedDisk, RecordedVM
 from catalog.replication import VolumeView
+from vmferry.errors import Refused
 from vmferry.inventory import BUS_BOOT_RANK
 
 ROOT_DEVICE_ID = 0
 CDROM_DEVICE_ID = 3
 
 
-class FailoverRefused(Exception):
+class FailoverRefused(Refused):
     """The failover cannot be planned; nothing was changed in CloudStack."""
 
 

@@ -21,11 +21,40 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from agent.dataplane.nbd import NBDClient
+from agent.dataplane.nbd import NBDClient, NBDError
+from vmferry.errors import NotFoundError, VmferryError
 
 
-class FileRestoreError(Exception):
+class FileRestoreError(VmferryError):
     """The file cannot be listed or extracted; the message names the point, disk, partition and path."""
+
+
+def _connect_when_accepting(
+    process: subprocess.Popen[bytes], socket_path: Path, image: Path, timeout: float = 15.0
+) -> NBDClient:
+    """Our NBD connection, once qemu-nbd accepts one.
+
+    The socket file appears when qemu-nbd binds it, which is before it listens: a connect in between is
+    refused (about one file restore in seven failed so). Only a completed handshake says it serves.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            error = process.stderr.read().decode(errors="replace") if process.stderr else ""
+            raise FileRestoreError(f"qemu-nbd could not open {image}: {error.strip()}")
+        if socket_path.exists():
+            try:
+                return NBDClient(f"nbd+unix:///?socket={socket_path}")
+            except NBDError as exc:
+                if not isinstance(exc.__cause__, ConnectionRefusedError | FileNotFoundError):
+                    raise FileRestoreError(f"qemu-nbd serving {image} broke the NBD handshake: {exc}") from exc
+        if time.monotonic() > deadline:
+            raise FileRestoreError(f"qemu-nbd did not accept connections for {image} within {timeout:.0f} s")
+        time.sleep(0.02)
+
+
+class NotInBackup(FileRestoreError, NotFoundError):
+    """The partition or path named is not in the backed-up disk."""
 
 
 class NBDFile(io.RawIOBase):
@@ -67,15 +96,7 @@ def open_image(path: Path, image_format: str = "qcow2") -> Iterator[NBDFile]:
     argv = ["qemu-nbd", "--read-only", "--persistent", "--format", image_format, "--socket", str(socket_path)]
     process = subprocess.Popen([*argv, "--", str(path)], stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 15
-        while not socket_path.exists():
-            if process.poll() is not None:
-                error = process.stderr.read().decode(errors="replace") if process.stderr else ""
-                raise FileRestoreError(f"qemu-nbd could not open {path}: {error.strip()}")
-            if time.monotonic() > deadline:
-                raise FileRestoreError(f"qemu-nbd did not serve {path} within 15 s")
-            time.sleep(0.02)
-        client = NBDClient(f"nbd+unix:///?socket={socket_path}")
+        client = _connect_when_accepting(process, socket_path, path)
         try:
             yield NBDFile(client)
         finally:
@@ -142,14 +163,14 @@ def _filesystem(image: NBDFile, partition: int) -> tuple[str, Any]:
             if found is None:
                 raise FileRestoreError(f"partition {partition} holds no ext or FAT filesystem vmferry can read")
             return found
-    raise FileRestoreError(f"there is no partition {partition}")
+    raise NotInBackup(f"there is no partition {partition}")
 
 
 def _entry(kind: str, fs: Any, path: str) -> Any:
     try:
         return fs.get(path)
     except Exception as exc:
-        raise FileRestoreError(f"{path!r} does not exist") from exc
+        raise NotInBackup(f"{path!r} does not exist") from exc
 
 
 def _children(kind: str, entry: Any) -> list[tuple[str, Any]]:

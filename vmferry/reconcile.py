@@ -48,6 +48,7 @@ from catalog.restore_points import fail_pending_point, find_point, points_in_sta
 from clients.cloudstack import CloudStackClient
 from clients.qemu import is_our_qemu_nbd, stop_qemu_nbd
 from clients.vsphere import VSphereClient, VSphereEndpoint, VSphereSnapshots
+from vmferry.errors import describe
 from vmferry.repository import PARTIAL_SUFFIX, Repository
 
 # Prefect state types after which a flow run executes nothing more.
@@ -253,7 +254,7 @@ class Reconciler:
         try:
             changed = action()
         except Exception as exc:
-            return finding.model_copy(update={"action": f"failed to {verb}", "error": f"{type(exc).__name__}: {exc}"})
+            return finding.model_copy(update={"action": f"failed to {verb}", "error": describe(exc)})
         if changed is False:
             # the conditional update found nothing to change: the owner closed it between our read and now
             return finding.model_copy(update={"action": "unchanged (already handled)"})
@@ -399,7 +400,7 @@ class Reconciler:
                     snapshots = handle.snapshots()
                 except Exception as exc:
                     # one VM we cannot read (gone meanwhile, no permission) must not hide the others' snapshots
-                    error = f"{type(exc).__name__}: {exc}"
+                    error = describe(exc)
                     subject = f"VM {vm.name} ({vm.moref})"
                     findings.append(Finding(kind="snapshot", subject=subject, action="failed to list", error=error))
                     continue

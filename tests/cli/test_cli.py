@@ -16,6 +16,12 @@ COMMANDS = [
     ["replicate"],
     ["failover"],
     ["cleanup"],
+    ["commit"],
+    ["revert"],
+    ["verify"],
+    ["prune"],
+    ["files"],
+    ["reconcile"],
     ["status"],
     ["lab"],
     ["lab", "up"],
@@ -108,16 +114,17 @@ def test_discover_backup_status_restore_on_the_lab(
     restored = {p.stem: sha256_of(p) for p in (tmp_path / "vm").iterdir()}
     assert restored == checksums
 
-    # again into the same place, run as a script would: refused with exit 1 and ONE line on stderr naming the
-    # file (no traceback, none of Prefect's log lines); nothing overwritten
+    # again into the same place, run as a script would: refused with exit 4 and ONE line on stderr naming the
+    # file (no traceback, no class name, none of Prefect's log lines); nothing overwritten
     again = vmferry_process("restore", point["id"], "--to", tmp_path / "vm")
-    assert again.returncode == 1
+    assert again.returncode == 4
     (line,) = again.stderr.splitlines()
-    assert line.startswith(f"vmferry restore {point['id']}: failed") and "exists" in line
+    assert line.startswith(f"vmferry restore {point['id']}: refused: ") and "exists" in line
+    assert "Error" not in line
     assert {p.stem: sha256_of(p) for p in (tmp_path / "vm").iterdir()} == checksums
     # --debug adds the traceback
     result = vmferry("--debug", "restore", point["id"], "--to", tmp_path / "vm")
-    assert result.exit_code == 1 and "Traceback" in result.stderr
+    assert result.exit_code == 4 and "Traceback" in result.stderr
 
     # one disk as qcow2, and a single file out of the OS disk's ext4 root
     data = next(d for d in point["disks"] if d["device_key"] != expected.boot_disk_key)
@@ -180,8 +187,8 @@ def test_discover_backup_status_restore_on_the_lab(
         (
             failover_vm,
             {"cloudstack": "prod", "agent": "prod", "vcenter": "prod"},
-            ["failover", "pgtest1", "--mode", "live", "--cloudstack", "dr"],
-            {"vm": "pgtest1", "mode": "live", "cloudstack": "dr"},
+            ["failover", "pgtest1", "--mode", "live", "--cloudstack", "dr", "--yes"],
+            {"vm": "pgtest1", "mode": "live", "cloudstack": "dr", "confirm_live": True},
         ),
         (
             failover_vm,
@@ -239,7 +246,7 @@ def test_backup_and_restore_with_saved_blocks(vmferry, lab, saved_blocks, config
     restored = {Path(row["path"]).stem: sha256_of(Path(row["path"])) for row in json.loads(result.stdout)}
     assert restored == {d["disk_id"]: d["checksum"] for d in point["disks"]}
 
-    # an incremental where the VM has no chain (a new repository) is refused: exit 1, the reason names the VM
+    # an incremental where the VM has no chain (a new repository) is refused: exit 4, the reason names the VM
     other = f"{names['repository']}-2"
     from blocks import BackupRepository
 
@@ -248,7 +255,7 @@ def test_backup_and_restore_with_saved_blocks(vmferry, lab, saved_blocks, config
         "backup", "db3", "--kind", "incremental", "--vcenter", names["vcenter"], "--agent", names["agent"],
         "--repository", other,
     )  # fmt: skip
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == 4, result.output
     assert "db3" in result.stderr and "Traceback" not in result.stderr
 
 

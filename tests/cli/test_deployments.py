@@ -94,7 +94,9 @@ def test_schedules_and_pull_step():
     assert backup["0 1 * * 1-6"] == {"kind": "auto"} and backup["0 1 * * 0"] == {"kind": "full"}
     assert "*/30 * * * *" in crons("flows/replicate.py:replicate_vm")
     assert "0 * * * *" in crons("flows/reconcile.py:reconcile")
-    for entrypoint in ("flows/failover.py:failover_vm", "flows/cleanup.py:cleanup_failover"):
+    never = ["failover.py:failover_vm", "cleanup.py:cleanup_failover"]
+    never += ["live_failover.py:commit_failover", "live_failover.py:revert_failover"]
+    for entrypoint in (f"flows/{name}" for name in never):
         assert not crons(entrypoint), f"{entrypoint} must never run on a schedule"
     (step,) = CONFIG["pull"]
     assert set(step) == {"prefect.deployments.steps.set_working_directory"}

@@ -170,7 +170,9 @@ def test_live_failover_powers_the_source_off(
     replicated, lab, cloudstack_sim, cloudstack_block, agent_block, lab_vcenter_block, configured_catalog
 ):
     name = replicated(disks=2)
-    result = failover_vm(name, cloudstack_block, mode="live", vcenter=lab_vcenter_block, agent=agent_block)
+    result = failover_vm(
+        name, cloudstack_block, mode="live", vcenter=lab_vcenter_block, agent=agent_block, confirm_live=True
+    )
     with session(lab.vcenter) as si:
         assert str(require_vm(si, name).runtime.powerState) == "poweredOff"
     expected = source_shas(lab, name, configured_catalog)

@@ -1,0 +1,73 @@
+"""The error model: a few domain errors, each with the exit code the ``vmferry`` command gives it.
+
+The same code comes back whether the flow ran in the command's process or on a worker (``--submit --wait``):
+a failing flow publishes its outcome (words and exit code) for the command to read (vmferry/outcome.py).
+Messages are sentences naming the VM, disk or point and the fix; a class name is never what an operator
+reads. An error that cannot pass on a retry (something does not exist, a precondition is not met) is not
+retried: tasks pass ``retry_condition_fn=retry_unless_permanent``.
+
+Plain Python on purpose: the catalog and the clients raise these without knowing Prefect.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_NOT_FOUND = 3
+EXIT_REFUSED = 4
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 success; 1 the operation failed (reason on stderr); 2 usage error; "
+    "3 not found (unknown VM, restore point, disk, saved block or deployment); "
+    "4 refused (a precondition is not met, e.g. live failover without --yes, or a target that cannot be "
+    "written; nothing was changed). The same codes with --submit --wait."
+)
+
+
+class VmferryError(Exception):
+    """Something went wrong while working: exit 1. Retrying may help."""
+
+    exit_code = EXIT_FAILED
+    label = "failed"
+
+
+class NotFoundError(VmferryError):
+    """Something named does not exist (a VM, a restore point, a disk, a block): exit 3, never retried."""
+
+    exit_code = EXIT_NOT_FOUND
+    label = "not found"
+
+
+class Refused(VmferryError):
+    """A precondition is not met and nothing was changed: exit 4, never retried (the operator must act)."""
+
+    exit_code = EXIT_REFUSED
+    label = "refused"
+
+
+def is_permanent(exc: BaseException | None) -> bool:
+    return isinstance(exc, NotFoundError | Refused)
+
+
+def retry_unless_permanent(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect ``retry_condition_fn``: retry a failed task unless its error cannot pass on a retry."""
+    data = getattr(state, "data", None)
+    return not is_permanent(data if isinstance(data, BaseException) else None)
+
+
+def exit_code_of(exc: BaseException) -> int:
+    return exc.exit_code if isinstance(exc, VmferryError) else EXIT_FAILED
+
+
+def label_of(exc: BaseException) -> str:
+    return exc.label if isinstance(exc, VmferryError) else "failed"
+
+
+def describe(exc: BaseException) -> str:
+    """The error in words, for a job row or a log line: its message, never a bare class name."""
+    message = str(exc).strip()
+    if message:
+        return message
+    return f"an unexpected error without a message ({type(exc).__name__}); run with --debug for the traceback"
