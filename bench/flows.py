@@ -88,6 +88,7 @@ def instrument(recorder: Recorder, agent_pid: int) -> None:
     import flows.backup
     import flows.copy
     import flows.replicate
+    import tasks.backup
 
     def wrap(module: Any, name: str, phase: str, after: Callable[[Any], None] | None = None) -> None:
         if not hasattr(module, name):
@@ -115,10 +116,9 @@ def instrument(recorder: Recorder, agent_pid: int) -> None:
 
     wrap(flows.copy, "start_nbd_export", "exports")
     wrap(flows.copy, "submit_agent_job", "agent copy")
-    wrap(flows.copy, "follow_agent_job", "agent copy", after=recorder.statuses.append)
+    wrap(flows.copy, "follow_agent_job", "agent copy", after=lambda status: recorder.statuses.append(status))
     wrap(flows.copy, "target_digests", "hub digests", after=lambda d: _count_digests(recorder, d))
-    wrap(flows.backup, "checksum_target", "checksums")
-    wrap(flows.backup, "checksum_targets", "checksums")
+    wrap(tasks.backup, "content_sha256", "checksums")  # inside the checksum tasks, which may run in parallel
     wrap(flows.backup, "commit_restore_point", "commit")
     wrap(flows.replicate, "attach_to_hub", "volumes")
 

@@ -20,7 +20,9 @@ from agent.dataplane import (
     NBDError,
     copy_disk,
     copy_disks,
+    digests,
 )
+from clients.qemu import scan_image
 
 from .conftest import (
     GRANULE,
@@ -158,6 +160,55 @@ def test_compare_mode_on_qcow2_overlay(tmp_path: Path, image: SampleImage, nbd_s
     assert result.bytes_written + result.zero_bytes_written == changed
     assert allocated_bytes(overlay) <= changed
     assert images_identical(image.path, overlay)
+
+
+def test_digest_compare_on_qcow2_overlay_reads_nothing_back(
+    tmp_path: Path, image: SampleImage, nbd_servers: NBDServers
+):
+    """The hub hashes the overlay (its backing chain) locally; the agent compares source blocks against those
+    digests, reads nothing from the target and writes exactly the changed blocks."""
+    base = create_qcow2(tmp_path / "full.qcow2", image.size)
+    server = nbd_servers.start(base)
+    copy_disk(image.path, server.url)
+    server.stop()
+    overlay = tmp_path / "inc1.qcow2"
+    created = qemu_img("create", "-q", "-f", "qcow2", "-b", "full.qcow2", "-F", "qcow2", str(overlay))
+    assert created.returncode == 0, created.stderr
+    changed, _ = _mutate(image, 0.02, seed=13)
+    scan = scan_image(overlay, digest_block_size=GRANULE)
+    assert scan.block_digests is not None and scan.sha256 == raw_sha256(base, tmp_path)
+
+    server = nbd_servers.start(overlay)
+    wire = digests.encode(scan.block_digests.digests)
+    received = digests.decode(wire, scan.size, GRANULE)
+    result = copy_disk(image.path, server.url, mode="compare", target_digests=received, connections=3)
+    server.stop()
+
+    assert result.target_bytes_read == 0
+    assert result.blocks_compared == image.size // GRANULE
+    assert result.bytes_written + result.zero_bytes_written == changed
+    assert result.bytes_unchanged == image.size - changed
+    assert allocated_bytes(overlay) <= changed
+    assert images_identical(image.path, overlay)
+    assert scan_image(overlay).sha256 == file_sha256(image.path)
+
+
+def test_digests_that_do_not_fit_the_target_are_refused(tmp_path: Path, image: SampleImage, nbd_servers: NBDServers):
+    target = create_qcow2(tmp_path / "target.qcow2", image.size)
+    short = digests.TargetDigests(GRANULE, bytes(32 * (image.size // GRANULE - 1)))
+    server = nbd_servers.start(target)
+    with pytest.raises(CopyError, match="do not cover"):
+        copy_disk(image.path, server.url, mode="compare", target_digests=short)
+    with pytest.raises(CopyError, match="compare mode"):
+        copy_disk(image.path, server.url, target_digests=short)
+    server.stop()
+    assert allocated_bytes(target) == 0
+    with pytest.raises(digests.DigestError, match="needs"):
+        digests.decode(digests.encode(short.digests), image.size, GRANULE)
+    with pytest.raises(digests.DigestError, match="base64"):
+        digests.decode("not base64!", image.size, GRANULE)
+    with pytest.raises(digests.DigestError, match="power of two"):
+        digests.decode(digests.encode(short.digests), image.size, 3 * GRANULE)
 
 
 def test_changed_areas_copy_only_those_ranges(tmp_path: Path, image: SampleImage, nbd_servers: NBDServers):
