@@ -29,6 +29,7 @@ import contextlib
 import os
 import random
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -245,6 +246,7 @@ class Run:
     modes: str = ""
     agent_cpu: float = 0.0
     changed: int = 0
+    covered: int = 0  # bytes the agent's copies covered (what it read, where the agent does not report reads)
 
     @property
     def link(self) -> int:
@@ -268,6 +270,7 @@ def measure(kind: str, recorder: Recorder, call: Callable[[], Any], changed: int
             run.source_read += getattr(disk, "bytes_read", 0) or 0
             run.target_read += getattr(disk, "target_bytes_read", 0) or 0
             run.written += disk.bytes_written
+            run.covered += disk.bytes_total
             modes.append(disk.mode or "?")
     run.modes = ",".join(modes)
     return run
@@ -276,8 +279,9 @@ def measure(kind: str, recorder: Recorder, call: Callable[[], Any], changed: int
 def show(run: Run) -> None:
     phases = " ".join(f"{name} {secs:.2f}" for name, secs in run.phases.items())
     cpu = ""
-    if run.agent_cpu > 0 and run.source_read:
-        cpu = f" agent {run.agent_cpu:.2f} CPU s ({run.source_read / MiB / run.agent_cpu:.0f} MiB/CPU s)"
+    if run.agent_cpu > 0:
+        per_cpu = (run.source_read or run.covered) / MiB / run.agent_cpu
+        cpu = f" agent {run.agent_cpu:.2f} CPU s ({per_cpu:.0f} MiB read/CPU s)"
     print(
         f"  {run.kind:11s} {run.seconds:6.2f} s  [{phases}]  read {human(run.source_read)}, target read "
         f"{human(run.target_read)}, written {human(run.written)}, digests {human(run.digests)}, "
@@ -292,6 +296,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", type=float, default=1.0, help="disk size factor (default 1: 1 GiB+512+256 MiB)")
     parser.add_argument("--heartbeat", action="store_true", help="Prefect flow heartbeats on, as under a worker")
     parser.add_argument("--no-replication", action="store_true", help="backups only")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="record the agent with py-spy (on PATH) during the full backups: collapsed stacks to this file",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     parser.add_argument("--dir", type=Path, default=None, help="parent of the temporary directory")
     args = parser.parse_args(argv)
@@ -327,6 +337,41 @@ def harness(heartbeat: bool) -> Iterator[None]:
     updates[ps.PREFECT_FLOWS_HEARTBEAT_FREQUENCY] = 30 if heartbeat else None
     with ps.temporary_settings(updates), prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@contextlib.contextmanager
+def profiling(out: Path | None, pid: int, round_: int) -> Iterator[None]:
+    """py-spy sampling the agent (all threads, without stopping it) while the block runs."""
+    if out is None:
+        yield
+        return
+    path = out.with_name(f"{out.stem}-{round_ + 1}{out.suffix}")
+    argv = ["py-spy", "record", "--pid", str(pid), "--rate", "200", "--nonblocking", "--format", "raw", "-o", str(path)]
+    spy = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)  # attached before the run starts
+    try:
+        yield
+    finally:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(30)
+    if path.exists():
+        print_profile(path)
+
+
+def print_profile(path: Path, top: int = 12) -> None:
+    """Where the agent's samples end (self time, by function), from py-spy's collapsed stacks."""
+    leaves: dict[str, int] = defaultdict(int)
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        leaf = stack.rsplit(";", 1)[-1]
+        leaves[leaf.split(" (")[0] + " (" + leaf.rsplit("/", 1)[-1] if "/" in leaf else leaf] += int(count)
+        total += int(count)
+    print(f"    agent profile ({total} samples, self time):")
+    for leaf, count in sorted(leaves.items(), key=lambda item: -item[1])[:top]:
+        print(f"      {count / max(total, 1):6.1%}  {leaf}")
 
 
 def run_bench(args: argparse.Namespace, workdir: Path) -> int:
@@ -392,9 +437,12 @@ def run_bench(args: argparse.Namespace, workdir: Path) -> int:
             print(f"round {round_ + 1}", flush=True)
             ref = nbdcopy_reference(sources, workdir)
             record(Run("nbdcopy", ref, {}))
-            record(
-                measure("full", recorder, lambda: backup_vm(spec.name, repository, agent_block, vcenter, kind="full"))
-            )
+            with profiling(args.profile, agent.process.pid, round_):
+                record(
+                    measure(
+                        "full", recorder, lambda: backup_vm(spec.name, repository, agent_block, vcenter, kind="full")
+                    )
+                )
             changed = change_disks(lab, spec.name, keys, rng)
             record(
                 measure(
