@@ -211,14 +211,20 @@ def download_disks(lab: Any, vm_name: str, keys: list[int], directory: Path) -> 
 
 
 def nbdcopy_reference(sources: list[Path], workdir: Path) -> float:
-    """Seconds for nbdcopy to copy every flat file into its own fresh qemu-nbd qcow2 target, all at once."""
+    """Seconds for nbdcopy to copy every flat file into its own fresh qemu-nbd qcow2 target, all at once.
+
+    With ``--flush``, as the agent flushes every target at its end: a restore point must be on disk before it
+    is committed, so the reference pays for durability too.
+    """
     from bench.copy import identical, start_target
 
     targets = [start_target(workdir / f"ref-{i}.qcow2", src.stat().st_size) for i, src in enumerate(sources)]
     os.sync()
     try:
         started = time.monotonic()
-        procs = [subprocess.Popen(["nbdcopy", str(src), t.url]) for src, t in zip(sources, targets, strict=True)]
+        procs = [
+            subprocess.Popen(["nbdcopy", "--flush", str(src), t.url]) for src, t in zip(sources, targets, strict=True)
+        ]
         codes = [p.wait() for p in procs]
         seconds = time.monotonic() - started
     finally:
