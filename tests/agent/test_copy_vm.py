@@ -10,7 +10,8 @@ import time
 import httpx
 import pytest
 
-from agent.contract import JobRequest, Target
+from agent.contract import BlockDigests, JobRequest, Target
+from agent.dataplane import digests
 from blocks.agent import Agent
 from catalog.exports import exports_for_job
 from catalog.jobs import list_jobs
@@ -107,7 +108,7 @@ def _served_targets(vm, tmp_path, ports):
     return servers, targets
 
 
-@pytest.mark.parametrize("fault", ["missing-disk", "unknown-disk", "too-small", "unreachable"])
+@pytest.mark.parametrize("fault", ["missing-disk", "unknown-disk", "too-small", "unreachable", "short-digests"])
 def test_the_agent_itself_refuses_a_bad_mapping(fault, lab, discovered, agent_process, tmp_path):
     vm = discovered["db3"]
     servers, targets = _served_targets(vm, tmp_path, range(21300, 21310))
@@ -121,6 +122,12 @@ def test_the_agent_itself_refuses_a_bad_mapping(fault, lab, discovered, agent_pr
             create_qcow2(small, 2**20)
             servers.append(start_qemu_nbd(small, export_name="small", bind_address="127.0.0.1", port=21320))
             targets[1] = targets[1].model_copy(update={"nbd_url": servers[-1].url})
+        elif fault == "short-digests":
+            # digests of one block less than the target has: stale, or of another target
+            block = 64 * 1024
+            count = -(-targets[0].capacity_bytes // block) - 1
+            wire = BlockDigests(block_size=block, digests=digests.encode(bytes(32 * count)))
+            targets[0] = targets[0].model_copy(update={"block_digests": wire})
         else:
             targets[2] = targets[2].model_copy(update={"nbd_url": "nbd://127.0.0.1:1/none"})
         request = JobRequest(job_id=f"refuse-{fault}", vm=vm.instance_uuid, kind="full", targets=targets)
