@@ -41,6 +41,7 @@ class AgentClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.attempts = attempts
+        self.timeout = timeout
         self._http = httpx.Client(
             base_url=self.base_url + API_PREFIX,
             headers={"Authorization": f"Bearer {token}"},
@@ -120,7 +121,8 @@ class AgentClient:
         deadline = time.monotonic() + timeout
         while True:
             asked = time.monotonic()
-            wait = max(0.0, min(long_poll, deadline - asked))
+            # A long poll stays well inside one request's timeout, or a slow answer would look like a dead agent.
+            wait = max(0.0, min(long_poll, self.timeout / 2, deadline - asked))
             status = self.status(job_id, wait=wait)
             if on_progress is not None:
                 on_progress(status)
