@@ -16,7 +16,8 @@ import ssl
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -340,6 +341,44 @@ class ImageScan:
 _SCAN_CHUNK = 4 * 1024 * 1024
 
 
+@contextmanager
+def read_only_client(
+    path: Path, *, image_format: str = "qcow2", block_status: bool = False, timeout: float = 15
+) -> Iterator[NBDClient]:
+    """An NBD client of a private ``qemu-nbd --read-only`` serving the image (its backing chain) on a Unix socket."""
+    from agent.dataplane.nbd import NBDAddress, NBDClient, NBDError
+
+    with tempfile.TemporaryDirectory(prefix="vmferry-ro-") as tmp, tempfile.TemporaryFile() as errors:
+        sock = Path(tmp) / "nbd.sock"
+        argv = ["qemu-nbd", "--read-only", "--persistent", "--format", image_format, "--socket", str(sock)]
+        try:
+            process = subprocess.Popen([*argv, "--", str(path)], stdin=subprocess.DEVNULL, stdout=errors, stderr=errors)
+        except FileNotFoundError as exc:
+            raise QemuError("qemu-nbd is not installed (Debian package qemu-utils)") from exc
+        try:
+            deadline = time.monotonic() + timeout
+            while not sock.exists():
+                if process.poll() is not None:
+                    errors.seek(0)
+                    raise QemuError(f"qemu-nbd could not open {path}: {errors.read().decode(errors='replace').strip()}")
+                if time.monotonic() > deadline:
+                    raise QemuError(f"qemu-nbd did not serve {path} within {timeout:.0f} s")
+                time.sleep(0.01)
+            try:
+                client = NBDClient(NBDAddress(socket_path=str(sock)), block_status=block_status, timeout=60)
+            except NBDError as exc:
+                raise QemuError(f"qemu-nbd serving {path} did not answer: {exc}") from exc
+            with client:
+                yield client
+        finally:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
 def scan_image(
     path: Path,
     *,
@@ -350,54 +389,22 @@ def scan_image(
 ) -> ImageScan:
     """Read an image (its whole backing chain) once, locally, and hash it: whole and/or per block.
 
-    A private ``qemu-nbd --read-only`` on a Unix socket serves it; areas its block status reports as zeros
+    A private read-only qemu-nbd serves it (`read_only_client`); areas its block status reports as zeros
     are not read (their bytes still count in the sha256, from a zero buffer, and their blocks get the zero
     digest), so the cost follows the data, not the disk's size. Per-block digests are what the agent compares
     source blocks against (``agent.dataplane.digests``).
     """
-    from agent.dataplane.nbd import NBDAddress, NBDClient, NBDError
+    from agent.dataplane.nbd import NBDError
 
     if digest_block_size is not None and digest_block_size % 4096:
         raise ValueError(f"digest block size {digest_block_size} is not a multiple of 4096")
     chunk = _SCAN_CHUNK if digest_block_size is None else max(_SCAN_CHUNK // digest_block_size, 1) * digest_block_size
     deadline = time.monotonic() + timeout
-    with tempfile.TemporaryDirectory(prefix="vmferry-scan-") as tmp, tempfile.TemporaryFile() as errors:
-        sock = Path(tmp) / "nbd.sock"
-        argv = ["qemu-nbd", "--read-only", "--format", image_format, "--socket", str(sock), "--", str(path)]
+    with read_only_client(path, image_format=image_format, block_status=True) as client:
         try:
-            process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors)
-        except FileNotFoundError as exc:
-            raise QemuError("qemu-nbd is not installed (Debian package qemu-utils)") from exc
-
-        def failure(what: str) -> QemuError:
-            errors.seek(0)
-            return QemuError(f"{what} {path}: {errors.read().decode(errors='replace').strip()}")
-
-        try:
-            client = None
-            while client is None:
-                if process.poll() is not None:
-                    raise failure("qemu-nbd could not serve")
-                if time.monotonic() > deadline:
-                    raise QemuError(f"qemu-nbd did not serve {path} within {timeout:.0f} s")
-                if sock.exists():
-                    try:
-                        client = NBDClient(NBDAddress(socket_path=str(sock)), block_status=True, timeout=60)
-                    except NBDError:
-                        pass
-                if client is None:
-                    time.sleep(0.01)
-            with client:
-                return _scan(client, chunk, whole_sha256, digest_block_size, deadline, path)
+            return _scan(client, chunk, whole_sha256, digest_block_size, deadline, path)
         except NBDError as exc:
-            raise failure(f"reading failed ({exc}):") from exc
-        finally:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            raise QemuError(f"reading {path} failed: {exc}") from exc
 
 
 def _zero_extents(client: NBDClient, size: int) -> list[tuple[int, int]]:

@@ -11,9 +11,6 @@ import io
 import os
 import shutil
 import stat
-import subprocess
-import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
@@ -22,6 +19,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from agent.dataplane.nbd import NBDClient
+from clients.qemu import QemuError, read_only_client
 
 
 class FileRestoreError(Exception):
@@ -62,32 +60,11 @@ class NBDFile(io.RawIOBase):
 @contextmanager
 def open_image(path: Path, image_format: str = "qcow2") -> Iterator[NBDFile]:
     """The guest-visible bytes of an image (with its backing chain) as a file object."""
-    workdir = Path(tempfile.mkdtemp(prefix="vmferry-flr-"))
-    socket_path = workdir / "nbd.sock"
-    argv = ["qemu-nbd", "--read-only", "--persistent", "--format", image_format, "--socket", str(socket_path)]
-    process = subprocess.Popen([*argv, "--", str(path)], stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 15
-        while not socket_path.exists():
-            if process.poll() is not None:
-                error = process.stderr.read().decode(errors="replace") if process.stderr else ""
-                raise FileRestoreError(f"qemu-nbd could not open {path}: {error.strip()}")
-            if time.monotonic() > deadline:
-                raise FileRestoreError(f"qemu-nbd did not serve {path} within 15 s")
-            time.sleep(0.02)
-        client = NBDClient(f"nbd+unix:///?socket={socket_path}")
-        try:
+        with read_only_client(path, image_format=image_format) as client:
             yield NBDFile(client)
-        finally:
-            client.close()
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        shutil.rmtree(workdir, ignore_errors=True)
+    except QemuError as exc:
+        raise FileRestoreError(str(exc)) from exc
 
 
 class PartitionInfo(BaseModel):

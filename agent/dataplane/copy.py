@@ -338,18 +338,15 @@ class _Copy:
         if buf.startswith(self.zero_view[:length], 0, length):
             return [(0, length, _ZERO)]
         step = self.granularity
-        runs: list[tuple[int, int, int]] = []
-        run_start, run_kind = 0, -1
-        for pos in range(0, length, step):
-            end = min(pos + step, length)
-            zero = self.zero_granule if end - pos == step else _zeros(end - pos)
-            kind = _ZERO if buf.startswith(zero, pos, end) else _DATA
-            if kind != run_kind:
-                if run_kind >= 0:
-                    runs.append((run_start, pos, run_kind))
-                run_start, run_kind = pos, kind
-        runs.append((run_start, length, run_kind))
-        return runs
+
+        def kind(pos: int, end: int) -> int:
+            return (
+                _ZERO
+                if buf.startswith(self.zero_granule if end - pos == step else _zeros(end - pos), pos, end)
+                else _DATA
+            )
+
+        return _runs(length, step, kind)
 
     def _digest_runs(
         self, buf: bytearray, offset: int, length: int, all_zero: bool, stats: _Stats
@@ -364,22 +361,15 @@ class _Copy:
         first = offset // step
         stats.blocks_compared += -(-length // step)
         view = memoryview(buf)
-        runs: list[tuple[int, int, int]] = []
-        run_start, run_kind = 0, -1
-        for pos in range(0, length, step):
-            end = min(pos + step, length)
+
+        def kind(pos: int, end: int) -> int:
             n = end - pos
             expected = digests.of_block(first + pos // step)
             if all_zero or buf.startswith(self.zero_granule if n == step else _zeros(n), pos, end):
-                kind = _SAME if expected == zero_digest(n) else _ZERO
-            else:
-                kind = _SAME if hashlib.sha256(view[pos:end]).digest() == expected else _DATA
-            if kind != run_kind:
-                if run_kind >= 0:
-                    runs.append((run_start, pos, run_kind))
-                run_start, run_kind = pos, kind
-        runs.append((run_start, length, run_kind))
-        return runs
+                return _SAME if expected == zero_digest(n) else _ZERO
+            return _SAME if hashlib.sha256(view[pos:end]).digest() == expected else _DATA
+
+        return _runs(length, step, kind)
 
     def _compare_runs(self, slot: _Slot, length: int, stats: _Stats) -> list[tuple[int, int, int]]:
         src, tgt = slot.src, slot.tgt_view
@@ -388,22 +378,29 @@ class _Copy:
         stats.blocks_compared += -(-length // step)
         if src.startswith(tgt[:length], 0, length):
             return [(0, length, _SAME)]
-        runs: list[tuple[int, int, int]] = []
-        run_start, run_kind = 0, -1
-        for pos in range(0, length, step):
-            end = min(pos + step, length)
+
+        def kind(pos: int, end: int) -> int:
             if src.startswith(tgt[pos:end], pos, end):
-                kind = _SAME
-            elif src.startswith(self.zero_granule if end - pos == step else _zeros(end - pos), pos, end):
-                kind = _ZERO
-            else:
-                kind = _DATA
-            if kind != run_kind:
-                if run_kind >= 0:
-                    runs.append((run_start, pos, run_kind))
-                run_start, run_kind = pos, kind
-        runs.append((run_start, length, run_kind))
-        return runs
+                return _SAME
+            if src.startswith(self.zero_granule if end - pos == step else _zeros(end - pos), pos, end):
+                return _ZERO
+            return _DATA
+
+        return _runs(length, step, kind)
+
+
+def _runs(length: int, step: int, kind_of: Callable[[int, int], int]) -> list[tuple[int, int, int]]:
+    """(start, end, kind) runs of equal kinds over [0, length), the kind decided per `step`-sized granule."""
+    runs: list[tuple[int, int, int]] = []
+    run_start, run_kind = 0, -1
+    for pos in range(0, length, step):
+        kind = kind_of(pos, min(pos + step, length))
+        if kind != run_kind:
+            if run_kind >= 0:
+                runs.append((run_start, pos, run_kind))
+            run_start, run_kind = pos, kind
+    runs.append((run_start, length, run_kind))
+    return runs
 
 
 def _covers(runs: Sequence[tuple[int, int, bool]], offset: int, length: int) -> bool:

@@ -142,8 +142,8 @@ def test_compare_mode_writes_only_changed_blocks(tmp_path: Path, image: SampleIm
     assert raw_sha256(target, tmp_path) == file_sha256(image.path)
 
 
-def test_compare_mode_on_qcow2_overlay(tmp_path: Path, image: SampleImage, nbd_servers: NBDServers):
-    """The incremental backup shape: a new overlay whose backing file is the previous restore point."""
+def _full_then_overlay(tmp_path: Path, image: SampleImage, nbd_servers: NBDServers) -> tuple[Path, Path]:
+    """A full copy of the image, and a new overlay on it: the files of a full and its next incremental."""
     base = create_qcow2(tmp_path / "full.qcow2", image.size)
     server = nbd_servers.start(base)
     copy_disk(image.path, server.url)
@@ -151,6 +151,12 @@ def test_compare_mode_on_qcow2_overlay(tmp_path: Path, image: SampleImage, nbd_s
     overlay = tmp_path / "inc1.qcow2"
     created = qemu_img("create", "-q", "-f", "qcow2", "-b", "full.qcow2", "-F", "qcow2", str(overlay))
     assert created.returncode == 0, created.stderr
+    return base, overlay
+
+
+def test_compare_mode_on_qcow2_overlay(tmp_path: Path, image: SampleImage, nbd_servers: NBDServers):
+    """The incremental backup shape: a new overlay whose backing file is the previous restore point."""
+    _base, overlay = _full_then_overlay(tmp_path, image, nbd_servers)
     changed, _ = _mutate(image, 0.02, seed=11)
 
     server = nbd_servers.start(overlay)
@@ -167,13 +173,7 @@ def test_digest_compare_on_qcow2_overlay_reads_nothing_back(
 ):
     """The hub hashes the overlay (its backing chain) locally; the agent compares source blocks against those
     digests, reads nothing from the target and writes exactly the changed blocks."""
-    base = create_qcow2(tmp_path / "full.qcow2", image.size)
-    server = nbd_servers.start(base)
-    copy_disk(image.path, server.url)
-    server.stop()
-    overlay = tmp_path / "inc1.qcow2"
-    created = qemu_img("create", "-q", "-f", "qcow2", "-b", "full.qcow2", "-F", "qcow2", str(overlay))
-    assert created.returncode == 0, created.stderr
+    base, overlay = _full_then_overlay(tmp_path, image, nbd_servers)
     changed, _ = _mutate(image, 0.02, seed=13)
     scan = scan_image(overlay, digest_block_size=GRANULE)
     assert scan.block_digests is not None and scan.sha256 == raw_sha256(base, tmp_path)
