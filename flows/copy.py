@@ -84,8 +84,10 @@ def run_copy(
     catalog = default_catalog()
     by_key = {t.device_key: t for t in targets}
     # A target holding data is hashed here, locally, so the agent compares against digests instead of reading
-    # the whole target back over the link; before the exports start, which lock their images.
-    holding_data = [t for t in targets if not t.target_is_zero]
+    # the whole target back over the link; before the exports start, which lock their images. Not where a
+    # change id lets CBT name the changed areas: a hash of the whole target would cost more than the change
+    # (should vCenter refuse that change id, the agent falls back to reading the target).
+    holding_data = [t for t in targets if not t.target_is_zero and not t.previous_change_id]
     block_digests = target_digests(holding_data) if holding_data and get_settings().compare_by_digests else {}
     with ExitStack() as undo:
         # Taken before any port or qemu-nbd, so a copy waiting for vCenter holds nothing else meanwhile.
