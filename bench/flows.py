@@ -63,6 +63,7 @@ class Recorder:
     statuses: list[Any] = field(default_factory=list)
     digest_bytes: int = 0
     agent_cpu: float = 0.0
+    vcsim_cpu: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def reset(self) -> None:
@@ -71,6 +72,7 @@ class Recorder:
             self.statuses = []
             self.digest_bytes = 0
             self.agent_cpu = 0.0
+            self.vcsim_cpu = 0.0
 
     def seconds(self, phase: str) -> float:
         spans = self.spans.get(phase)
@@ -84,7 +86,7 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def instrument(recorder: Recorder, agent_pid: int) -> None:
+def instrument(recorder: Recorder, agent_pid: int, vcsim_pid: int) -> None:
     """Wrap the flows' module-level names (looked up at call time) so each call is timed under a phase."""
     import flows.backup
     import flows.copy
@@ -98,7 +100,8 @@ def instrument(recorder: Recorder, agent_pid: int) -> None:
         fn = getattr(original, "fn", None)
 
         def timed(*args: Any, **kwargs: Any) -> Any:
-            cpu0 = process_cpu_seconds(agent_pid) if phase == "agent copy" else 0.0
+            agent0 = process_cpu_seconds(agent_pid) if phase == "agent copy" else 0.0
+            vcsim0 = process_cpu_seconds(vcsim_pid) if phase == "agent copy" else 0.0
             started = time.monotonic()
             try:
                 result = original(*args, **kwargs)
@@ -107,7 +110,8 @@ def instrument(recorder: Recorder, agent_pid: int) -> None:
                 with recorder.lock:
                     recorder.spans[phase].append((started, ended))
                     if phase == "agent copy":
-                        recorder.agent_cpu += process_cpu_seconds(agent_pid) - cpu0
+                        recorder.agent_cpu += process_cpu_seconds(agent_pid) - agent0
+                        recorder.vcsim_cpu += process_cpu_seconds(vcsim_pid) - vcsim0
             if after is not None:
                 after(result)
             return result
@@ -251,6 +255,7 @@ class Run:
     digests: int = 0
     modes: str = ""
     agent_cpu: float = 0.0
+    vcsim_cpu: float = 0.0  # the source's server (vCenter/ESXi's part), on the same CPUs in the lab
     changed: int = 0
     covered: int = 0  # bytes the agent's copies covered (what it read, where the agent does not report reads)
 
@@ -269,6 +274,7 @@ def measure(kind: str, recorder: Recorder, call: Callable[[], Any], changed: int
     seconds = time.monotonic() - started
     run = Run(kind, seconds, {p: recorder.seconds(p) for p in PHASES if recorder.spans.get(p)}, changed=changed)
     run.agent_cpu = recorder.agent_cpu
+    run.vcsim_cpu = recorder.vcsim_cpu
     run.digests = recorder.digest_bytes
     modes = []
     for status in recorder.statuses:
@@ -287,7 +293,7 @@ def show(run: Run) -> None:
     cpu = ""
     if run.agent_cpu > 0:
         per_cpu = (run.source_read or run.covered) / MiB / run.agent_cpu
-        cpu = f" agent {run.agent_cpu:.2f} CPU s ({per_cpu:.0f} MiB read/CPU s)"
+        cpu = f" agent {run.agent_cpu:.2f} CPU s ({per_cpu:.0f} MiB read/CPU s), vcsim {run.vcsim_cpu:.2f} CPU s"
     print(
         f"  {run.kind:11s} {run.seconds:6.2f} s  [{phases}]  read {human(run.source_read)}, target read "
         f"{human(run.target_read)}, written {human(run.written)}, digests {human(run.digests)}, "
@@ -429,7 +435,7 @@ def run_bench(args: argparse.Namespace, workdir: Path) -> int:
             flush=True,
         )
         recorder = Recorder()
-        instrument(recorder, agent.process.pid)
+        instrument(recorder, agent.process.pid, lab.vcenter.pid)
         rng = random.Random(7)
         runs: dict[str, list[Run]] = defaultdict(list)
 
