@@ -1,25 +1,27 @@
 """Flow benchmark: backup_vm and replicate_vm of a 3-disk lab VM against nbdcopy of the same data, same run.
 
-    .venv/bin/python -m bench.flows [--repeat 3] [--scale 1.0] [--heartbeat] [--keep]
+    .venv/bin/python -m bench.flows [--repeat 3] [--scale 1.0] [--heartbeat] [--profile FILE] [--keep]
 
 It starts its own lab (vcsim), the reference agent, our CloudStack simulator and a Prefect test server, seeds
 ``bench3`` (disks of 1 GiB, 512 MiB and 256 MiB, about half of each incompressible data, half zeros; ``--scale``
 shrinks or grows them) and then, ``--repeat`` times, interleaved so that background load hits every kind alike:
 
-- ``nbdcopy``: the three flat files (downloaded once) into fresh qemu-nbd qcow2 targets, concurrently: the
-  reference, what the wire and qemu-nbd allow;
-- ``full``: ``backup_vm(kind="full")``;
+- ``nbdcopy``: the three flat files (downloaded once) into fresh qemu-nbd qcow2 targets, concurrently, with
+  ``--flush`` as the agent flushes its targets: the reference, what the wire and qemu-nbd allow;
+- ``full``: ``backup_vm(kind="full")`` (and ``full+hb``, the same with Prefect's flow heartbeat on as under a
+  worker, with ``--heartbeat``);
 - ``incremental``: 1 % of every disk rewritten (64 KiB pieces at random places), then
   ``backup_vm(kind="incremental")``;
-- ``sync``: the same change again, then ``replicate_vm`` into the VM's CloudStack volumes (the initial
-  replication runs once, untimed), and ``nochange``: ``replicate_vm`` again with nothing changed.
+- ``sync``: ``replicate_vm`` of that change into the VM's CloudStack volumes (the ``initial`` replication
+  runs once, before the rounds), and ``nochange``: ``replicate_vm`` again with nothing changed.
 
 For each run it prints the wall time and its phases (seconds each phase's tasks spanned; phases overlap when the
 flow overlaps them), bytes read from the source, bytes read back from the target over the agent-hub link, bytes
 written, digest bytes sent to the agent, the link total, the copy mode of every disk (``changed-areas`` when the
-lab answers QueryChangedDiskAreas, i.e. CBT; else ``compare`` or ``digest``) and the agent's CPU seconds; then
-medians and the ratios the issue's targets are stated in. Figures on a shared machine are noisy: compare the
-ratios, which come from interleaved runs.
+lab answers QueryChangedDiskAreas, i.e. CBT; else ``digest-compare`` or ``compare``), the agent's and vcsim's
+CPU seconds, and with ``--profile`` where the agent's samples fall during the full backups (py-spy on PATH);
+then medians and the ratios the issue's targets are stated in. Figures on a shared machine are noisy: compare
+the ratios, which come from interleaved runs.
 """
 
 from __future__ import annotations
@@ -306,7 +308,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=3, help="interleaved rounds (default 3)")
     parser.add_argument("--scale", type=float, default=1.0, help="disk size factor (default 1: 1 GiB+512+256 MiB)")
-    parser.add_argument("--heartbeat", action="store_true", help="Prefect flow heartbeats on, as under a worker")
+    parser.add_argument(
+        "--heartbeat",
+        action="store_true",
+        help="each round also runs the full backup with Prefect's flow heartbeat on, as under a worker",
+    )
     parser.add_argument("--no-replication", action="store_true", help="backups only")
     parser.add_argument(
         "--profile",
@@ -327,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["VMFERRY_CATALOG_URL"] = f"sqlite:///{workdir / 'catalog.db'}"
     os.environ.setdefault("VMFERRY_NBD_PORT_RANGE", "21100-21199")
     try:
-        with harness(args.heartbeat):
+        with harness():
             return run_bench(args, workdir)
     finally:
         if args.keep:
@@ -337,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 @contextlib.contextmanager
-def harness(heartbeat: bool) -> Iterator[None]:
+def harness() -> Iterator[None]:
     import prefect.settings as ps
     from prefect.testing.utilities import prefect_test_harness
 
@@ -346,7 +352,7 @@ def harness(heartbeat: bool) -> Iterator[None]:
         for name in ("SCHEDULER", "LATE_RUNS", "FOREMAN", "TRIGGERS", "EVENT_PERSISTER", "TASK_RUN_RECORDER")
     ]
     updates: dict[Any, Any] = {getattr(ps, "PREFECT_" + n): False for n in off}
-    updates[ps.PREFECT_FLOWS_HEARTBEAT_FREQUENCY] = 30 if heartbeat else None
+    updates[ps.PREFECT_FLOWS_HEARTBEAT_FREQUENCY] = None
     with ps.temporary_settings(updates), prefect_test_harness(server_startup_timeout=120):
         yield
 
@@ -431,7 +437,7 @@ def run_bench(args: argparse.Namespace, workdir: Path) -> int:
         sizes = [p.stat().st_size for p in sources]
         print(
             f"lab ready in {time.monotonic() - t0:.0f} s: {spec.name} disks {', '.join(human(s) for s in sizes)}; "
-            f"{os.cpu_count()} CPUs; heartbeat {'on' if args.heartbeat else 'off'}; load {os.getloadavg()[0]:.1f}",
+            f"{os.cpu_count()} CPUs; load {os.getloadavg()[0]:.1f}",
             flush=True,
         )
         recorder = Recorder()
@@ -455,6 +461,18 @@ def run_bench(args: argparse.Namespace, workdir: Path) -> int:
                         "full", recorder, lambda: backup_vm(spec.name, repository, agent_block, vcenter, kind="full")
                     )
                 )
+            if args.heartbeat:
+                import prefect.settings as ps
+
+                # The flow engine reads the setting when a run starts; the minimum interval is 30 s.
+                with ps.temporary_settings({ps.PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 30}):
+                    record(
+                        measure(
+                            "full+hb",
+                            recorder,
+                            lambda: backup_vm(spec.name, repository, agent_block, vcenter, kind="full"),
+                        )
+                    )
             changed = change_disks(lab, spec.name, keys, rng)
             record(
                 measure(
