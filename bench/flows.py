@@ -15,13 +15,13 @@ shrinks or grows them) and then, ``--repeat`` times, interleaved so that backgro
 - ``sync``: ``replicate_vm`` of that change into the VM's CloudStack volumes (the ``initial`` replication
   runs once, before the rounds), and ``nochange``: ``replicate_vm`` again with nothing changed.
 
-For each run it prints the wall time and its phases (seconds each phase's tasks spanned; phases overlap when the
-flow overlaps them), bytes read from the source, bytes read back from the target over the agent-hub link, bytes
-written, digest bytes sent to the agent, the link total, the copy mode of every disk (``changed-areas`` when the
-lab answers QueryChangedDiskAreas, i.e. CBT; else ``digest-compare`` or ``compare``), the agent's and vcsim's
-CPU seconds, and with ``--profile`` where the agent's samples fall during the full backups (py-spy on PATH);
-then medians and the ratios the issue's targets are stated in. Figures on a shared machine are noisy: compare
-the ratios, which come from interleaved runs.
+For each run it prints the wall time and its phases (wall seconds covered by each phase's tasks; the rest is
+Prefect, concurrency limits and the flow's own work), bytes read from the source, bytes read back from the
+target over the agent-hub link, bytes written, digest bytes sent to the agent, the link total, the copy mode
+of every disk (``changed-areas`` when the lab answers QueryChangedDiskAreas, i.e. CBT; else
+``digest-compare`` or ``compare``), the agent's and vcsim's CPU seconds, and with ``--profile`` where the
+agent's samples fall during the full backups (py-spy on PATH); then medians and the ratios the issue's targets
+are stated in. Figures on a shared machine are noisy: compare the ratios, which come from interleaved runs.
 """
 
 from __future__ import annotations
@@ -77,10 +77,13 @@ class Recorder:
             self.vcsim_cpu = 0.0
 
     def seconds(self, phase: str) -> float:
-        spans = self.spans.get(phase)
-        if not spans:
-            return 0.0
-        return max(end for _, end in spans) - min(start for start, _ in spans)
+        """Wall seconds covered by the phase's calls (overlapping calls, e.g. parallel checksums, count once)."""
+        total, reach = 0.0, float("-inf")
+        for start, end in sorted(self.spans.get(phase, [])):
+            if end > reach:
+                total += end - max(start, reach)
+                reach = end
+        return total
 
 
 def process_cpu_seconds(pid: int) -> float:
@@ -121,6 +124,15 @@ def instrument(recorder: Recorder, agent_pid: int, vcsim_pid: int) -> None:
         timed.fn = fn  # type: ignore[attr-defined]
         setattr(module, name, timed)
 
+    for module in (flows.backup, flows.replicate):
+        wrap(module, "read_vcenter_inventory", "inventory")
+        wrap(module, "record_vm_inventory", "inventory")
+        wrap(module, "open_job", "catalog")
+        wrap(module, "close_job", "catalog")
+    wrap(flows.backup, "plan_vm_backup", "catalog")
+    wrap(flows.backup, "open_restore_point", "catalog")
+    wrap(flows.backup, "create_backup_targets", "targets")
+    wrap(flows.replicate, "ensure_volume", "volumes")
     wrap(flows.copy, "start_nbd_export", "exports")
     wrap(flows.copy, "submit_agent_job", "agent copy")
     wrap(flows.copy, "follow_agent_job", "agent copy", after=lambda status: recorder.statuses.append(status))
@@ -266,7 +278,7 @@ class Run:
         return self.target_read + self.written + self.digests
 
 
-PHASES = ("exports", "hub digests", "agent copy", "checksums", "commit", "volumes")
+PHASES = ("inventory", "catalog", "targets", "volumes", "exports", "hub digests", "agent copy", "checksums", "commit")
 
 
 def measure(kind: str, recorder: Recorder, call: Callable[[], Any], changed: int = 0) -> Run:
