@@ -404,6 +404,31 @@ def print_profile(path: Path, top: int = 12) -> None:
         print(f"      {count / max(total, 1):6.1%}  {leaf}")
 
 
+def heartbeat_cost(repeat: int = 8) -> None:
+    """An empty flow with Prefect's flow heartbeat off and on, interleaved: the heartbeat's end-of-run wait alone.
+
+    Prefect 3.8's sync flow engine stops its heartbeat thread at the end of every run and joins it; the thread
+    sleeps in 1 s steps, so a run ends up to a second late (uniformly: half a second on average).
+    """
+    import prefect.settings as ps
+    from prefect import flow
+
+    @flow(name="bench-empty")
+    def empty() -> None:
+        return None
+
+    empty()  # warm up: the first flow run of a process registers the flow
+    seconds: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(repeat):
+        for on in (False, True):
+            with ps.temporary_settings({ps.PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 30 if on else None}):
+                started = time.monotonic()
+                empty()
+                seconds[on].append(time.monotonic() - started)
+    off, on = statistics.median(seconds[False]), statistics.median(seconds[True])
+    print(f"empty flow run: heartbeat off {off:.2f} s, on {on:.2f} s (medians of {repeat}): +{on - off:.2f} s per run")
+
+
 def run_bench(args: argparse.Namespace, workdir: Path) -> int:
     from blocks.agent import Agent
     from blocks.cloudstack import CloudStack
@@ -454,6 +479,8 @@ def run_bench(args: argparse.Namespace, workdir: Path) -> int:
         )
         recorder = Recorder()
         instrument(recorder, agent.process.pid, lab.vcenter.pid)
+        if args.heartbeat:
+            heartbeat_cost()
         rng = random.Random(7)
         runs: dict[str, list[Run]] = defaultdict(list)
 
