@@ -86,6 +86,12 @@ class Recorder:
         return total
 
 
+def hub_cpu_seconds() -> float:
+    """This process and its reaped children (qemu-nbd exports and scans, nbdcopy): the hub's side of a run."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
 def process_cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -228,7 +234,7 @@ def download_disks(lab: Any, vm_name: str, keys: list[int], directory: Path) -> 
 # -- the reference ------------------------------------------------------------------------------------------
 
 
-def nbdcopy_reference(sources: list[Path], workdir: Path) -> float:
+def nbdcopy_reference(sources: list[Path], workdir: Path) -> Run:
     """Seconds for nbdcopy to copy every flat file into its own fresh qemu-nbd qcow2 target, all at once.
 
     With ``--flush``, as the agent flushes every target at its end: a restore point must be on disk before it
@@ -238,6 +244,7 @@ def nbdcopy_reference(sources: list[Path], workdir: Path) -> float:
 
     targets = [start_target(workdir / f"ref-{i}.qcow2", src.stat().st_size) for i, src in enumerate(sources)]
     os.sync()
+    cpu = hub_cpu_seconds()
     try:
         started = time.monotonic()
         procs = [
@@ -248,11 +255,12 @@ def nbdcopy_reference(sources: list[Path], workdir: Path) -> float:
     finally:
         for t in targets:
             t.stop()
+    cpu = hub_cpu_seconds() - cpu  # nbdcopy and qemu-nbd, reaped; not the check below
     if any(codes) or not all(identical(s, t.path) for s, t in zip(sources, targets, strict=True)):
         raise RuntimeError("nbdcopy reference failed or differs from its source")
     for t in targets:
         t.path.unlink()
-    return seconds
+    return Run("nbdcopy", seconds, {}, hub_cpu=cpu)
 
 
 # -- runs ---------------------------------------------------------------------------------------------------
@@ -270,6 +278,7 @@ class Run:
     modes: str = ""
     agent_cpu: float = 0.0
     vcsim_cpu: float = 0.0  # the source's server (vCenter/ESXi's part), on the same CPUs in the lab
+    hub_cpu: float = 0.0  # flows, digests, checksums, qemu-nbd (Prefect's API server not included)
     changed: int = 0
     covered: int = 0  # bytes the agent's copies covered (what it read, where the agent does not report reads)
 
@@ -277,17 +286,24 @@ class Run:
     def link(self) -> int:
         return self.target_read + self.written + self.digests
 
+    @property
+    def cpu(self) -> float:
+        return self.hub_cpu + self.agent_cpu + self.vcsim_cpu
+
 
 PHASES = ("inventory", "catalog", "targets", "volumes", "exports", "hub digests", "agent copy", "checksums", "commit")
 
 
 def measure(kind: str, recorder: Recorder, call: Callable[[], Any], changed: int = 0) -> Run:
     recorder.reset()
+    cpu = hub_cpu_seconds()
     started = time.monotonic()
     call()
     seconds = time.monotonic() - started
+    hub_cpu = hub_cpu_seconds() - cpu
     run = Run(kind, seconds, {p: recorder.seconds(p) for p in PHASES if recorder.spans.get(p)}, changed=changed)
     run.agent_cpu = recorder.agent_cpu
+    run.hub_cpu = hub_cpu
     run.vcsim_cpu = recorder.vcsim_cpu
     run.digests = recorder.digest_bytes
     modes = []
@@ -304,7 +320,7 @@ def measure(kind: str, recorder: Recorder, call: Callable[[], Any], changed: int
 
 def show(run: Run) -> None:
     phases = " ".join(f"{name} {secs:.2f}" for name, secs in run.phases.items())
-    cpu = ""
+    cpu = f" CPU {run.cpu:.2f} s (hub {run.hub_cpu:.2f})"
     if run.agent_cpu > 0:
         per_cpu = (run.source_read or run.covered) / MiB / run.agent_cpu
         cpu = f" agent {run.agent_cpu:.2f} CPU s ({per_cpu:.0f} MiB read/CPU s), vcsim {run.vcsim_cpu:.2f} CPU s"
@@ -492,8 +508,7 @@ def run_bench(args: argparse.Namespace, workdir: Path) -> int:
             record(measure("initial", recorder, lambda: replicate_vm(spec.name, cloud, agent_block, vcenter)))
         for round_ in range(args.repeat):
             print(f"round {round_ + 1}", flush=True)
-            ref = nbdcopy_reference(sources, workdir)
-            record(Run("nbdcopy", ref, {}))
+            record(nbdcopy_reference(sources, workdir))
             with profiling(args.profile, agent.process.pid, round_):
                 record(
                     measure(
@@ -537,8 +552,14 @@ def summarise(runs: dict[str, list[Run]]) -> None:
     for kind, kind_runs in runs.items():
         phases = {p: med(kind, lambda r, p=p: r.phases.get(p, 0.0)) for p in kind_runs[0].phases}
         shown = " ".join(f"{p} {s:.2f}" for p, s in phases.items())
-        print(f"  {kind:11s} {med(kind):6.2f} s  [{shown}]  link {human(med(kind, lambda r: r.link))}")
+        cpu = med(kind, lambda r: r.cpu)
+        print(f"  {kind:11s} {med(kind):6.2f} s  [{shown}]  link {human(med(kind, lambda r: r.link))}  CPU {cpu:.2f} s")
     ref, full, incr = med("nbdcopy"), med("full"), med("incremental")
+    print(
+        f"CPU seconds (this process and reaped children, agent, vcsim): full / nbdcopy "
+        f"{med('full', lambda r: r.cpu) / med('nbdcopy', lambda r: r.cpu):.2f}, incremental / full "
+        f"{med('incremental', lambda r: r.cpu) / med('full', lambda r: r.cpu):.2f}; load {os.getloadavg()[0]:.1f}"
+    )
     ratios = [
         full / ref
         for full, ref in zip([r.seconds for r in runs["full"]], [r.seconds for r in runs["nbdcopy"]], strict=False)
