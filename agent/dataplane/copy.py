@@ -299,7 +299,9 @@ class _Copy:
         compare = self.mode == "compare"
         tgt_cookies: list[int] = []
         if compare and self.digests is not None:
-            all_zero = self._fill_from_source(source, stats, slot.src_view, offset, length)
+            # Beyond the source's end (a volume larger than its disk) the digests alone decide: no zero fill.
+            past_end = offset >= self.source_size
+            all_zero = past_end or self._fill_from_source(source, stats, slot.src_view, offset, length)
             slot.covered = length
             runs = self._digest_runs(slot.src, offset, length, all_zero, stats)
         elif compare:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import threading
@@ -191,6 +192,29 @@ def test_digest_compare_on_qcow2_overlay_reads_nothing_back(
     assert allocated_bytes(overlay) <= changed
     assert images_identical(image.path, overlay)
     assert scan_image(overlay).sha256 == file_sha256(image.path)
+
+
+def test_digest_compare_zeroes_only_what_is_dirty_past_the_source(
+    tmp_path: Path, image: SampleImage, nbd_servers: NBDServers
+):
+    """A volume larger than its disk: past the source's end the digests alone decide what gets zeroed."""
+    target = create_qcow2(tmp_path / "volume.qcow2", image.size + 16 * MiB)
+    server = nbd_servers.start(target)
+    copy_disk(image.path, server.url)
+    with NBDClient(server.url) as client:
+        client.write(image.size, random.Random(3).randbytes(8 * MiB))  # stale data beyond the disk
+    server.stop()
+    scan = scan_image(target, digest_block_size=GRANULE)
+    assert scan.block_digests is not None
+
+    server = nbd_servers.start(target)
+    result = copy_disk(image.path, server.url, mode="compare", target_digests=scan.block_digests)
+    server.stop()
+
+    assert result.target_bytes_read == 0 and result.bytes_written == 0
+    assert result.zero_bytes_written == 8 * MiB
+    assert result.bytes_unchanged == image.size + 8 * MiB
+    assert scan_image(target).sha256 == hashlib.sha256(image.path.read_bytes() + bytes(16 * MiB)).hexdigest()
 
 
 def test_digests_that_do_not_fit_the_target_are_refused(tmp_path: Path, image: SampleImage, nbd_servers: NBDServers):
