@@ -323,7 +323,7 @@ def show(run: Run) -> None:
     cpu = f" CPU {run.cpu:.2f} s (hub {run.hub_cpu:.2f})"
     if run.agent_cpu > 0:
         per_cpu = (run.source_read or run.covered) / MiB / run.agent_cpu
-        cpu = f" agent {run.agent_cpu:.2f} CPU s ({per_cpu:.0f} MiB read/CPU s), vcsim {run.vcsim_cpu:.2f} CPU s"
+        cpu += f", agent {run.agent_cpu:.2f} CPU s ({per_cpu:.0f} MiB read/CPU s), vcsim {run.vcsim_cpu:.2f} CPU s"
     print(
         f"  {run.kind:11s} {run.seconds:6.2f} s  [{phases}]  read {human(run.source_read)}, target read "
         f"{human(run.target_read)}, written {human(run.written)}, digests {human(run.digests)}, "
