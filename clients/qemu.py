@@ -357,17 +357,22 @@ def read_only_client(
             raise QemuError("qemu-nbd is not installed (Debian package qemu-utils)") from exc
         try:
             deadline = time.monotonic() + timeout
-            while not sock.exists():
+            client = None
+            while client is None:
                 if process.poll() is not None:
                     errors.seek(0)
                     raise QemuError(f"qemu-nbd could not open {path}: {errors.read().decode(errors='replace').strip()}")
-                if time.monotonic() > deadline:
-                    raise QemuError(f"qemu-nbd did not serve {path} within {timeout:.0f} s")
-                time.sleep(0.01)
-            try:
-                client = NBDClient(NBDAddress(socket_path=str(sock)), block_status=block_status, timeout=60)
-            except NBDError as exc:
-                raise QemuError(f"qemu-nbd serving {path} did not answer: {exc}") from exc
+                try:
+                    # The socket file appears when qemu-nbd binds, a moment before it listens: try until it answers.
+                    if sock.exists():
+                        client = NBDClient(NBDAddress(socket_path=str(sock)), block_status=block_status, timeout=60)
+                except NBDError as exc:
+                    if time.monotonic() > deadline:
+                        raise QemuError(f"qemu-nbd serving {path} did not answer: {exc}") from exc
+                if client is None:
+                    if time.monotonic() > deadline:
+                        raise QemuError(f"qemu-nbd did not serve {path} within {timeout:.0f} s")
+                    time.sleep(0.01)
             with client:
                 yield client
         finally:
