@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import random
 import shutil
@@ -447,7 +448,6 @@ def heartbeat_cost(repeat: int = 8) -> None:
 
 def run_bench(args: argparse.Namespace, workdir: Path) -> int:
     from blocks.agent import Agent
-    from blocks.cloudstack import CloudStack
     from blocks.repository import BackupRepository
     from blocks.vcenter import VCenter
     from flows.backup import backup_vm
@@ -458,6 +458,7 @@ def run_bench(args: argparse.Namespace, workdir: Path) -> int:
     from infra.lab.fixtures import running_lab
     from infra.lab.seed import seed_vm
     from infra.lab.vcenter import session
+    from vmferry.demo import lab_cloudstack_block
 
     t0 = time.monotonic()
     with contextlib.ExitStack() as stack:
@@ -468,19 +469,8 @@ def run_bench(args: argparse.Namespace, workdir: Path) -> int:
         agent = start_agent(lab.vcenter, workdir / "agent")
         stack.callback(agent.stop)
         sim = stack.enter_context(CloudStackSimulator(workdir / "cloudstack", job_delay=0.02))
-        info = sim.info()
-        cloud = CloudStack(
-            endpoint=info.url,
-            api_key=info.api_key,
-            secret_key=info.secret_key,
-            zone_id=info.zone_id,
-            disk_offering_id=info.custom_disk_offering_id,
-            service_offering_id=info.service_offering_id,
-            template_id=info.template_id,
-            hub_vm_id=info.hub_vm_id,
-            device_root=info.dev_root,
-            poll_interval=0.01,
-        )
+        # The demo's block for the lab's CloudStack, polling its async jobs as fast as the tests do.
+        cloud = lab_cloudstack_block(dataclasses.asdict(sim.info())).model_copy(update={"poll_interval": 0.01})
         vc = lab.vcenter
         vcenter = VCenter(host=vc.host, port=vc.port, username=vc.user, password=vc.password, thumbprint=vc.thumbprint)
         agent_block = Agent(url=agent.url, token=agent.token)
