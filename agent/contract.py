@@ -19,6 +19,25 @@ DiskState = Literal["pending", "copying", "done", "failed", "cancelled"]
 FINISHED: tuple[str, ...] = ("succeeded", "failed", "cancelled")
 
 
+class BlockDigests(BaseModel):
+    """Per-block sha256 of a target as the hub holds it now (``agent.dataplane.digests`` has the wire form)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    algorithm: Literal["sha256"] = "sha256"
+    block_size: int = Field(ge=65536, description="A power of two; the last block may be short")
+    digests: str = Field(
+        description="base64 of the zlib-compressed 32-byte digests of every block of the whole target, block 0 first"
+    )
+
+    @field_validator("block_size")
+    @classmethod
+    def _power_of_two(cls, value: int) -> int:
+        if value & (value - 1):
+            raise ValueError(f"block_size {value} is not a power of two")
+        return value
+
+
 class Target(BaseModel):
     """Where one source disk goes. ``disk_key`` is the vSphere device key, never a position."""
 
@@ -36,6 +55,11 @@ class Target(BaseModel):
         default=True,
         description="The target reads as zeros (a new qcow2 or volume): zero blocks are skipped. False for "
         "an overlay or a volume holding an earlier copy.",
+    )
+    block_digests: BlockDigests | None = Field(
+        default=None,
+        description="The target's block digests: the agent compares source blocks against them instead of reading "
+        "the target, and writes only blocks that differ (mode digest-compare), unless CBT names the changed areas",
     )
 
     @field_validator("nbd_url")
@@ -87,10 +111,12 @@ class JobRequest(BaseModel):
 class DiskProgress(BaseModel):
     disk_key: int
     state: DiskState = "pending"
-    mode: Literal["full", "changed-areas", "compare"] | None = None
+    mode: Literal["full", "changed-areas", "compare", "digest-compare"] | None = None
     bytes_total: int = 0
     bytes_done: int = 0
     bytes_written: int = 0
+    bytes_read: int = 0
+    target_bytes_read: int = 0
     change_id: str | None = None
     error: str | None = None
 

@@ -9,11 +9,13 @@ from dataclasses import dataclass, field
 
 from agent.config import AgentConfig
 from agent.contract import SNAPSHOT_PREFIX, DiskProgress, JobRequest, JobStatus, Target
+from agent.dataplane import digests
 from agent.dataplane.copy import (
     DEFAULT_BLOCK_SIZE,
     DEFAULT_ZERO_GRANULARITY,
     CopyCancelled,
     CopyJob,
+    CopyResult,
     DiskCopyError,
     copy_disks,
 )
@@ -58,6 +60,7 @@ class _Job:
     status: JobStatus
     cancel: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
+    target_sizes: dict[int, int] = field(default_factory=dict)
 
 
 def snapshot_name(job_id: str) -> str:
@@ -72,6 +75,8 @@ class JobManager:
         # Built once, at start-up: a missing or unreadable CA or key stops the agent, not a job.
         self.nbd_tls = config.nbd_tls.ssl_context() if config.nbd_tls is not None else None
         self._lock = threading.Lock()
+        # Notified on every status change, so a status request may wait for the job to finish (long poll).
+        self._changed = threading.Condition(self._lock)
         self._jobs: dict[str, _Job] = {}
 
     # -- API -------------------------------------------------------------------------------------------------
@@ -90,7 +95,7 @@ class JobManager:
             job = _Job(request, JobStatus(job_id=request.job_id, vm=request.vm, kind=request.kind, state="queued"))
             self._jobs[request.job_id] = job
         try:
-            self._preflight(request)
+            job.target_sizes = self._preflight(request)
         except BaseException:
             with self._lock:
                 self._jobs.pop(request.job_id, None)
@@ -100,11 +105,14 @@ class JobManager:
         job.thread.start()
         return self.status(request.job_id)
 
-    def status(self, job_id: str) -> JobStatus:
-        with self._lock:
+    def status(self, job_id: str, wait: float = 0.0) -> JobStatus:
+        """The job's status; with `wait`, once it has finished or after `wait` seconds, whichever comes first."""
+        with self._changed:
             job = self._jobs.get(job_id)
             if job is None:
                 raise JobNotFound(job_id)
+            if wait > 0:
+                self._changed.wait_for(lambda: job.status.finished, timeout=wait)
             return job.status.model_copy(deep=True)
 
     def cancel(self, job_id: str) -> JobStatus:
@@ -130,7 +138,8 @@ class JobManager:
 
     # -- validation before anything is touched ---------------------------------------------------------------
 
-    def _preflight(self, request: JobRequest) -> None:
+    def _preflight(self, request: JobRequest) -> dict[int, int]:
+        """Refuse what cannot run; return every target's size as its NBD server reports it."""
         if self.config.nbd_tls is not None and self.config.nbd_tls.required:
             plain_targets = [t.nbd_url for t in request.targets if not t.requires_tls]
             if plain_targets:
@@ -158,14 +167,28 @@ class JobManager:
         except VSphereError as exc:
             raise JobRejected(422, f"VM {request.vm}: {exc}") from exc
         check_targets(vm_name, disks, request.targets)
+        sizes = {}
         for target in request.targets:
-            size = self._target_size(vm_name, target)
+            size = sizes[target.disk_key] = self._target_size(vm_name, target)
             if size < disks[target.disk_key].capacity_bytes:
                 raise JobRejected(
                     422,
                     f"VM {vm_name!r} disk {target.disk_key}: target {target.nbd_url} holds {size} bytes, "
                     f"smaller than the disk's {disks[target.disk_key].capacity_bytes}; nothing was written",
                 )
+            try:
+                self._target_digests(target, size)
+            except digests.DigestError as exc:
+                raise JobRejected(
+                    422, f"VM {vm_name!r} disk {target.disk_key}: block_digests of {target.nbd_url}: {exc}"
+                ) from exc
+        return sizes
+
+    @staticmethod
+    def _target_digests(target: Target, size: int) -> digests.TargetDigests | None:
+        if target.block_digests is None:
+            return None
+        return digests.decode(target.block_digests.digests, size, target.block_digests.block_size)
 
     def _target_size(self, vm_name: str, target: Target) -> int:
         try:
@@ -186,8 +209,9 @@ class JobManager:
     # -- the job itself ------------------------------------------------------------------------------------
 
     def _update(self, job: _Job, change: Callable[[JobStatus], None]) -> None:
-        with self._lock:
+        with self._changed:
             change(job.status)
+            self._changed.notify_all()
 
     def _run(self, job: _Job) -> None:
         request = job.request
@@ -273,10 +297,13 @@ class JobManager:
                         source=source,
                         target_url=target.nbd_url,
                         key=str(key),
-                        mode="compare" if mode == "compare" else "full",
+                        mode="compare" if mode in ("compare", "digest-compare") else "full",
                         changed_areas=areas,
                         target_is_zero=target.target_is_zero if mode == "full" else False,
                         progress=self._progress(job, key),
+                        target_digests=(
+                            self._target_digests(target, job.target_sizes[key]) if mode == "digest-compare" else None
+                        ),
                     )
                 )
             results = copy_disks(
@@ -290,11 +317,13 @@ class JobManager:
         for copy_job, result in zip(copy_jobs, results, strict=True):
             key = int(copy_job.key or 0)
 
-            def done(status: JobStatus, key: int = key, written: int = result.bytes_written) -> None:
+            def done(status: JobStatus, key: int = key, result: CopyResult = result) -> None:
                 disk = self._disk_in(status, key)
                 disk.state = "done"
                 disk.bytes_done = disk.bytes_total
-                disk.bytes_written = written
+                disk.bytes_written = result.bytes_written
+                disk.bytes_read = result.bytes_read
+                disk.target_bytes_read = result.target_bytes_read
                 disk.change_id = frozen[key].change_id
 
             self._update(job, done)
@@ -328,9 +357,12 @@ class JobManager:
     def _plan(
         self, job: _Job, vm: VSphereSnapshots, moref: str, disk: SnapshotDisk, target: Target
     ) -> tuple[str, list[tuple[int, int]] | None]:
-        """full, changed-areas (CBT from the previous change id) or compare (no usable CBT)."""
+        """full, changed-areas (CBT from the previous change id) or compare (no usable CBT): by the target's
+        digests when the hub sent them, else by reading the target back."""
+        compare = "digest-compare" if target.block_digests is not None else "compare"
         if job.request.kind == "full":
-            return "full", None
+            # Digests say what the target holds now: comparing against them writes what a full copy would.
+            return ("digest-compare" if target.block_digests is not None else "full"), None
         if target.previous_change_id and disk.change_id:
             try:
                 return "changed-areas", vm.changed_areas(
@@ -338,7 +370,7 @@ class JobManager:
                 )
             except CbtUnavailable:
                 pass  # a new CBT epoch or no CBT at all: read everything, write what differs
-        return "compare", None
+        return compare, None
 
     def _open_vddk_disk(
         self, client: VSphereClient, vm: VSphereSnapshots, snapshot_moref: str, disk: SnapshotDisk

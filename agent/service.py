@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hmac
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -14,6 +14,8 @@ from agent.contract import API_PREFIX, JobRequest, JobStatus
 from agent.jobs import JobManager, JobNotFound, JobRejected
 
 _bearer = HTTPBearer(auto_error=False)
+# A long poll holds one of the server's worker threads; half a minute keeps it well inside client timeouts.
+MAX_STATUS_WAIT = 30.0
 
 
 def create_app(config: AgentConfig, manager: JobManager | None = None) -> FastAPI:
@@ -40,9 +42,9 @@ def create_app(config: AgentConfig, manager: JobManager | None = None) -> FastAP
             raise HTTPException(exc.status, str(exc)) from exc
 
     @app.get(f"{API_PREFIX}/jobs/{{job_id}}", dependencies=[Depends(authorised)])
-    def job_status(job_id: str) -> JobStatus:
+    def job_status(job_id: str, wait: float = Query(0.0, ge=0.0, le=MAX_STATUS_WAIT)) -> JobStatus:
         try:
-            return jobs.status(job_id)
+            return jobs.status(job_id, wait=wait)
         except JobNotFound as exc:
             raise HTTPException(404, f"no job {job_id}") from exc
 

@@ -42,6 +42,7 @@ class AgentClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.attempts = attempts
+        self.timeout = timeout
         self._http = httpx.Client(
             base_url=self.base_url + API_PREFIX,
             headers={"Authorization": f"Bearer {token}"},
@@ -90,8 +91,10 @@ class AgentClient:
         self._raise_for(response, f"start job {request.job_id} for VM {request.vm}")
         return JobStatus.model_validate(response.json())
 
-    def status(self, job_id: str) -> JobStatus:
-        response = self._call("GET", f"/jobs/{job_id}")
+    def status(self, job_id: str, *, wait: float = 0.0) -> JobStatus:
+        """The job's status; with `wait`, the agent answers when the job finishes or after `wait` seconds."""
+        params = {"wait": f"{wait:g}"} if wait > 0 else None
+        response = self._call("GET", f"/jobs/{job_id}", params=params)
         self._raise_for(response, f"read job {job_id}")
         return JobStatus.model_validate(response.json())
 
@@ -106,18 +109,30 @@ class AgentClient:
         *,
         timeout: float,
         poll_interval: float = 0.5,
+        long_poll: float = 1.0,
         on_progress: Callable[[JobStatus], None] | None = None,
     ) -> JobStatus:
-        """Follow a job until it finishes; raises AgentJobFailed unless it succeeded."""
+        """Follow a job until it finishes; raises AgentJobFailed unless it succeeded.
+
+        Each status request waits up to `long_poll` seconds on the agent, which answers the moment the job
+        finishes (no fixed poll interval to lose at the end); progress is shown after every answer. An agent
+        that answers at once although its job is still running does not know long polls: it is polled every
+        `poll_interval` seconds instead.
+        """
         deadline = time.monotonic() + timeout
         while True:
-            status = self.status(job_id)
+            asked = time.monotonic()
+            # A long poll stays well inside one request's timeout, or a slow answer would look like a dead agent.
+            wait = max(0.0, min(long_poll, self.timeout / 2, deadline - asked))
+            status = self.status(job_id, wait=wait)
             if on_progress is not None:
                 on_progress(status)
             if status.finished:
                 if status.state != "succeeded":
                     raise AgentJobFailed(status)
                 return status
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now > deadline:
                 raise AgentError(f"agent job {job_id} did not finish within {timeout:.0f} s (still {status.state})")
-            time.sleep(poll_interval)
+            if now - asked < wait / 2:
+                time.sleep(poll_interval)

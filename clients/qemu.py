@@ -6,6 +6,7 @@ of some other process is never signalled.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -13,15 +14,22 @@ import signal
 import socket
 import ssl
 import subprocess
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 
+from agent.dataplane.digests import TargetDigests, zero_digest
 from vmferry.errors import VmferryError
 from vmferry.nbd_tls import CA_CERT, CLIENT_CERT, CLIENT_KEY
+
+if TYPE_CHECKING:
+    from agent.dataplane.nbd import NBDClient
 
 EXPORT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -321,33 +329,152 @@ def stop_qemu_nbd(pid: int, file_path: Path | str, *, grace: float = 10.0) -> bo
     return True
 
 
-def content_sha256(path: Path, *, image_format: str = "qcow2", timeout: float = 3600) -> str:
-    """sha256 of the guest-visible bytes of an image (its whole backing chain), streamed, no temp copy.
+@dataclass(frozen=True)
+class ImageScan:
+    """What one read of an image's guest-visible bytes gave: its sha256 and/or its per-block digests."""
 
-    nbdcopy runs ``qemu-nbd --read-only`` on a private socket and writes the disk to our pipe.
-    """
-    import hashlib
-    import tempfile
+    size: int
+    sha256: str | None = None
+    block_digests: TargetDigests | None = None
 
-    argv = ["nbdcopy", "--", "[", "qemu-nbd", "--read-only", "--format", image_format, str(path), "]", "-"]
-    digest = hashlib.sha256()
-    with tempfile.TemporaryFile() as errors:
+
+# Read size of a scan: whole digest blocks, large enough that per-request Python costs stay small.
+_SCAN_CHUNK = 4 * 1024 * 1024
+
+
+@contextmanager
+def read_only_client(
+    path: Path, *, image_format: str = "qcow2", block_status: bool = False, timeout: float = 15
+) -> Iterator[NBDClient]:
+    """An NBD client of a private ``qemu-nbd --read-only`` serving the image (its backing chain) on a Unix socket."""
+    from agent.dataplane.nbd import NBDAddress, NBDClient, NBDError
+
+    with tempfile.TemporaryDirectory(prefix="vmferry-ro-") as tmp, tempfile.TemporaryFile() as errors:
+        sock = Path(tmp) / "nbd.sock"
+        argv = ["qemu-nbd", "--read-only", "--persistent", "--format", image_format, "--socket", str(sock)]
         try:
-            process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errors, stdin=subprocess.DEVNULL)
+            process = subprocess.Popen([*argv, "--", str(path)], stdin=subprocess.DEVNULL, stdout=errors, stderr=errors)
         except FileNotFoundError as exc:
-            raise QemuError("nbdcopy is not installed (Debian package libnbd-bin)") from exc
-        assert process.stdout is not None
-        deadline = time.monotonic() + timeout
-        with process:
-            for chunk in iter(lambda: process.stdout.read(4 << 20), b""):
-                digest.update(chunk)
-                if time.monotonic() > deadline:
-                    process.kill()
-                    raise QemuError(f"checksumming {path} took longer than {timeout:.0f} s")
-        if process.returncode != 0:
-            errors.seek(0)
-            raise QemuError(f"nbdcopy could not read {path}: {errors.read().decode(errors='replace').strip()}")
-    return digest.hexdigest()
+            raise QemuError("qemu-nbd is not installed (Debian package qemu-utils)") from exc
+        try:
+            deadline = time.monotonic() + timeout
+            client = None
+            while client is None:
+                if process.poll() is not None:
+                    errors.seek(0)
+                    raise QemuError(f"qemu-nbd could not open {path}: {errors.read().decode(errors='replace').strip()}")
+                try:
+                    # The socket file appears when qemu-nbd binds, a moment before it listens: try until it answers.
+                    if sock.exists():
+                        client = NBDClient(NBDAddress(socket_path=str(sock)), block_status=block_status, timeout=60)
+                except NBDError as exc:
+                    if time.monotonic() > deadline:
+                        raise QemuError(f"qemu-nbd serving {path} did not answer: {exc}") from exc
+                if client is None:
+                    if time.monotonic() > deadline:
+                        raise QemuError(f"qemu-nbd did not serve {path} within {timeout:.0f} s")
+                    time.sleep(0.01)
+            with client:
+                yield client
+        finally:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def scan_image(
+    path: Path,
+    *,
+    image_format: str = "qcow2",
+    whole_sha256: bool = True,
+    digest_block_size: int | None = None,
+    timeout: float = 3600,
+) -> ImageScan:
+    """Read an image (its whole backing chain) once, locally, and hash it: whole and/or per block.
+
+    A private read-only qemu-nbd serves it (`read_only_client`); areas its block status reports as zeros
+    are not read (their bytes still count in the sha256, from a zero buffer, and their blocks get the zero
+    digest), so the cost follows the data, not the disk's size. Per-block digests are what the agent compares
+    source blocks against (``agent.dataplane.digests``).
+    """
+    from agent.dataplane.nbd import NBDError
+
+    if digest_block_size is not None and digest_block_size % 4096:
+        raise ValueError(f"digest block size {digest_block_size} is not a multiple of 4096")
+    chunk = _SCAN_CHUNK if digest_block_size is None else max(_SCAN_CHUNK // digest_block_size, 1) * digest_block_size
+    deadline = time.monotonic() + timeout
+    with read_only_client(path, image_format=image_format, block_status=True) as client:
+        try:
+            return _scan(client, chunk, whole_sha256, digest_block_size, deadline, path)
+        except NBDError as exc:
+            raise QemuError(f"reading {path} failed: {exc}") from exc
+
+
+def _zero_extents(client: NBDClient, size: int) -> list[tuple[int, int]]:
+    """(start, end) of the areas the server reports as reading zeros, merged."""
+    from agent.dataplane.nbd import STATE_ZERO
+
+    if not client.can_block_status:
+        return []
+    zeros: list[tuple[int, int]] = []
+    pos = 0
+    while pos < size:
+        for offset, length, flags in client.block_status(pos, size - pos):
+            if flags & STATE_ZERO:
+                if zeros and zeros[-1][1] == offset:
+                    zeros[-1] = (zeros[-1][0], offset + length)
+                else:
+                    zeros.append((offset, offset + length))
+            pos = offset + length
+    return zeros
+
+
+def _scan(
+    client: NBDClient, chunk: int, whole_sha256: bool, block: int | None, deadline: float, path: Path
+) -> ImageScan:
+    size = client.size
+    whole = hashlib.sha256() if whole_sha256 else None
+    digests = bytearray()
+    zeros = _zero_extents(client, size)
+    zero_chunk = bytes(chunk)
+    zero_view = memoryview(zero_chunk)
+    buf = bytearray(chunk)
+    view = memoryview(buf)
+    index = 0
+    for pos in range(0, size, chunk):
+        if time.monotonic() > deadline:
+            raise QemuError(f"scanning {path} took too long")
+        n = min(chunk, size - pos)
+        while index < len(zeros) and zeros[index][1] <= pos:
+            index += 1
+        known_zero = index < len(zeros) and zeros[index][0] <= pos and zeros[index][1] >= pos + n
+        data = zero_view[:n] if known_zero else view[:n]
+        if not known_zero:
+            client.readinto(pos, data)
+        if whole is not None:
+            whole.update(data)
+        if block is not None:
+            for at in range(0, n, block):
+                end = min(at + block, n)
+                if known_zero or buf.startswith(zero_view[: end - at], at, end):
+                    digests += zero_digest(end - at)
+                else:
+                    digests += hashlib.sha256(data[at:end]).digest()
+    return ImageScan(
+        size=size,
+        sha256=whole.hexdigest() if whole is not None else None,
+        block_digests=TargetDigests(block, bytes(digests)) if block is not None else None,
+    )
+
+
+def content_sha256(path: Path, *, image_format: str = "qcow2", timeout: float = 3600) -> str:
+    """sha256 of the guest-visible bytes of an image (its whole backing chain), streamed, no temp copy."""
+    result = scan_image(path, image_format=image_format, timeout=timeout).sha256
+    assert result is not None
+    return result
 
 
 def convert_image(source: Path, destination: Path, *, output_format: str, source_format: str = "qcow2") -> None:

@@ -97,14 +97,17 @@ def backup_vm(
                 bandwidth_limit_bytes_per_second=bandwidth_limit_bytes_per_second,
             )
             copied = {d.disk_key: d for d in status.disks}
+            # Every disk's checksum at once (each reads its own target, hashing releases the GIL): the wall
+            # time is the largest disk's, not the sum.
+            checksums = [future.result() for future in checksum_target.map(targets)]
             outcomes = [
                 DiskOutcome(
                     vm_disk_id=target.vm_disk_id,
                     bytes_written=copied[target.device_key].bytes_written,
                     change_id=copied[target.device_key].change_id,
-                    checksum=checksum_target(target),
+                    checksum=checksum,
                 )
-                for target in targets
+                for target, checksum in zip(targets, checksums, strict=True)
             ]
             point = commit_restore_point(recorded, point_id, repo, outcomes)
         except BaseException as exc:

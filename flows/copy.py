@@ -27,7 +27,7 @@ from catalog.ports import release_port
 from clients.agent import AgentError
 from tasks.agent import follow_agent_job, submit_agent_job
 from tasks.jobs import close_job, open_job
-from tasks.nbd import check_target_file, lease_nbd_port, start_nbd_export
+from tasks.nbd import check_target_file, lease_nbd_port, start_nbd_export, target_digests
 from tasks.vsphere import remove_job_snapshots
 from vmferry.compensation import quietly
 from vmferry.errors import describe
@@ -85,6 +85,12 @@ def run_copy(
     log_dir = log_dir or Path(tempfile.mkdtemp(prefix=f"vmferry-{job_id}-"))
     catalog = default_catalog()
     by_key = {t.device_key: t for t in targets}
+    # A target holding data is hashed here, locally, so the agent compares against digests instead of reading
+    # the whole target back over the link; before the exports start, which lock their images. Not where a
+    # change id lets CBT name the changed areas: a hash of the whole target would cost more than the change
+    # (should vCenter refuse that change id, the agent falls back to reading the target).
+    holding_data = [t for t in targets if not t.target_is_zero and not t.previous_change_id]
+    block_digests = target_digests(holding_data) if holding_data and get_settings().compare_by_digests else {}
     with ExitStack() as undo:
         # Taken before any port or qemu-nbd, so a copy waiting for vCenter holds nothing else meanwhile.
         if vcenter is not None:
@@ -107,6 +113,7 @@ def run_copy(
                     capacity_bytes=target.capacity_bytes,
                     previous_change_id=target.previous_change_id,
                     target_is_zero=target.target_is_zero,
+                    block_digests=block_digests.get(target.device_key),
                 )
             )
         request = JobRequest(

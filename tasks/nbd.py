@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime as dt
 from pathlib import Path
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from agent.contract import BlockDigests
+from agent.dataplane import digests
 from catalog import default_catalog
 from catalog.exports import ExportView
 from catalog.ports import lease_port
-from clients.qemu import image_info
+from clients.qemu import image_info, scan_image
 from vmferry.exports import export_name_for, start_export, stop_export
 from vmferry.settings import get_settings
 from vmferry.targets import DiskTarget, check_target_size
@@ -35,6 +38,28 @@ def check_target_file(vm_name: str, target: DiskTarget) -> None:
     """The target file exists and is at least as large as its disk."""
     info = image_info(target.file_path)
     check_target_size(vm_name, target, int(info["virtual-size"]))
+
+
+@task(cache_policy=NO_CACHE, task_run_name="digests-of-{targets[0].disk_id}-and-others")
+def target_digests(targets: list[DiskTarget]) -> dict[int, BlockDigests]:
+    """Per-block digests of every target, by device key: read here, where the targets lie, all disks at once.
+
+    Run before the exports start (qemu-nbd locks an image it serves read-write). Reads only; safe to retry.
+    """
+
+    def one(target: DiskTarget) -> BlockDigests:
+        size = int(image_info(target.file_path)["virtual-size"])
+        block = digests.digest_block_size(size)
+        scan = scan_image(
+            target.file_path, image_format=target.image_format, whole_sha256=False, digest_block_size=block
+        )
+        assert scan.block_digests is not None
+        return BlockDigests(block_size=block, digests=digests.encode(scan.block_digests.digests))
+
+    if not targets:
+        return {}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(targets), thread_name_prefix="digests") as pool:
+        return dict(zip([t.device_key for t in targets], pool.map(one, targets), strict=True))
 
 
 @task(cache_policy=NO_CACHE, task_run_name="start-nbd-{target.disk_id}")

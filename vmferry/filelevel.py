@@ -11,9 +11,6 @@ import io
 import os
 import shutil
 import stat
-import subprocess
-import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
@@ -21,36 +18,13 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from agent.dataplane.nbd import NBDClient, NBDError
+from agent.dataplane.nbd import NBDClient
+from clients.qemu import QemuError, read_only_client
 from vmferry.errors import NotFoundError, VmferryError
 
 
 class FileRestoreError(VmferryError):
     """The file cannot be listed or extracted; the message names the point, disk, partition and path."""
-
-
-def _connect_when_accepting(
-    process: subprocess.Popen[bytes], socket_path: Path, image: Path, timeout: float = 15.0
-) -> NBDClient:
-    """Our NBD connection, once qemu-nbd accepts one.
-
-    The socket file appears when qemu-nbd binds it, which is before it listens: a connect in between is
-    refused (about one file restore in seven failed so). Only a completed handshake says it serves.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        if process.poll() is not None:
-            error = process.stderr.read().decode(errors="replace") if process.stderr else ""
-            raise FileRestoreError(f"qemu-nbd could not open {image}: {error.strip()}")
-        if socket_path.exists():
-            try:
-                return NBDClient(f"nbd+unix:///?socket={socket_path}")
-            except NBDError as exc:
-                if not isinstance(exc.__cause__, ConnectionRefusedError | FileNotFoundError):
-                    raise FileRestoreError(f"qemu-nbd serving {image} broke the NBD handshake: {exc}") from exc
-        if time.monotonic() > deadline:
-            raise FileRestoreError(f"qemu-nbd did not accept connections for {image} within {timeout:.0f} s")
-        time.sleep(0.02)
 
 
 class NotInBackup(FileRestoreError, NotFoundError):
@@ -91,24 +65,11 @@ class NBDFile(io.RawIOBase):
 @contextmanager
 def open_image(path: Path, image_format: str = "qcow2") -> Iterator[NBDFile]:
     """The guest-visible bytes of an image (with its backing chain) as a file object."""
-    workdir = Path(tempfile.mkdtemp(prefix="vmferry-flr-"))
-    socket_path = workdir / "nbd.sock"
-    argv = ["qemu-nbd", "--read-only", "--persistent", "--format", image_format, "--socket", str(socket_path)]
-    process = subprocess.Popen([*argv, "--", str(path)], stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        client = _connect_when_accepting(process, socket_path, path)
-        try:
+        with read_only_client(path, image_format=image_format) as client:
             yield NBDFile(client)
-        finally:
-            client.close()
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        shutil.rmtree(workdir, ignore_errors=True)
+    except QemuError as exc:
+        raise FileRestoreError(str(exc)) from exc
 
 
 class PartitionInfo(BaseModel):

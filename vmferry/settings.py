@@ -83,6 +83,12 @@ class Settings(BaseSettings):
         description='Client certificate names qemu-nbd lets in (JSON list, e.g. ["CN=vmferry-agent"]); empty: '
         "any certificate of the CA. The hub's own client-cert.pem is always let in.",
     )
+    compare_by_digests: bool = Field(
+        default=True,
+        description="A copy into a target that holds data (an incremental's overlay, a reused volume) sends the "
+        "agent per-block digests of the target, computed here, instead of letting the agent read the target back "
+        "over the link; false: the agent reads and compares (the plain compare).",
+    )
     port_lease_seconds: int = Field(
         default=6 * 3600, description="A lease not released by then is considered abandoned and reusable."
     )

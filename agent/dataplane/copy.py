@@ -6,7 +6,9 @@ Modes:
   target is known to read as zeros (``target_is_zero``: a fresh qcow2 or a new sparse volume) and written with
   WRITE_ZEROES otherwise.
 - ``compare``: incremental without CBT. Source and target blocks are both read; only blocks that differ are
-  written (WRITE_ZEROES where the source block is zero).
+  written (WRITE_ZEROES where the source block is zero). With ``target_digests`` (per-block sha256 the hub
+  computed of its own target) the target is not read at all: each source block's digest is compared instead,
+  so only changed blocks cross the link.
 - ``changed_areas`` (CBT): only those byte ranges are copied, in either mode. Their zero blocks are written as
   zeros unless ``target_is_zero=True`` is given explicitly (e.g. a full copy limited to allocated areas).
 
@@ -19,6 +21,7 @@ not copy: measured here at ~25 GiB/s, against 0.2 GiB/s for ``memoryview == memo
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
 import os
 import ssl
 import threading
@@ -27,6 +30,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from agent.dataplane.digests import TargetDigests, zero_digest
 from agent.dataplane.nbd import NBDAddress, NBDClient, parse_nbd_url
 from agent.dataplane.sources import Source, open_source
 
@@ -89,8 +93,8 @@ class CopyResult:
     zero_bytes_skipped: int = 0  # zero source bytes not sent because the target already reads as zeros
     zero_bytes_written: int = 0  # covered by NBD_CMD_WRITE_ZEROES
     bytes_unchanged: int = 0  # compare mode: equal to the target, not written
-    blocks_compared: int = 0  # compare mode: granules compared against the target
-    target_bytes_read: int = 0  # compare mode: read back from the target
+    blocks_compared: int = 0  # compare mode: granules compared against the target (or its digests)
+    target_bytes_read: int = 0  # compare mode: read back from the target (none with target digests)
     connections: int = 0
     elapsed: float = 0.0
 
@@ -136,6 +140,7 @@ class CopyJob:
     changed_areas: Sequence[tuple[int, int]] | None = None
     target_is_zero: bool | None = None
     progress: ProgressCallback | None = None
+    target_digests: TargetDigests | None = None
 
 
 _ZERO_CACHE: dict[int, bytes] = {}
@@ -205,8 +210,10 @@ class _Copy:
         skip_zeros: bool,
         use_allocation: bool,
         cancel: threading.Event | None,
+        digests: TargetDigests | None = None,
     ) -> None:
         self.mode = mode
+        self.digests = digests
         self.source_size = source_size
         self.block_size = block_size
         self.granularity = granularity
@@ -236,7 +243,8 @@ class _Copy:
 
     def worker(self, client: NBDClient, source: Source, stats: _Stats) -> None:
         try:
-            slots = [_Slot(self.block_size, self.mode == "compare") for _ in range(_BUFFERS_PER_WORKER)]
+            read_target = self.mode == "compare" and self.digests is None
+            slots = [_Slot(self.block_size, read_target) for _ in range(_BUFFERS_PER_WORKER)]
             turn = 0
             while not self.stopping():
                 item = self.next_item()
@@ -290,25 +298,30 @@ class _Copy:
     def _process(self, client: NBDClient, source: Source, stats: _Stats, slot: _Slot, offset: int, length: int) -> None:
         compare = self.mode == "compare"
         tgt_cookies: list[int] = []
-        if compare:
+        if compare and self.digests is not None:
+            # Beyond the source's end (a volume larger than its disk) the digests alone decide: no zero fill.
+            past_end = offset >= self.source_size
+            all_zero = past_end or self._fill_from_source(source, stats, slot.src_view, offset, length)
+            slot.covered = length
+            runs = self._digest_runs(slot.src, offset, length, all_zero, stats)
+        elif compare:
             assert slot.tgt_view is not None
             # Ask the target first so the server reads while we read the source.
             tgt_cookies = client.submit_read(offset, slot.tgt_view[:length])
-        all_zero = self._fill_from_source(source, stats, slot.src_view, offset, length)
-        slot.covered = length
-        if all_zero and not compare and self.skip_zeros:
-            stats.zero_bytes_skipped += length
-            return
-        if compare:
+            all_zero = self._fill_from_source(source, stats, slot.src_view, offset, length)
+            slot.covered = length
             if all_zero:
                 slot.src_view[:length] = self.zero_view[:length]
             client.wait(tgt_cookies)
             stats.target_bytes_read += length
             runs = self._compare_runs(slot, length, stats)
-        elif all_zero:
-            runs = [(0, length, _ZERO)]
         else:
-            runs = self._zero_runs(slot.src, length)
+            all_zero = self._fill_from_source(source, stats, slot.src_view, offset, length)
+            slot.covered = length
+            if all_zero and self.skip_zeros:
+                stats.zero_bytes_skipped += length
+                return
+            runs = [(0, length, _ZERO)] if all_zero else self._zero_runs(slot.src, length)
         for start, end, kind in runs:
             n = end - start
             if kind == _DATA:
@@ -327,18 +340,38 @@ class _Copy:
         if buf.startswith(self.zero_view[:length], 0, length):
             return [(0, length, _ZERO)]
         step = self.granularity
-        runs: list[tuple[int, int, int]] = []
-        run_start, run_kind = 0, -1
-        for pos in range(0, length, step):
-            end = min(pos + step, length)
-            zero = self.zero_granule if end - pos == step else _zeros(end - pos)
-            kind = _ZERO if buf.startswith(zero, pos, end) else _DATA
-            if kind != run_kind:
-                if run_kind >= 0:
-                    runs.append((run_start, pos, run_kind))
-                run_start, run_kind = pos, kind
-        runs.append((run_start, length, run_kind))
-        return runs
+
+        def kind(pos: int, end: int) -> int:
+            return (
+                _ZERO
+                if buf.startswith(self.zero_granule if end - pos == step else _zeros(end - pos), pos, end)
+                else _DATA
+            )
+
+        return _runs(length, step, kind)
+
+    def _digest_runs(
+        self, buf: bytearray, offset: int, length: int, all_zero: bool, stats: _Stats
+    ) -> list[tuple[int, int, int]]:
+        """Compare each block with the hub's digest of the target block: equal is _SAME, else _ZERO or _DATA.
+
+        A zero block is recognised by memcmp and compared with the zero digest, so only data is hashed.
+        """
+        digests = self.digests
+        assert digests is not None
+        step = digests.block_size  # the copy's granularity in this mode, and offset is aligned to it
+        first = offset // step
+        stats.blocks_compared += -(-length // step)
+        view = memoryview(buf)
+
+        def kind(pos: int, end: int) -> int:
+            n = end - pos
+            expected = digests.of_block(first + pos // step)
+            if all_zero or buf.startswith(self.zero_granule if n == step else _zeros(n), pos, end):
+                return _SAME if expected == zero_digest(n) else _ZERO
+            return _SAME if hashlib.sha256(view[pos:end]).digest() == expected else _DATA
+
+        return _runs(length, step, kind)
 
     def _compare_runs(self, slot: _Slot, length: int, stats: _Stats) -> list[tuple[int, int, int]]:
         src, tgt = slot.src, slot.tgt_view
@@ -347,22 +380,29 @@ class _Copy:
         stats.blocks_compared += -(-length // step)
         if src.startswith(tgt[:length], 0, length):
             return [(0, length, _SAME)]
-        runs: list[tuple[int, int, int]] = []
-        run_start, run_kind = 0, -1
-        for pos in range(0, length, step):
-            end = min(pos + step, length)
+
+        def kind(pos: int, end: int) -> int:
             if src.startswith(tgt[pos:end], pos, end):
-                kind = _SAME
-            elif src.startswith(self.zero_granule if end - pos == step else _zeros(end - pos), pos, end):
-                kind = _ZERO
-            else:
-                kind = _DATA
-            if kind != run_kind:
-                if run_kind >= 0:
-                    runs.append((run_start, pos, run_kind))
-                run_start, run_kind = pos, kind
-        runs.append((run_start, length, run_kind))
-        return runs
+                return _SAME
+            if src.startswith(self.zero_granule if end - pos == step else _zeros(end - pos), pos, end):
+                return _ZERO
+            return _DATA
+
+        return _runs(length, step, kind)
+
+
+def _runs(length: int, step: int, kind_of: Callable[[int, int], int]) -> list[tuple[int, int, int]]:
+    """(start, end, kind) runs of equal kinds over [0, length), the kind decided per `step`-sized granule."""
+    runs: list[tuple[int, int, int]] = []
+    run_start, run_kind = 0, -1
+    for pos in range(0, length, step):
+        kind = kind_of(pos, min(pos + step, length))
+        if kind != run_kind:
+            if run_kind >= 0:
+                runs.append((run_start, pos, run_kind))
+            run_start, run_kind = pos, kind
+    runs.append((run_start, length, run_kind))
+    return runs
 
 
 def _covers(runs: Sequence[tuple[int, int, bool]], offset: int, length: int) -> bool:
@@ -397,6 +437,7 @@ def copy_disk(
     flush: bool = True,
     timeout: float = 60.0,
     tls: ssl.SSLContext | None = None,
+    target_digests: TargetDigests | None = None,
 ) -> CopyResult:
     """Copy one disk image to an NBD export and return what was read and written.
 
@@ -404,6 +445,9 @@ def copy_disk(
     object passed in stays open, its clones are closed). `target_url` is ``nbd://host:port/export``, or
     ``nbds://`` with `tls` the context of every connection to it; the server must allow `connections` clients
     at once (qemu-nbd ``--shared``).
+
+    `target_digests` (compare mode only) are the hub's per-block sha256 of the target as it is now: blocks
+    are compared against them instead of being read back from the target, at their block size.
 
     `target_is_zero` (default: True for a whole-disk copy, False with `changed_areas`) says whether the
     target already reads as zeros, so that zero blocks need not be written. Pass False for a reused volume.
@@ -421,6 +465,12 @@ def copy_disk(
     """
     if mode not in ("full", "compare"):
         raise CopyError(f"mode must be 'full' or 'compare', not {mode!r}")
+    if target_digests is not None:
+        if mode != "compare":
+            raise CopyError("target digests are for compare mode")
+        # Blocks are compared at the digests' size; a copy block holds whole digest blocks.
+        zero_granularity = target_digests.block_size
+        block_size = max(block_size, zero_granularity) // zero_granularity * zero_granularity
     if zero_granularity < 512 or zero_granularity & (zero_granularity - 1):
         raise CopyError(f"zero_granularity must be a power of two >= 512, not {zero_granularity}")
     if block_size < zero_granularity or block_size % zero_granularity:
@@ -445,6 +495,11 @@ def copy_disk(
             raise CopyError(
                 f"target {address.url} has {first.size} bytes, less than the source's {src.size}; "
                 "refusing to write anything"
+            )
+        if target_digests is not None and not target_digests.covers(first.size):
+            raise CopyError(
+                f"the target digests do not cover target {address.url} of {first.size} bytes (did it change since "
+                "the hub hashed it?); refusing to write anything"
             )
         skip_zeros = mode == "full" and target_is_zero
         if changed_areas is not None:
@@ -477,6 +532,7 @@ def copy_disk(
             skip_zeros=skip_zeros,
             use_allocation=use_allocation,
             cancel=cancel,
+            digests=target_digests,
         )
         stats = [_Stats() for _ in range(n_workers)]
         threads = [
@@ -568,7 +624,16 @@ def copy_disks(
     """
     if max_parallel < 1:
         raise CopyError("max_parallel must be >= 1")
-    per_disk = {"source", "target_url", "mode", "changed_areas", "target_is_zero", "progress", "cancel"}
+    per_disk = {
+        "source",
+        "target_url",
+        "mode",
+        "changed_areas",
+        "target_is_zero",
+        "progress",
+        "cancel",
+        "target_digests",
+    }
     if per_disk & options.keys():
         raise CopyError(f"per-disk options belong in CopyJob: {sorted(per_disk & options.keys())}")
     keys = [job.key if job.key is not None else str(index) for index, job in enumerate(jobs)]
@@ -601,6 +666,7 @@ def copy_disks(
                     target_is_zero=jobs[i].target_is_zero,
                     progress=jobs[i].progress,
                     cancel=stop,
+                    target_digests=jobs[i].target_digests,
                     **options,
                 ): i
                 for i in order

@@ -10,7 +10,8 @@ import time
 import httpx
 import pytest
 
-from agent.contract import JobRequest, Target
+from agent.contract import BlockDigests, JobRequest, Target
+from agent.dataplane import digests
 from blocks.agent import Agent
 from catalog.exports import exports_for_job
 from catalog.jobs import list_jobs
@@ -107,7 +108,7 @@ def _served_targets(vm, tmp_path, ports):
     return servers, targets
 
 
-@pytest.mark.parametrize("fault", ["missing-disk", "unknown-disk", "too-small", "unreachable"])
+@pytest.mark.parametrize("fault", ["missing-disk", "unknown-disk", "too-small", "unreachable", "short-digests"])
 def test_the_agent_itself_refuses_a_bad_mapping(fault, lab, discovered, agent_process, tmp_path):
     vm = discovered["db3"]
     servers, targets = _served_targets(vm, tmp_path, range(21300, 21310))
@@ -121,6 +122,12 @@ def test_the_agent_itself_refuses_a_bad_mapping(fault, lab, discovered, agent_pr
             create_qcow2(small, 2**20)
             servers.append(start_qemu_nbd(small, export_name="small", bind_address="127.0.0.1", port=21320))
             targets[1] = targets[1].model_copy(update={"nbd_url": servers[-1].url})
+        elif fault == "short-digests":
+            # digests of one block less than the target has: stale, or of another target
+            block = 64 * 1024
+            count = -(-targets[0].capacity_bytes // block) - 1
+            wire = BlockDigests(block_size=block, digests=digests.encode(bytes(32 * count)))
+            targets[0] = targets[0].model_copy(update={"block_digests": wire})
         else:
             targets[2] = targets[2].model_copy(update={"nbd_url": "nbd://127.0.0.1:1/none"})
         request = JobRequest(job_id=f"refuse-{fault}", vm=vm.instance_uuid, kind="full", targets=targets)
@@ -148,9 +155,11 @@ def test_the_contract_refuses_a_key_twice():
         JobRequest(job_id="x", vm="vm-1", kind="full", targets=[target, target.model_copy(update={"disk_key": 1})])
 
 
+@pytest.mark.parametrize("by_digests", [True, False], ids=["digest-compare", "plain-compare"])
 def test_incremental_writes_only_the_changed_blocks(
-    lab, discovered, agent_block, lab_vcenter_block, configured_catalog, tmp_path
+    by_digests, lab, discovered, agent_block, lab_vcenter_block, configured_catalog, tmp_path, monkeypatch
 ):
+    monkeypatch.setenv("VMFERRY_COMPARE_BY_DIGESTS", str(by_digests).lower())
     vm = discovered["pgtest1"]
     full = qcow2_targets(vm, tmp_path / "full")
     copy_vm_disks("pgtest1", full, agent_block, lab_vcenter_block)
@@ -163,7 +172,12 @@ def test_incremental_writes_only_the_changed_blocks(
         overlays = qcow2_targets(vm, tmp_path / "incr", backing={t.vm_disk_id: t.file_path for t in full})
         status = copy_vm_disks("pgtest1", overlays, agent_block, lab_vcenter_block, kind="incremental")
         written = {d.disk_key: d for d in status.disks}
-        assert {d.mode for d in status.disks} == {"compare"}  # vcsim has no CBT
+        # vcsim has no CBT: the hub's digests of each overlay, or (the fallback) the overlay read back
+        assert {d.mode for d in status.disks} == {"digest-compare" if by_digests else "compare"}
+        for disk in status.disks:
+            # the link carried the changed blocks (and digests), not the target; every source byte was read
+            assert disk.target_bytes_read == (0 if by_digests else disk.bytes_total)
+            assert disk.bytes_read == disk.bytes_total
         granule = 64 * 1024
         assert change_len <= written[data_disk.device_key].bytes_written <= change_len + 2 * granule
         assert all(d.bytes_written == 0 for key, d in written.items() if key != data_disk.device_key)
@@ -275,6 +289,28 @@ def test_requests_without_the_token_are_refused(agent_process, discovered, heade
         f"{agent_process.url}/api/v1/jobs/no-token", headers={"Authorization": f"Bearer {agent_process.token}"}
     )
     assert ok.status_code == 404  # the refused POST created nothing
+
+
+def test_job_end_is_answered_at_once_to_a_long_poll(lab, discovered, agent_process, tmp_path):
+    """GET ?wait= answers when the job finishes, not when the wait runs out; a finished job answers at once."""
+    vm = discovered["pgtest1"]
+    first_port = int(os.environ.get("VMFERRY_TEST_NBD_PORT_RANGE", "21100-21199").split("-")[0]) + 60
+    servers, targets = _served_targets(vm, tmp_path, range(first_port, first_port + 10))
+    try:
+        request = JobRequest(job_id="long-poll", vm=vm.instance_uuid, kind="full", targets=targets)
+        with Agent(url=agent_process.url, token=agent_process.token).client() as client:
+            client.submit(request)
+            asked = time.monotonic()
+            status = client.status("long-poll", wait=25)
+            waited = time.monotonic() - asked
+            assert status.finished and status.state == "succeeded", status
+            assert waited < 25
+            asked = time.monotonic()
+            assert client.status("long-poll", wait=25).finished
+            assert time.monotonic() - asked < 5
+    finally:
+        for server in servers:
+            stop_qemu_nbd(server.pid, server.file_path)
 
 
 def test_jobs_are_idempotent_and_cancellable(lab, discovered, agent_process, tmp_path):

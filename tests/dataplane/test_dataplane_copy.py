@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import threading
@@ -20,7 +21,9 @@ from agent.dataplane import (
     NBDError,
     copy_disk,
     copy_disks,
+    digests,
 )
+from clients.qemu import scan_image
 
 from .conftest import (
     GRANULE,
@@ -140,8 +143,8 @@ def test_compare_mode_writes_only_changed_blocks(tmp_path: Path, image: SampleIm
     assert raw_sha256(target, tmp_path) == file_sha256(image.path)
 
 
-def test_compare_mode_on_qcow2_overlay(tmp_path: Path, image: SampleImage, nbd_servers: NBDServers):
-    """The incremental backup shape: a new overlay whose backing file is the previous restore point."""
+def _full_then_overlay(tmp_path: Path, image: SampleImage, nbd_servers: NBDServers) -> tuple[Path, Path]:
+    """A full copy of the image, and a new overlay on it: the files of a full and its next incremental."""
     base = create_qcow2(tmp_path / "full.qcow2", image.size)
     server = nbd_servers.start(base)
     copy_disk(image.path, server.url)
@@ -149,6 +152,12 @@ def test_compare_mode_on_qcow2_overlay(tmp_path: Path, image: SampleImage, nbd_s
     overlay = tmp_path / "inc1.qcow2"
     created = qemu_img("create", "-q", "-f", "qcow2", "-b", "full.qcow2", "-F", "qcow2", str(overlay))
     assert created.returncode == 0, created.stderr
+    return base, overlay
+
+
+def test_compare_mode_on_qcow2_overlay(tmp_path: Path, image: SampleImage, nbd_servers: NBDServers):
+    """The incremental backup shape: a new overlay whose backing file is the previous restore point."""
+    _base, overlay = _full_then_overlay(tmp_path, image, nbd_servers)
     changed, _ = _mutate(image, 0.02, seed=11)
 
     server = nbd_servers.start(overlay)
@@ -158,6 +167,72 @@ def test_compare_mode_on_qcow2_overlay(tmp_path: Path, image: SampleImage, nbd_s
     assert result.bytes_written + result.zero_bytes_written == changed
     assert allocated_bytes(overlay) <= changed
     assert images_identical(image.path, overlay)
+
+
+def test_digest_compare_on_qcow2_overlay_reads_nothing_back(
+    tmp_path: Path, image: SampleImage, nbd_servers: NBDServers
+):
+    """The hub hashes the overlay (its backing chain) locally; the agent compares source blocks against those
+    digests, reads nothing from the target and writes exactly the changed blocks."""
+    base, overlay = _full_then_overlay(tmp_path, image, nbd_servers)
+    changed, _ = _mutate(image, 0.02, seed=13)
+    scan = scan_image(overlay, digest_block_size=GRANULE)
+    assert scan.block_digests is not None and scan.sha256 == raw_sha256(base, tmp_path)
+
+    server = nbd_servers.start(overlay)
+    wire = digests.encode(scan.block_digests.digests)
+    received = digests.decode(wire, scan.size, GRANULE)
+    result = copy_disk(image.path, server.url, mode="compare", target_digests=received, connections=3)
+    server.stop()
+
+    assert result.target_bytes_read == 0
+    assert result.blocks_compared == image.size // GRANULE
+    assert result.bytes_written + result.zero_bytes_written == changed
+    assert result.bytes_unchanged == image.size - changed
+    assert allocated_bytes(overlay) <= changed
+    assert images_identical(image.path, overlay)
+    assert scan_image(overlay).sha256 == file_sha256(image.path)
+
+
+def test_digest_compare_zeroes_only_what_is_dirty_past_the_source(
+    tmp_path: Path, image: SampleImage, nbd_servers: NBDServers
+):
+    """A volume larger than its disk: past the source's end the digests alone decide what gets zeroed."""
+    target = create_qcow2(tmp_path / "volume.qcow2", image.size + 16 * MiB)
+    server = nbd_servers.start(target)
+    copy_disk(image.path, server.url)
+    with NBDClient(server.url) as client:
+        client.write(image.size, random.Random(3).randbytes(8 * MiB))  # stale data beyond the disk
+    server.stop()
+    scan = scan_image(target, digest_block_size=GRANULE)
+    assert scan.block_digests is not None
+
+    server = nbd_servers.start(target)
+    result = copy_disk(image.path, server.url, mode="compare", target_digests=scan.block_digests)
+    server.stop()
+
+    assert result.target_bytes_read == 0 and result.bytes_written == 0
+    assert result.zero_bytes_written == 8 * MiB
+    assert result.bytes_unchanged == image.size + 8 * MiB
+    assert scan_image(target).sha256 == hashlib.sha256(image.path.read_bytes() + bytes(16 * MiB)).hexdigest()
+
+
+def test_digests_that_do_not_fit_the_target_are_refused(tmp_path: Path, image: SampleImage, nbd_servers: NBDServers):
+    target = create_qcow2(tmp_path / "target.qcow2", image.size)
+    short = digests.TargetDigests(GRANULE, bytes(32 * (image.size // GRANULE - 1)))
+    server = nbd_servers.start(target)
+    with pytest.raises(CopyError, match="do not cover"):
+        copy_disk(image.path, server.url, mode="compare", target_digests=short)
+    with pytest.raises(CopyError, match="compare mode"):
+        copy_disk(image.path, server.url, target_digests=short)
+    server.stop()
+    assert allocated_bytes(target) == 0
+    with pytest.raises(digests.DigestError, match="needs"):
+        digests.decode(digests.encode(short.digests), image.size, GRANULE)
+    with pytest.raises(digests.DigestError, match="base64"):
+        digests.decode("not base64!", image.size, GRANULE)
+    with pytest.raises(digests.DigestError, match="power of two"):
+        digests.decode(digests.encode(short.digests), image.size, 3 * GRANULE)
 
 
 def test_changed_areas_copy_only_those_ranges(tmp_path: Path, image: SampleImage, nbd_servers: NBDServers):

@@ -321,6 +321,29 @@ def test_copy_disk_from_http(tmp_path: Path, nbd_servers: NBDServers):
     assert images_identical(image.path, target)
 
 
+def test_http_range_body_lands_in_the_buffer_over_one_connection(http_payload):
+    """Range bodies are read straight into the caller's buffer over one kept-alive connection, and a
+    connection the server closed is replaced without the caller noticing."""
+    base, handler = http_payload
+    ports: list[int] = []
+    original = handler.do_GET
+
+    def do_get(self):
+        ports.append(self.client_address[1])
+        original(self)
+        if len(ports) == 3:
+            self.close_connection = True  # the server drops the kept-alive connection after the third GET
+
+    handler.do_GET = do_get
+    with HTTPRangeSource(f"{base}/d-flat.vmdk", size=len(handler.payload)) as src:
+        buf = bytearray(2 * MiB)
+        for offset in (0, 7, MiB + 1, 3):
+            src.readinto(offset, buf)
+            assert buf == handler.payload[offset : offset + 2 * MiB]
+        assert src._fast is not None and src._fast._sock is not None  # the direct reader did the work
+    assert len(ports) == 4 and len(set(ports[:3])) == 1 and ports[3] != ports[0]
+
+
 # -- TLS thumbprint pinning -------------------------------------------------------------------------------------
 
 
@@ -373,8 +396,16 @@ def test_https_thumbprint_pinning(tls_files):
             HTTPRangeSource(url, thumbprint=wrong, cookies={"vmware_soap_session": "s"})
         assert len(handler.seen) == requests_so_far  # the cookie never reached the impostor
 
+        # With the size known there is no HEAD: the direct range reader checks the pin before sending a byte.
+        with HTTPRangeSource(url, thumbprint=wrong, size=100_000, cookies={"vmware_soap_session": "s"}) as src:
+            with pytest.raises(ThumbprintMismatch, match="not the pinned one"):
+                src.read(0, 5)
+        assert len(handler.seen) == requests_so_far
+
         with pytest.raises(SourceError):  # self-signed: the default CA check refuses it
             HTTPRangeSource(url, retries=0)
+        with HTTPRangeSource(url, retries=0, size=100_000) as src, pytest.raises(SourceError):
+            src.read(0, 5)
         with pytest.raises(ValueError, match="thumbprint"):
             HTTPRangeSource(url, thumbprint="zz:zz")
     finally:
