@@ -22,6 +22,7 @@ from tasks.reconcile import (
     read_flow_run_facts,
     sweep_crashed_jobs,
     sweep_hub_volumes,
+    sweep_job_resources,
     sweep_nbd_exports,
     sweep_port_leases,
     sweep_restore_points,
@@ -76,6 +77,7 @@ def reconcile(
         # interrupted pass leaves the jobs still marked running for the next one.
         sweep("nbd-export", lambda: sweep_nbd_exports(reconciler))
         sweep("port-lease", lambda: sweep_port_leases(reconciler))
+        sweep("job-resource", lambda: sweep_job_resources(reconciler))
         sweep("restore-point", lambda: sweep_restore_points(reconciler, repo))
         if vcenter_block is not None:
             sweep("snapshot", lambda: sweep_snapshots(reconciler, vcenter_block))

@@ -53,6 +53,11 @@ def sweep_nbd_exports(reconciler: Reconciler) -> list[Finding]:
 
 
 @task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def sweep_job_resources(reconciler: Reconciler) -> list[Finding]:
+    return reconciler.sweep_job_resources()
+
+
+@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def sweep_port_leases(reconciler: Reconciler) -> list[Finding]:
     return reconciler.sweep_leases()
 

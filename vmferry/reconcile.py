@@ -31,6 +31,7 @@ import shutil
 import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -44,6 +45,7 @@ from catalog.jobs import FINISHED_STATES, fail_running_job, get_job, running_job
 from catalog.models import utcnow
 from catalog.ports import held_leases, release_port
 from catalog.replication import recorded_volume_ids
+from catalog.resources import ResourceView, live_resources, mark_resource_removed
 from catalog.restore_points import fail_pending_point, find_point, points_in_state
 from clients.cloudstack import CloudStackClient
 from clients.qemu import is_our_qemu_nbd, stop_qemu_nbd
@@ -189,7 +191,16 @@ class OwnerJudge:
 # --- the report --------------------------------------------------------------------------------------------
 
 FindingKind = Literal[
-    "nbd-export", "port-lease", "partial-directory", "restore-point", "point-directory", "snapshot", "hub-volume", "job"
+    "nbd-export",
+    "port-lease",
+    "partial-directory",
+    "restore-point",
+    "point-directory",
+    "snapshot",
+    "hub-volume",
+    "job",
+    "job-resource",
+    "destination-vm",
 ]
 
 
@@ -294,6 +305,46 @@ class Reconciler:
     def _stop(self, export: ExportView, pid: int) -> None:
         stop_qemu_nbd(pid, export.file_path)  # checks pid and command line again right before signalling
         mark_export_stopped(self.catalog, export.id)
+
+    # what jobs recorded in the ledger: qemu-nbd on private sockets, temporary outputs, work directories ----
+
+    def sweep_job_resources(self) -> list[Finding]:
+        findings = []
+        # processes first: a directory goes only once nothing serves from it
+        resources = sorted(live_resources(self.catalog), key=lambda r: r.kind != "qemu-nbd")
+        for resource in resources:
+            if resource.kind == "snapshot":
+                continue  # sweep_snapshots, which can reach vCenter
+            owner = self.judge.owner(resource.job_id)
+            finding = Finding(
+                kind="job-resource",
+                subject=f"{resource.kind} {resource.path}" + (f" serving {resource.ref}" if resource.ref else ""),
+                job_id=resource.job_id,
+                owner=owner.describe(),
+                action="",
+            )
+            if owner.alive:
+                findings.append(finding.model_copy(update={"action": "kept"}))
+                continue
+            verb = f"remove {resource.kind}"
+            findings.append(self._act(finding, verb, f"removed {resource.kind}", partial(self._remove, resource)))
+        return findings
+
+    def _remove(self, resource: ResourceView) -> None:
+        if resource.kind == "qemu-nbd" and resource.ref:
+            pid = resource.pid if resource.pid is not None else _qemu_nbd_on_socket(resource)
+            if pid is not None and is_our_qemu_nbd(pid, resource.ref) and resource.path in (_cmdline_of(pid) or []):
+                stop_qemu_nbd(pid, resource.ref)
+        elif resource.kind == "file" and resource.path:
+            # only a regular file: what was recorded but never created by us may be somebody's link by now
+            path = Path(resource.path)
+            if path.is_file() and not path.is_symlink():
+                path.unlink()
+        elif resource.kind == "directory" and resource.path:
+            path = Path(resource.path)
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+        mark_resource_removed(self.catalog, resource.id)
 
     # port leases ---------------------------------------------------------------------------------------
 
@@ -491,6 +542,25 @@ def _unrecorded_qemu_nbd(export: ExportView) -> int | None:
         if not argv or Path(argv[0]).name != "qemu-nbd" or export.file_path not in argv:
             continue
         if _option(argv, "--port") == str(export.port) and _option(argv, "--export-name") == export.export_name:
+            return int(proc.name)
+    return None
+
+
+def _cmdline_of(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+
+
+def _qemu_nbd_on_socket(resource: ResourceView) -> int | None:
+    """A qemu-nbd a job started on its private socket but whose pid it never recorded (killed right after)."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        argv = _cmdline_of(int(proc.name))
+        if argv and Path(argv[0]).name == "qemu-nbd" and resource.path in argv and resource.ref in argv:
             return int(proc.name)
     return None
 
