@@ -10,7 +10,6 @@ trusted to (unreachable, killed), the hub removes it through vSphere.
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -32,6 +31,7 @@ from tasks.vsphere import remove_job_snapshots
 from vmferry.compensation import quietly
 from vmferry.exports import export_url, stop_export
 from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
+from vmferry.ledger import JobLedger
 from vmferry.limits import holding, vcenter_limit_name
 from vmferry.settings import get_settings
 from vmferry.targets import DiskTarget, check_plan
@@ -80,10 +80,14 @@ def run_copy(
     check_plan(vm, targets)
     for target in targets:
         check_target_file(vm.name, target)
-    log_dir = log_dir or Path(tempfile.mkdtemp(prefix=f"vmferry-{job_id}-"))
     catalog = default_catalog()
     by_key = {t.device_key: t for t in targets}
     with ExitStack() as undo:
+        if log_dir is None:
+            # the qemu-nbd logs belong to the job: recorded, and removed with it (by the reconciler after a kill)
+            ledger = JobLedger(catalog, job_id)
+            log_resource, log_dir = ledger.temp_directory("nbd-logs")
+            undo.callback(quietly(ledger.remove_directory, log_resource, log_dir))
         # Taken before any port or qemu-nbd, so a copy waiting for vCenter holds nothing else meanwhile.
         if vcenter is not None:
             limit = vcenter_limit_name(vcenter.host, vcenter.port)

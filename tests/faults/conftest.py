@@ -33,6 +33,14 @@ def test_ports(nbd_port_range: str) -> list[int]:
     return list(range(high, max(low, high - 20), -1))
 
 
+@pytest.fixture
+def committed_point(lab, agent_block, lab_vcenter_block, repository_block, configured_catalog):
+    """A full backup of the lab's pgtest1 (a disk with known files)."""
+    from flows.backup import backup_vm
+
+    return backup_vm("pgtest1", repository_block, agent_block, lab_vcenter_block, kind="full")
+
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -13,17 +13,11 @@ import pytest
 
 from catalog.jobs import get_job, list_jobs
 from catalog.resources import live_resources, resources_of_job
-from flows.backup import backup_vm
 from flows.reconcile import reconcile
 from tests.agent.helpers import our_qemu_nbd_pids
 from tests.faults.conftest import ROOT, subprocess_env
 
 pytestmark = pytest.mark.usefixtures("prefect_backend", "nbd_port_range")
-
-
-@pytest.fixture
-def committed_point(lab, agent_block, lab_vcenter_block, repository_block, configured_catalog):
-    return backup_vm("pgtest1", repository_block, agent_block, lab_vcenter_block, kind="full")
 
 
 def _run_until_stalled(kind: str, arguments: dict, catalog_url: str) -> subprocess.Popen:
