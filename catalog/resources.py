@@ -106,6 +106,22 @@ def record_snapshot(catalog: Catalog, job_id: str, *, vm_moref: str, snapshot_mo
     catalog.write(work)
 
 
+def mark_snapshot_removed(catalog: Catalog, snapshot_moref: str) -> None:
+    """The snapshot is gone (removed by its agent, the hub or the reconciler)."""
+
+    def work(session: Session) -> None:
+        rows = session.scalars(
+            select(JobResource).where(
+                JobResource.kind == "snapshot", JobResource.ref == snapshot_moref, JobResource.state != "removed"
+            )
+        )
+        for row in rows:
+            row.state = "removed"
+            row.removed_at = utcnow()
+
+    catalog.write(work)
+
+
 def live_resources(catalog: Catalog, kind: ResourceKind | None = None) -> list[ResourceView]:
     """Resources not known to be removed: what the reconciler checks against their jobs."""
     with catalog.session() as session:

@@ -7,7 +7,8 @@ for each job whether its owner is still at work, and removes the resources of jo
 Whose is it - the rule (``OwnerJudge``):
 
 - a job row ``succeeded``/``failed``/``cancelled`` is *finished*: whatever it still holds is an orphan;
-- a job named by a resource but missing from the catalog (a snapshot ``vmferry-<unknown>``) is *absent*: orphan;
+- a job named by a resource but missing from the catalog is *absent*: its resources are orphans, except a
+  snapshot ``vmferry-<unknown job>``, which may be another hub's (a name never proves ownership) and is kept;
 - a job row ``running`` is *crashed* when its flow run (``jobs.flow_run_id``) is in a final state
   (Completed, Failed, Crashed, Cancelled) - a flow closes its job before its run ends, so a final run with a
   running job never closed it - or when the flow run's recorded hub process is gone. Every flow records its
@@ -45,7 +46,7 @@ from catalog.jobs import FINISHED_STATES, fail_running_job, get_job, running_job
 from catalog.models import utcnow
 from catalog.ports import held_leases, release_port
 from catalog.replication import recorded_volume_ids
-from catalog.resources import ResourceView, live_resources, mark_resource_removed
+from catalog.resources import ResourceView, live_resources, mark_resource_removed, mark_snapshot_removed
 from catalog.restore_points import fail_pending_point, find_point, points_in_state
 from clients.cloudstack import CloudStackClient
 from clients.qemu import is_our_qemu_nbd, stop_qemu_nbd
@@ -443,6 +444,7 @@ class Reconciler:
 
     def sweep_snapshots(self, endpoint: VSphereEndpoint) -> list[Finding]:
         findings = []
+        recorded = {r.ref: r.job_id for r in live_resources(self.catalog, "snapshot") if r.ref}
         with VSphereClient(endpoint) as client:
             for vm in client.list_vms():
                 try:
@@ -455,9 +457,13 @@ class Reconciler:
                     findings.append(Finding(kind="snapshot", subject=subject, action="failed to list", error=error))
                     continue
                 for snapshot in snapshots:
-                    if not snapshot.name.startswith(SNAPSHOT_PREFIX):
+                    # the ledger names the job of a snapshot the agent reported; else its name does, but only
+                    # of a job this catalog has: a snapshot of an unknown job may be another hub's, still in use
+                    job_id = recorded.get(snapshot.moref)
+                    if job_id is None and snapshot.name.startswith(SNAPSHOT_PREFIX):
+                        job_id = snapshot.name[len(SNAPSHOT_PREFIX) :]
+                    if job_id is None:
                         continue  # somebody else's snapshot
-                    job_id = snapshot.name[len(SNAPSHOT_PREFIX) :]
                     owner = self.judge.owner(job_id)
                     finding = Finding(
                         kind="snapshot",
@@ -466,13 +472,17 @@ class Reconciler:
                         owner=owner.describe(),
                         action="",
                     )
-                    if owner.alive:
+                    if owner.alive or owner.status == "absent":
                         findings.append(finding.model_copy(update={"action": "kept"}))
                         continue
                     findings.append(
-                        self._act(finding, "remove", "removed", lambda m=snapshot.moref, h=handle: h.remove_snapshot(m))
+                        self._act(finding, "remove", "removed", partial(self._remove_snapshot, handle, snapshot.moref))
                     )
         return findings
+
+    def _remove_snapshot(self, handle: VSphereSnapshots, moref: str) -> None:
+        handle.remove_snapshot(moref)
+        mark_snapshot_removed(self.catalog, moref)
 
     # CloudStack hub volumes ----------------------------------------------------------------------------
 

@@ -198,21 +198,31 @@ def test_a_stray_partial_directory_is_removed(repository_block, configured_catal
 
 def test_a_leftover_agent_snapshot_is_removed(make_scratch_vm, lab, lab_vcenter_block, configured_catalog):
     name = make_scratch_vm(disks=1)
-    leftover = f"vmferry-{uuid.uuid4()}"
+    crashed = create_job(configured_catalog, "backup")
+    finish_job(configured_catalog, crashed, "failed", "the agent died before removing its snapshot")
+    leftover = f"vmferry-{crashed}"
+    # a vmferry- name of a job this catalog never had: another hub's job, perhaps still copying from it
+    foreign = f"vmferry-{uuid.uuid4()}"
     with session(lab.vcenter) as si:
         vm = require_vm(si, name)
         WaitForTask(vm.CreateSnapshot_Task(name=leftover, description="a crashed agent's", memory=False, quiesce=False))
+        WaitForTask(vm.CreateSnapshot_Task(name=foreign, description="another hub's", memory=False, quiesce=False))
         WaitForTask(
             vm.CreateSnapshot_Task(name="before-upgrade", description="an operator's", memory=False, quiesce=False)
         )
-    assert sorted(vm_snapshot_names(lab, name)) == sorted([leftover, "before-upgrade"])
+    assert sorted(vm_snapshot_names(lab, name)) == sorted([leftover, foreign, "before-upgrade"])
 
     report = reconcile(vcenter=lab_vcenter_block)
 
-    assert vm_snapshot_names(lab, name) == ["before-upgrade"]  # only our prefix is ours
-    (finding,) = report.of("snapshot")
-    assert finding.action == "removed" and leftover in finding.subject and name in finding.subject
-    assert finding.owner == "absent: no such job in the catalog"
+    # only a snapshot of a job this catalog knows is over is ours; a name alone proves nothing
+    assert sorted(vm_snapshot_names(lab, name)) == sorted([foreign, "before-upgrade"])
+    acted = {f.subject.split()[0]: f for f in report.of("snapshot")}
+    assert acted[leftover].action == "removed" and name in acted[leftover].subject
+    assert acted[leftover].owner == "finished: job failed"
+    assert acted[foreign].action == "kept" and acted[foreign].owner == "absent: no such job in the catalog"
+    with session(lab.vcenter) as si:
+        vm = require_vm(si, name)
+        WaitForTask(vm.RemoveAllSnapshots_Task())
 
 
 def test_a_foreign_volume_on_the_hub_is_detached(cloudstack_sim, cloudstack_block, configured_catalog):
@@ -291,9 +301,9 @@ def test_a_running_jobs_resources_are_left_alone(
         assert vm_snapshot_names(lab, name) == [f"vmferry-{job.id}"]
         assert get_job(configured_catalog, job.id).state == "running"
         mine = [f for f in report.findings if f.job_id == job.id]
-        assert sorted(f.kind for f in mine) == sorted(
-            ["nbd-export", "nbd-export", "port-lease", "port-lease", "partial-directory", "restore-point", "snapshot"]
-        )
+        held = ["nbd-export", "nbd-export", "port-lease", "port-lease", "partial-directory", "restore-point"]
+        # and the snapshot, and the qemu-nbd log directory
+        assert sorted(f.kind for f in mine) == sorted([*held, "snapshot", "job-resource"])
         assert {f.action for f in mine} == {"kept"}
         assert all(f.owner.startswith("running: ") for f in mine)
     finally:
