@@ -1,8 +1,8 @@
 """Rolling a test failover back: test VM gone, every volume back on the hub in order, context ready again.
 
 Idempotent by construction: every step looks at what CloudStack has now, so running it twice, or after a
-failover that died halfway (its VM found by id in the catalog or by its deterministic name), ends in the
-same clean state.
+failover that died halfway (its VM found by the id the catalog recorded when CloudStack allocated it), ends in
+the same clean state. A live failover that never finished is rolled back too; one that finished is production.
 """
 
 from __future__ import annotations
@@ -14,12 +14,11 @@ from pydantic import BaseModel
 from blocks import load_block
 from blocks.cloudstack import CloudStack
 from catalog import default_catalog
-from catalog.failovers import READY_FOR_FAILOVER, failovers_of, finish_failover, set_context_state
+from catalog.failovers import context_after_rollback, failovers_of, finish_failover, set_context_state
 from catalog.inventory import find_vm
-from catalog.replication import record_attachment, volumes_of_vm
-from tasks.failover import destination_name, remove_destination_vm, return_volume_to_hub
+from catalog.replication import volumes_of_vm
+from tasks.failover import remove_destination_vm, return_volumes_to_hub
 from tasks.jobs import close_job, open_job
-from vmferry.failover_plan import plan_attachments
 from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
 
 
@@ -48,42 +47,34 @@ def cleanup_failover(vm: str, cloudstack: CloudStack | str) -> CleanupResult:
     try:
         volumes = {v.vm_disk_id: v for v in volumes_of_vm(catalog, recorded.vm_context_id)}
         ours = [v.volume_id for v in volumes.values()]
-        candidates = {f.destination_vm_id for f in history if f.mode == "test" and f.destination_vm_id}
-        with cloud.client() as client:
-            name = destination_name(recorded, "test")
-            candidates |= {v.id for v in client.list_vms(name=name) if v.name == name}
+        # A test failover's VM, and that of a failover of either mode that never finished (its process killed):
+        # by the id recorded the moment CloudStack allocated it, never by its name.
+        unfinished = [f for f in history if f.state == "in-progress"]
+        candidates = {
+            f.destination_vm_id for f in history if (f.mode == "test" or f in unfinished) and f.destination_vm_id
+        }
         removed = []
         for vm_id in sorted(candidates):
             remove_destination_vm(cloud, vm_id, ours)
             removed.append(vm_id)
-        # back on the hub root first, then data in source order: the same order replication expects
-        order = [item.vm_disk_id for item in plan_attachments(recorded, volumes)] if volumes else []
-        capacity = {d.id: d.capacity_bytes for d in recorded.present_disks()}
-        for vm_disk_id in order:
-            volume = volumes[vm_disk_id]
-            return_volume_to_hub(cloud, volume.volume_id, capacity[vm_disk_id])
-            with cloud.client() as client:
-                answer = client.get_volume(volume.volume_id)
-            record_attachment(
-                catalog,
-                volume.volume_id,
-                vm_id=cloud.hub_vm_id,
-                device_id=answer.device_id,
-                device_path=volume.device_path,
-                state="attached-to-hub",
-            )
+        on_hub = return_volumes_to_hub(cloud, recorded, volumes)
+        # a live failover that powered the source off and never finished leaves the VM running nowhere
+        after = context_after_rollback(catalog, recorded.vm_context_id)
         for failover in history:
-            if failover.mode == "test" and failover.state in ("in-progress", "active", "rolled-back"):
-                finish_failover(catalog, failover.id, "cleaned-up", READY_FOR_FAILOVER)
-        set_context_state(catalog, recorded.vm_context_id, READY_FOR_FAILOVER)
+            if failover.state == "in-progress" or (
+                failover.mode == "test" and failover.state in ("active", "rolled-back")
+            ):
+                finish_failover(catalog, failover.id, "cleaned-up", after)
+        set_context_state(catalog, recorded.vm_context_id, after)
     except BaseException as exc:
         close_job(job_id, "failed", f"{type(exc).__name__}: {exc}")
         raise
     close_job(job_id, "succeeded")
-    logger.info("removed test VM(s) %s; %d volumes back on the hub", removed, len(order))
+    logger.info("removed test VM(s) %s; %d volumes back on the hub", removed, len(on_hub))
+    by_volume = {v.volume_id: i for i, v in volumes.items()}
     create_table_artifact(
         key=f"cleanup-vm-{recorded.vm_context_id}",
-        table=[{"volume": volumes[i].volume_id, "catalog disk id": i, "on hub": "yes"} for i in order],
+        table=[{"volume": v, "catalog disk id": by_volume[v], "on hub": "yes"} for v in on_hub],
         description=f"Test failover of {recorded.name} rolled back",
     )
-    return CleanupResult(removed_vms=removed, volumes_on_hub=[volumes[i].volume_id for i in order])
+    return CleanupResult(removed_vms=removed, volumes_on_hub=on_hub)

@@ -1,10 +1,12 @@
 """Failover (test and live): a CloudStack VM with the OS volume as root and every data volume after it.
 
-Order: (live only: power the source off, final sync) -> deploy the destination VM stopped -> drop its template
-root -> move each replicated volume from the hub to its planned device (root 0, data 1, 2, 4, ...) -> read the
-devices back from CloudStack and compare with the plan -> start. Every step done is pushed on a
+The failover (job row and failover row) is recorded before its first side effect. Order: (live only: power
+the source off, final sync) -> deploy the destination VM stopped (its id recorded as CloudStack allocates it)
+-> drop its template root -> move each replicated volume from the hub to its planned device (root 0, data 1,
+2, 4, ...) -> read the devices back from CloudStack and compare with the plan -> start. Every step done is pushed on a
 compensation stack; any failure undoes exactly those steps: volumes go back to the hub (device checked), the
-destination VM is destroyed, the VM context is ready for failover again.
+destination VM is destroyed, the VM context is ready for failover again (or, when a live failover had powered
+the source off, says so: source-off-failover-unfinished).
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ from blocks.cloudstack import CloudStack
 from blocks.vcenter import VCenter
 from catalog import default_catalog
 from catalog.failovers import (
-    READY_FOR_FAILOVER,
+    SOURCE_OFF_UNFINISHED,
     FailoverVolumeView,
+    context_after_rollback,
     finish_failover,
+    get_failover,
     record_devices,
-    set_destination,
+    set_context_state,
     start_failover,
 )
 from catalog.inventory import find_vm
@@ -46,6 +50,13 @@ from tasks.jobs import close_job, open_job
 from vmferry.compensation import quietly
 from vmferry.failover_plan import check_attached, plan_attachments
 from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
+
+
+def _remove_recorded_destination(cloud: CloudStack, failover_id: int, ours: list[str]) -> None:
+    """Compensation: the destination VM recorded for this failover, whatever state its deploy left it in."""
+    vm_id = get_failover(default_catalog(), failover_id).destination_vm_id
+    if vm_id is not None:
+        remove_destination_vm(cloud, vm_id, ours)
 
 
 class FailoverDevice(BaseModel):
@@ -76,24 +87,28 @@ def failover_vm(
     cloud = load_block(CloudStack, cloudstack)
     catalog = default_catalog()
     recorded = find_vm(catalog, vm)
-    if mode == "live":
-        if vcenter is None or agent is None:
-            raise ValueError("a live failover powers the source off and syncs a last time: pass vcenter and agent")
-        vcenter_block = load_block(VCenter, vcenter)
-        logger.info("live failover of %s: source %s", recorded.name, power_off_source(vcenter_block, recorded))
-        replicate_vm(recorded.instance_uuid, cloud, load_block(Agent, agent), vcenter_block, kind="incremental")
-        recorded = find_vm(catalog, vm)
-    volumes = {v.vm_disk_id: v for v in volumes_of_vm(catalog, recorded.vm_context_id)}
-    plan = plan_attachments(recorded, volumes)
-    capacity = {d.id: d.capacity_bytes for d in recorded.present_disks()}
+    if mode == "live" and (vcenter is None or agent is None):
+        raise ValueError("a live failover powers the source off and syncs a last time: pass vcenter and agent")
+    # refused here, before anything changes, when a disk has no replicated volume or no OS disk is known
+    plan_attachments(recorded, {v.vm_disk_id: v for v in volumes_of_vm(catalog, recorded.vm_context_id)})
+    # Recorded before the first side effect, so cleanup and the reconciler find a failover killed at any point.
     job_id = open_job("failover", recorded.vm_context_id)
     failover_id = start_failover(catalog, recorded.vm_context_id, job_id, mode)
     try:
+        if mode == "live":
+            vcenter_block = load_block(VCenter, vcenter)
+            logger.info("live failover of %s: source %s", recorded.name, power_off_source(vcenter_block, recorded))
+            set_context_state(catalog, recorded.vm_context_id, SOURCE_OFF_UNFINISHED)
+            replicate_vm(recorded.instance_uuid, cloud, load_block(Agent, agent), vcenter_block, kind="incremental")
+            recorded = find_vm(catalog, vm)
+        volumes = {v.vm_disk_id: v for v in volumes_of_vm(catalog, recorded.vm_context_id)}
+        plan = plan_attachments(recorded, volumes)
+        capacity = {d.id: d.capacity_bytes for d in recorded.present_disks()}
+        ours = [item.volume_id for item in plan]
         with ExitStack() as undo:
-            destination = deploy_destination_vm(cloud, recorded, mode)
-            set_destination(catalog, failover_id, destination.id)
-            ours = [item.volume_id for item in plan]
-            undo.callback(quietly(remove_destination_vm, cloud, destination.id, ours))
+            # before the deploy: a deploy job that fails leaves a VM in Error, recorded but never returned
+            undo.callback(quietly(_remove_recorded_destination, cloud, failover_id, ours))
+            destination = deploy_destination_vm(cloud, recorded, mode, failover_id)
             remove_template_root(cloud, destination.id, ours)
             for item in plan:  # root first, then data in source order
                 undo.callback(quietly(return_volume_to_hub, cloud, item.volume_id, capacity[item.vm_disk_id]))
@@ -103,7 +118,7 @@ def failover_vm(
             start_destination_vm(cloud, destination.id)
             undo.pop_all()  # success: nothing to undo
     except BaseException as exc:
-        finish_failover(catalog, failover_id, "rolled-back", READY_FOR_FAILOVER)
+        finish_failover(catalog, failover_id, "rolled-back", context_after_rollback(catalog, recorded.vm_context_id))
         close_job(job_id, "failed", f"{type(exc).__name__}: {exc}")
         raise
     record_devices(

@@ -21,6 +21,7 @@ from tasks.jobs import close_job, open_job
 from tasks.reconcile import (
     read_flow_run_facts,
     sweep_crashed_jobs,
+    sweep_failovers,
     sweep_hub_volumes,
     sweep_job_resources,
     sweep_nbd_exports,
@@ -48,9 +49,10 @@ def reconcile(
     cloudstack: CloudStack | str | None = None,
     dry_run: bool = False,
 ) -> ReconcileReport:
-    """Stop orphaned qemu-nbd, release leases, remove partial points and agent snapshots, detach foreign
-    volumes from the hub and mark crashed jobs failed. Only the parts whose block is given are swept
-    (exports, leases, pending points and jobs always). ``dry_run`` reports and changes nothing."""
+    """Stop orphaned qemu-nbd, release leases, remove partial points, restore outputs and agent snapshots, roll
+    back failovers whose process died, detach foreign volumes from the hub and mark crashed jobs failed. Only the
+    parts whose block is given are swept (exports, leases, restore outputs, pending points and jobs always).
+    ``dry_run`` reports and changes nothing."""
     logger = get_run_logger()
     repo = load_block(BackupRepository, repository).repository() if repository is not None else None
     vcenter_block = load_block(VCenter, vcenter) if vcenter is not None else None
@@ -82,6 +84,8 @@ def reconcile(
         if vcenter_block is not None:
             sweep("snapshot", lambda: sweep_snapshots(reconciler, vcenter_block))
         if cloud is not None:
+            # failovers first: their volumes go back on the hub, where the hub-volume sweep then finds them ours
+            sweep("failover", lambda: sweep_failovers(reconciler, cloud))
             sweep("hub-volume", lambda: sweep_hub_volumes(reconciler, cloud))
         sweep("job", lambda: sweep_crashed_jobs(reconciler))
     except BaseException as exc:

@@ -42,6 +42,7 @@ from agent.contract import SNAPSHOT_PREFIX
 from catalog.db import Catalog
 from catalog.errors import UnknownRecord
 from catalog.exports import ExportView, live_exports, mark_export_stopped
+from catalog.failovers import FailoverView, unfinished_failovers
 from catalog.jobs import FINISHED_STATES, fail_running_job, get_job, running_jobs
 from catalog.models import utcnow
 from catalog.ports import held_leases, release_port
@@ -201,7 +202,7 @@ FindingKind = Literal[
     "hub-volume",
     "job",
     "job-resource",
-    "destination-vm",
+    "failover",
 ]
 
 
@@ -508,6 +509,28 @@ class Reconciler:
                 )
                 continue
             findings.append(self._act(finding, "detach", "detached", lambda v=volume.id: client.detach_volume(v)))
+        return findings
+
+    # failovers that never finished ---------------------------------------------------------------------
+
+    def sweep_failovers(self, roll_back: Callable[[FailoverView], object]) -> list[Finding]:
+        """``roll_back`` removes the failover's recorded destination VM and puts its volumes back on the hub."""
+        findings = []
+        for failover in unfinished_failovers(self.catalog):
+            owner = self.judge.owner(failover.job_id)
+            destination = failover.destination_vm_id or "none recorded"
+            finding = Finding(
+                kind="failover",
+                subject=f"{failover.mode} failover {failover.id} of vm_context {failover.vm_context_id} "
+                f"(destination VM {destination})",
+                job_id=failover.job_id,
+                owner=owner.describe(),
+                action="",
+            )
+            if owner.alive:
+                findings.append(finding.model_copy(update={"action": "kept"}))
+                continue
+            findings.append(self._act(finding, "roll back", "rolled back", partial(roll_back, failover)))
         return findings
 
     # job rows ------------------------------------------------------------------------------------------
