@@ -446,6 +446,7 @@ class Reconciler:
     def sweep_snapshots(self, endpoint: VSphereEndpoint) -> list[Finding]:
         findings = []
         recorded = {r.ref: r.job_id for r in live_resources(self.catalog, "snapshot") if r.ref}
+        seen: set[str] = set()
         with VSphereClient(endpoint) as client:
             for vm in client.list_vms():
                 try:
@@ -479,6 +480,26 @@ class Reconciler:
                     findings.append(
                         self._act(finding, "remove", "removed", partial(self._remove_snapshot, handle, snapshot.moref))
                     )
+                seen |= {snapshot.moref for snapshot in snapshots}
+        if not any(f.error for f in findings):  # every VM was read: a recorded snapshot not seen is gone
+            findings += self._forget_gone_snapshots(recorded, seen)
+        return findings
+
+    def _forget_gone_snapshots(self, recorded: dict[str, str], seen: set[str]) -> list[Finding]:
+        """Ledger rows of snapshots that no longer exist (their agent removed them while the catalog was away)."""
+        findings = []
+        for moref, job_id in recorded.items():
+            owner = self.judge.owner(job_id)
+            if moref in seen or owner.alive:
+                continue
+            finding = Finding(
+                kind="snapshot", subject=f"snapshot {moref} (no longer in vCenter)", job_id=job_id,
+                owner=owner.describe(), action="",
+            )  # fmt: skip
+            verb = "record as removed"
+            findings.append(
+                self._act(finding, verb, "recorded as removed", partial(mark_snapshot_removed, self.catalog, moref))
+            )
         return findings
 
     def _remove_snapshot(self, handle: VSphereSnapshots, moref: str) -> None:

@@ -23,7 +23,7 @@ from flows.failover import failover_vm
 from flows.reconcile import reconcile
 from infra.lab.seed import require_vm
 from infra.lab.vcenter import session
-from tests.failover.test_failover import assert_back_on_hub, replicated, source_shas  # noqa: F401 - a fixture
+from tests.failover.test_failover import assert_back_on_hub, source_shas
 
 pytestmark = pytest.mark.usefixtures("prefect_backend", "nbd_port_range")
 
@@ -35,12 +35,7 @@ def _destination_vms(cloudstack_block, vm) -> list:
 
 @pytest.mark.parametrize("failures", [1, 3], ids=["once", "always"])
 def test_a_failed_deploy_job_leaves_no_vm_in_error(
-    failures,
-    replicated,
-    lab,
-    cloudstack_sim,
-    cloudstack_block,
-    configured_catalog,  # noqa: F811
+    failures, replicated, lab, cloudstack_sim, cloudstack_block, configured_catalog
 ):
     name = replicated(disks=2)
     expected = source_shas(lab, name, configured_catalog)
@@ -95,7 +90,7 @@ def _kill_between_root_and_data_attach(arguments: dict, catalog, cloudstack_bloc
 @pytest.mark.parametrize("undo", ["cleanup", "reconcile"])
 @pytest.mark.parametrize("mode", ["test", "live"])
 def test_a_failover_killed_between_root_and_data_attach(
-    mode, undo, replicated, lab, cloudstack_sim, cloudstack_block, agent_block, lab_vcenter_block,  # noqa: F811
+    mode, undo, replicated, lab, cloudstack_sim, cloudstack_block, agent_block, lab_vcenter_block,
     configured_catalog,
 ):  # fmt: skip
     name = replicated(disks=3)
