@@ -98,6 +98,13 @@ class Settings(BaseSettings):
         description="Backups writing to one repository at once, when its global concurrency limit does not "
         "exist yet (deployments/deploy.py creates it with the operator's value).",
     )
+    concurrency_lease_seconds: float = Field(
+        default=60,
+        ge=60,
+        le=86400,
+        description="Lease of a held concurrency slot, renewed while its run lives: a killed run's slot comes "
+        "back within this time (Prefect accepts 60 s to one day).",
+    )
     vcenter_snapshot_limit: int = Field(
         default=4,
         ge=1,
