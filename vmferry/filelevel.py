@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from agent.dataplane.nbd import NBDClient
+from agent.dataplane.nbd import NBDClient, NBDError
 from vmferry.ledger import JobLedger
 
 
@@ -78,15 +78,7 @@ def open_image(path: Path, image_format: str = "qcow2", ledger: JobLedger | None
     try:
         if ledger is not None and process_id is not None:
             ledger.started(process_id, process.pid)
-        deadline = time.monotonic() + 15
-        while not socket_path.exists():
-            if process.poll() is not None:
-                error = process.stderr.read().decode(errors="replace") if process.stderr else ""
-                raise FileRestoreError(f"qemu-nbd could not open {path}: {error.strip()}")
-            if time.monotonic() > deadline:
-                raise FileRestoreError(f"qemu-nbd did not serve {path} within 15 s")
-            time.sleep(0.02)
-        client = NBDClient(f"nbd+unix:///?socket={socket_path}")
+        client = _connect_when_served(process, path, socket_path)
         try:
             yield NBDFile(client)
         finally:
@@ -103,6 +95,23 @@ def open_image(path: Path, image_format: str = "qcow2", ledger: JobLedger | None
             ledger.remove_directory(directory_id, workdir)
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _connect_when_served(process: subprocess.Popen[bytes], path: Path, socket_path: Path) -> NBDClient:
+    """Connect once qemu-nbd listens: its socket file appears at bind(), a moment before it accepts."""
+    deadline = time.monotonic() + 15
+    while True:
+        if process.poll() is not None:
+            error = process.stderr.read().decode(errors="replace") if process.stderr else ""
+            raise FileRestoreError(f"qemu-nbd could not open {path}: {error.strip()}")
+        if socket_path.exists():
+            try:
+                return NBDClient(f"nbd+unix:///?socket={socket_path}")
+            except NBDError:
+                pass  # bound, not listening yet
+        if time.monotonic() > deadline:
+            raise FileRestoreError(f"qemu-nbd did not serve {path} within 15 s")
+        time.sleep(0.02)
 
 
 class PartitionInfo(BaseModel):
