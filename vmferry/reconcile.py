@@ -50,7 +50,7 @@ from catalog.replication import recorded_volume_ids
 from catalog.resources import ResourceView, live_resources, mark_resource_removed, mark_snapshot_removed
 from catalog.restore_points import fail_pending_point, find_point, points_in_state
 from clients.cloudstack import CloudStackClient
-from clients.qemu import is_our_qemu_nbd, stop_qemu_nbd
+from clients.qemu import cmdline_of, is_our_qemu_nbd, stop_qemu_nbd
 from clients.vsphere import VSphereClient, VSphereEndpoint, VSphereSnapshots
 from vmferry.repository import PARTIAL_SUFFIX, Repository
 
@@ -335,7 +335,7 @@ class Reconciler:
     def _remove(self, resource: ResourceView) -> None:
         if resource.kind == "qemu-nbd" and resource.ref:
             pid = resource.pid if resource.pid is not None else _qemu_nbd_on_socket(resource)
-            if pid is not None and is_our_qemu_nbd(pid, resource.ref) and resource.path in (_cmdline_of(pid) or []):
+            if pid is not None and is_our_qemu_nbd(pid, resource.ref) and resource.path in (cmdline_of(pid) or []):
                 stop_qemu_nbd(pid, resource.ref)
         elif resource.kind == "file" and resource.path:
             # only a regular file: what was recorded but never created by us may be somebody's link by now
@@ -600,20 +600,12 @@ def _unrecorded_qemu_nbd(export: ExportView) -> int | None:
     return None
 
 
-def _cmdline_of(pid: int) -> list[str] | None:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return None
-    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
-
-
 def _qemu_nbd_on_socket(resource: ResourceView) -> int | None:
     """A qemu-nbd a job started on its private socket but whose pid it never recorded (killed right after)."""
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
-        argv = _cmdline_of(int(proc.name))
+        argv = cmdline_of(int(proc.name))
         if argv and Path(argv[0]).name == "qemu-nbd" and resource.path in argv and resource.ref in argv:
             return int(proc.name)
     return None

@@ -25,6 +25,7 @@ from tests.agent.helpers import our_qemu_nbd_pids, vm_snapshot_names
 from tests.databases import fresh_catalog_url
 from tests.faults.conftest import ROOT, subprocess_env
 from tests.faults.tcp_proxy import FreezableProxy
+from tests.reconcile.run_backup import backup_arguments
 from tests.reconcile.test_reconcile import _wait_until_copying
 
 pytestmark = [pytest.mark.usefixtures("prefect_backend", "nbd_port_range"), pytest.mark.mariadb]
@@ -36,7 +37,7 @@ BOUND = 12 + 12 * 2 * TIMEOUT
 
 
 def test_a_frozen_catalog_fails_the_backup_within_a_bound_and_reconcile_cleans_up(
-    make_scratch_vm, lab, agent_process, agent_block, lab_vcenter_block, repository_block, tmp_path, monkeypatch
+    make_scratch_vm, lab, agent_block, lab_vcenter_block, repository_block, tmp_path, monkeypatch
 ):
     name = make_scratch_vm(disks=2, size_mib=12)
     with fresh_catalog_url("mariadb", tmp_path) as direct:
@@ -46,19 +47,8 @@ def test_a_frozen_catalog_fails_the_backup_within_a_bound_and_reconcile_cleans_u
         proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
         monkeypatch.setenv("VMFERRY_CATALOG_URL", direct)
         catalog = default_catalog()
-        arguments = {
-            "vm": name,
-            "repository": {"name": repository_block.name, "path": repository_block.path},
-            "agent": {"url": agent_process.url, "token": agent_process.token},
-            "vcenter": {
-                "host": lab_vcenter_block.host,
-                "port": lab_vcenter_block.port,
-                "username": lab_vcenter_block.username,
-                "password": lab_vcenter_block.password.get_secret_value(),
-                "thumbprint": lab_vcenter_block.thumbprint,
-            },
-            "bandwidth_limit_bytes_per_second": 2 * 2**20,  # 24 MiB of disks: about 12 s
-        }
+        # 24 MiB of disks at 2 MiB/s: about 12 s
+        arguments = backup_arguments(name, repository_block, agent_block, lab_vcenter_block, 2 * 2**20)
         env = {**subprocess_env(proxied), "VMFERRY_CATALOG_TIMEOUT_SECONDS": str(TIMEOUT)}
         errors = tmp_path / "hub.stderr"
         with open(errors, "wb") as stderr:

@@ -8,28 +8,22 @@ import time
 
 import pytest
 
-from agent.contract import JobRequest, Target
+from agent.contract import JobRequest
 from blocks.agent import Agent
 from catalog.inventory import find_vm
-from clients.qemu import create_qcow2, start_qemu_nbd, stop_qemu_nbd
+from clients.qemu import stop_qemu_nbd
 from flows.discover import discover
 from infra.lab.agent import start_agent
 from infra.lab.mutate import read_disk_bytes
 from tests.agent.helpers import raw_of, vm_snapshot_names
+from tests.agent.test_copy_vm import _served_targets
 
 pytestmark = pytest.mark.usefixtures("prefect_backend", "nbd_port_range")
 
 
 def _serve(vm, directory, ports):
-    servers, targets = [], []
     directory.mkdir(parents=True)
-    for disk, port in zip(vm.present_disks(), ports, strict=False):
-        path = directory / f"{disk.disk_id}.qcow2"
-        create_qcow2(path, disk.capacity_bytes)
-        server = start_qemu_nbd(path, export_name=disk.disk_id, bind_address="127.0.0.1", port=port)
-        servers.append(server)
-        targets.append(Target(disk_key=disk.device_key, nbd_url=server.url, capacity_bytes=disk.capacity_bytes))
-    return servers, targets
+    return _served_targets(vm, directory, ports)
 
 
 def test_a_second_agent_on_the_same_vm_leaves_the_first_jobs_snapshot_alone(

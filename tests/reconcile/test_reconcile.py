@@ -35,6 +35,7 @@ from infra.lab.seed import require_vm
 from infra.lab.vcenter import session
 from tests import factories
 from tests.agent.helpers import assert_nothing_left, our_qemu_nbd_pids, vm_snapshot_names
+from tests.reconcile.run_backup import backup_arguments
 from vmferry.settings import PortRange
 
 pytestmark = pytest.mark.usefixtures("prefect_backend", "nbd_port_range")
@@ -79,19 +80,8 @@ def test_a_backup_killed_with_sigkill_leaves_nothing_after_reconcile(
     # An agent of its own, killed too: its snapshot stays behind as a crashed agent's would.
     doomed = start_agent(lab.vcenter, tmp_path / "doomed-agent")
     agent = Agent(url=doomed.url, token=doomed.token)
-    arguments = {
-        "vm": name,
-        "repository": {"name": repository_block.name, "path": repository_block.path},
-        "agent": {"url": doomed.url, "token": doomed.token},
-        "vcenter": {
-            "host": lab_vcenter_block.host,
-            "port": lab_vcenter_block.port,
-            "username": lab_vcenter_block.username,
-            "password": lab_vcenter_block.password.get_secret_value(),
-            "thumbprint": lab_vcenter_block.thumbprint,
-        },
-        "bandwidth_limit_bytes_per_second": 2**20,  # 48 MiB of disks: the copy runs for most of a minute
-    }
+    # 48 MiB of disks at 1 MiB/s: the copy runs for most of a minute
+    arguments = backup_arguments(name, repository_block, agent, lab_vcenter_block, 2**20)
     env = {**os.environ, "VMFERRY_CATALOG_URL": configured_catalog.url, "PREFECT_API_URL": PREFECT_API_URL.value()}
     hub = subprocess.Popen(
         [sys.executable, "-m", "tests.reconcile.run_backup"], stdin=subprocess.PIPE, env=env, cwd=ROOT
