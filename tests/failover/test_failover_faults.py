@@ -93,7 +93,7 @@ def test_a_failover_killed_between_root_and_data_attach(
     mode, undo, replicated, lab, cloudstack_sim, cloudstack_block, agent_block, lab_vcenter_block,
     configured_catalog,
 ):  # fmt: skip
-    name = replicated(disks=3)
+    name = replicated(disks=2)  # the OS disk, then one data disk
     vm = find_vm(configured_catalog, name)
     arguments: dict = {"vm": name, "mode": mode, "cloudstack": json.loads(cloudstack_block.model_dump_json())}
     arguments["cloudstack"]["secret_key"] = cloudstack_block.secret_key.get_secret_value()
