@@ -129,6 +129,8 @@ class JobStatus(BaseModel):
     kind: str
     state: JobState
     snapshot_name: str | None = None
+    # The moref of the snapshot this job created: the only snapshot the job ever removes.
+    snapshot_moref: str | None = None
     snapshot_removed: bool = False
     disks: list[DiskProgress] = []
     error: str | None = None

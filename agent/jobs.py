@@ -219,10 +219,12 @@ class JobManager:
         try:
             with VSphereClient(self.config.vcenter.endpoint()) as client:
                 vm = VSphereSnapshots(client, request.vm)
-                self._remove_leftovers(vm)
+                # Another job's snapshot (a second agent on this VM, or a crashed one) is never ours to remove:
+                # each job removes only the snapshot it created, by moref; the hub's reconciler removes those of
+                # jobs its catalog knows are dead.
                 name = snapshot_name(request.job_id)
                 moref = vm.create_snapshot(name, f"vmferry job={request.job_id}", quiesce=request.quiesce)
-                self._update(job, lambda s: setattr(s, "snapshot_name", name))
+                self._update(job, lambda s: s.__dict__.update(snapshot_name=name, snapshot_moref=moref))
                 try:
                     self._copy_from_snapshot(job, client, vm, moref)
                 finally:
@@ -246,12 +248,6 @@ class JobManager:
                     disk.state = "cancelled" if state == "cancelled" else "failed"
 
         self._update(job, change)
-
-    def _remove_leftovers(self, vm: VSphereSnapshots) -> None:
-        active = {snapshot_name(job_id) for job_id in self.active_job_ids()}
-        for info in vm.snapshots():
-            if info.name.startswith(SNAPSHOT_PREFIX) and info.name not in active:
-                vm.remove_snapshot(info.moref)
 
     def _remove_snapshot(self, job: _Job, vm: VSphereSnapshots, moref: str) -> None:
         last: Exception | None = None

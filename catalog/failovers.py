@@ -16,6 +16,9 @@ ACTIVE_STATES = ("in-progress", "active")
 READY_FOR_FAILOVER = "ready-for-failover"
 # A committed live failover: the VM lives in CloudStack, its source is retired and replication has stopped.
 MIGRATED = "migrated"
+# A live failover powered the source off and did not finish (killed, or failed after the power-off): neither
+# side runs the VM. Never "ready": the operator has to decide (fail over again, or power the source on).
+SOURCE_OFF_UNFINISHED = "source-off-failover-unfinished"
 
 
 class FailoverVolumeView(BaseModel):
@@ -79,6 +82,23 @@ def start_failover(catalog: Catalog, vm_context_id: int, job_id: str, mode: str)
     return catalog.write(work)
 
 
+def get_failover(catalog: Catalog, failover_id: int) -> FailoverView:
+    with catalog.session() as session:
+        return _view(_load(session, failover_id))
+
+
+def unfinished_failovers(catalog: Catalog) -> list[FailoverView]:
+    """Failovers still ``in-progress``: running ones, and ones whose process died (the reconciler judges)."""
+    with catalog.session() as session:
+        rows = session.scalars(
+            select(Failover)
+            .where(Failover.state == "in-progress")
+            .options(selectinload(Failover.volumes))
+            .order_by(Failover.id)
+        )
+        return [_view(row) for row in rows]
+
+
 def set_destination(catalog: Catalog, failover_id: int, vm_id: str) -> None:
     def work(session: Session) -> None:
         _load(session, failover_id).destination_vm_id = vm_id
@@ -113,6 +133,13 @@ def set_context_state(catalog: Catalog, vm_context_id: int, state: str) -> None:
     catalog.write(
         lambda session: session.execute(update(VmContext).where(VmContext.id == vm_context_id).values(state=state))
     )
+
+
+def context_after_rollback(catalog: Catalog, vm_context_id: int) -> str:
+    """What a VM context is once an unfinished failover is undone: ready again, unless a live failover had
+    powered the source off (then the source is still off, and the context says so)."""
+    current = context_state(catalog, vm_context_id)
+    return SOURCE_OFF_UNFINISHED if current == SOURCE_OFF_UNFINISHED else READY_FOR_FAILOVER
 
 
 def failovers_of(catalog: Catalog, vm_context_id: int) -> list[FailoverView]:

@@ -190,6 +190,27 @@ class NbdExport(Base):
     vm_disk: Mapped[VmDisk] = relationship()
 
 
+class JobResource(Base):
+    """Something a job creates outside the catalog (an output file, a temp directory, a process, a snapshot),
+    recorded before it exists, so the reconciler can remove what a killed job left: the ledger is the proof
+    that it is ours, never its name."""
+
+    __tablename__ = "job_resources"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="RESTRICT"))
+    kind: Mapped[str] = mapped_column(String(32))  # "file", "directory", "qemu-nbd", "snapshot"
+    path: Mapped[str | None] = mapped_column(String(4096))
+    pid: Mapped[int | None] = mapped_column(Integer)
+    # the snapshot's moref and its VM's moref, or the image a qemu-nbd serves
+    ref: Mapped[str | None] = mapped_column(String(4096))
+    owner_ref: Mapped[str | None] = mapped_column(String(255))
+    hub: Mapped[str | None] = mapped_column(String(255))
+    state: Mapped[str] = mapped_column(String(16), default="planned")  # planned, present, removed
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    removed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
 class RestorePoint(Base):
     """A VM-level backup: all disks from one snapshot. Only ``committed`` points are restorable."""
 

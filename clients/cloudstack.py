@@ -24,7 +24,7 @@ import hashlib
 import hmac
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -486,21 +486,25 @@ class CloudStackClient:
         networks: list[tuple[str, str | None]] | None = None,
         cluster_id: str | None = None,
         timeout: float | None = None,
+        on_submitted: Callable[[str], None] | None = None,
     ) -> VirtualMachine:
         """CPU and memory go as ``details[0].cpuNumber/cpuSpeed/memory``: only a custom offering takes them.
 
         ``networks``: ``(network id, static IP or None)`` per NIC, in NIC order (the first is the default NIC);
         None lets CloudStack choose (an Advanced zone's only Isolated network). ``cluster_id`` (root admins)
-        pins the VM to a cluster."""
+        pins the VM to a cluster.
+
+        ``on_submitted`` gets the new VM's id as soon as CloudStack has allocated it, before the deploy job ends
+        (a failed job leaves that VM in state Error), so a caller can record it first.
+        """
         custom = {
             "details[0].cpuNumber": cpu_number,
             "details[0].cpuSpeed": cpu_speed_mhz,
             "details[0].memory": memory_mb,
             **_network_params(networks or []),
         }
-        result = self.call_async(
+        answer = self.submit(
             "deployVirtualMachine",
-            timeout=timeout,
             zoneid=zone_id,
             serviceofferingid=service_offering_id,
             templateid=template_id,
@@ -511,6 +515,9 @@ class CloudStackClient:
             clusterid=cluster_id,
             **{key: value for key, value in custom.items() if value is not None},
         )
+        if on_submitted is not None and answer.get("id"):
+            on_submitted(str(answer["id"]))
+        result = self.wait_job(answer["jobid"], command="deployVirtualMachine", timeout=timeout)
         return VirtualMachine.model_validate(result["virtualmachine"])
 
     def start_vm(self, vm_id: str, *, timeout: float | None = None) -> VirtualMachine:

@@ -171,7 +171,7 @@ def _qemu_opt_value(value: str) -> str:
     return value.replace(",", ",,")
 
 
-def _cmdline(pid: int) -> list[str] | None:
+def cmdline_of(pid: int) -> list[str] | None:
     try:
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
@@ -189,7 +189,7 @@ def _is_zombie(pid: int) -> bool:
 
 def is_our_qemu_nbd(pid: int, file_path: Path | str, port: int | None = None) -> bool:
     """True when ``pid`` is a live qemu-nbd serving ``file_path`` (and ``port``, if given)."""
-    argv = _cmdline(pid)
+    argv = cmdline_of(pid)
     if not argv or Path(argv[0]).name != "qemu-nbd" or _is_zombie(pid):
         return False
     if str(file_path) not in argv:
@@ -306,7 +306,7 @@ def _gone(pid: int) -> bool:
             _children.pop(pid, None)
             return True
         return False
-    return _cmdline(pid) is None or _is_zombie(pid)
+    return cmdline_of(pid) is None or _is_zombie(pid)
 
 
 def stop_qemu_nbd(pid: int, file_path: Path | str, *, grace: float = 10.0) -> bool:

@@ -1,8 +1,8 @@
 """Rolling a test failover back: test VM gone, every volume back on the hub in order, context ready again.
 
 Idempotent by construction: every step looks at what CloudStack has now, so running it twice, or after a
-failover that died halfway (its VM found by id in the catalog or by its deterministic name), ends in the
-same clean state.
+failover that died halfway (its VM found by the id the catalog recorded when CloudStack allocated it), ends in
+the same clean state. A live failover that never finished is rolled back too; one that finished is production.
 """
 
 from __future__ import annotations
@@ -14,13 +14,12 @@ from pydantic import BaseModel, computed_field
 from blocks import load_block
 from blocks.cloudstack import CloudStack
 from catalog import default_catalog
-from catalog.failovers import READY_FOR_FAILOVER, failovers_of, finish_failover, set_context_state
-from catalog.inventory import RecordedVM, find_vm
-from catalog.replication import forget_change_id, record_attachment, volumes_of_vm
-from tasks.failover import destination_name, remove_destination_vm, return_volume_to_hub
+from catalog.failovers import context_after_rollback, failovers_of, finish_failover, set_context_state
+from catalog.inventory import find_vm
+from catalog.replication import volumes_of_vm
+from tasks.failover import remove_destination_vm, return_volumes_to_hub
 from tasks.jobs import close_job, open_job
 from vmferry.errors import Refused, describe
-from vmferry.failover_plan import plan_attachments
 from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
 from vmferry.outcome import PUBLISH_OUTCOME
 from vmferry.runs import artifact_key, one_job_per_vm
@@ -35,33 +34,6 @@ class CleanupResult(BaseModel):
     @property
     def did_anything(self) -> bool:
         return bool(self.removed_vms or self.volumes_returned)
-
-
-def return_volumes_to_hub(cloud: CloudStack, recorded: RecordedVM) -> tuple[list[str], list[str]]:
-    """Every replicated volume of the VM back on the hub, root first and then data in source order (the order
-    replication expects); returns (volumes on the hub, volumes this call moved). A moved volume was written by
-    the VM it was on, so its next sync compares every block rather than trusting the change id."""
-    catalog = default_catalog()
-    volumes = {v.vm_disk_id: v for v in volumes_of_vm(catalog, recorded.vm_context_id)}
-    order = [item.vm_disk_id for item in plan_attachments(recorded, volumes)] if volumes else []
-    capacity = {d.id: d.capacity_bytes for d in recorded.present_disks()}
-    moved = []
-    for vm_disk_id in order:
-        volume = volumes[vm_disk_id]
-        if return_volume_to_hub(cloud, volume.volume_id, capacity[vm_disk_id]):
-            moved.append(volume.volume_id)
-            forget_change_id(catalog, volume.volume_id)
-        with cloud.client() as client:
-            answer = client.get_volume(volume.volume_id)
-        record_attachment(
-            catalog,
-            volume.volume_id,
-            vm_id=cloud.hub_vm_id,
-            device_id=answer.device_id,
-            device_path=volume.device_path,
-            state="attached-to-hub",
-        )
-    return [volumes[i].volume_id for i in order], moved
 
 
 class CleanupRefused(Refused):
@@ -97,17 +69,24 @@ def cleanup_failover(vm: str, cloudstack: CloudStack | str) -> CleanupResult:
         )
     job_id = open_job("cleanup", recorded.vm_context_id)
     try:
-        ours = [v.volume_id for v in volumes_of_vm(catalog, recorded.vm_context_id)]
-        candidates = {f.destination_vm_id for f in history if f.mode == "test" and f.destination_vm_id}
-        with cloud.client() as client:
-            name = destination_name(recorded, "test")
-            candidates |= {v.id for v in client.list_vms(name=name) if v.name == name}
+        volumes = {v.vm_disk_id: v for v in volumes_of_vm(catalog, recorded.vm_context_id)}
+        ours = [v.volume_id for v in volumes.values()]
+        # A test failover's VM, and that of a failover of either mode that never finished (its process killed):
+        # by the id recorded the moment CloudStack allocated it, never by its name.
+        unfinished = [f for f in history if f.state == "in-progress"]
+        candidates = {
+            f.destination_vm_id for f in history if (f.mode == "test" or f in unfinished) and f.destination_vm_id
+        }
         removed = [vm_id for vm_id in sorted(candidates) if remove_destination_vm(cloud, vm_id, ours)]
-        on_hub, returned = return_volumes_to_hub(cloud, recorded)
+        on_hub, returned = return_volumes_to_hub(cloud, recorded, volumes)
+        # a live failover that powered the source off and never finished leaves the VM running nowhere
+        after = context_after_rollback(catalog, recorded.vm_context_id)
         for failover in history:
-            if failover.mode == "test" and failover.state in ("in-progress", "active", "rolled-back"):
-                finish_failover(catalog, failover.id, "cleaned-up", READY_FOR_FAILOVER)
-        set_context_state(catalog, recorded.vm_context_id, READY_FOR_FAILOVER)
+            if failover.state == "in-progress" or (
+                failover.mode == "test" and failover.state in ("active", "rolled-back")
+            ):
+                finish_failover(catalog, failover.id, "cleaned-up", after)
+        set_context_state(catalog, recorded.vm_context_id, after)
     except BaseException as exc:
         close_job(job_id, "failed", describe(exc))
         raise

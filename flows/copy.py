@@ -10,7 +10,6 @@ trusted to (unreachable, killed), the hub removes it through vSphere.
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -33,6 +32,7 @@ from vmferry.compensation import quietly
 from vmferry.errors import describe
 from vmferry.exports import export_url, stop_export
 from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
+from vmferry.ledger import JobLedger
 from vmferry.limits import holding, vcenter_limit_name
 from vmferry.runs import one_job_per_vm
 from vmferry.settings import get_settings
@@ -82,7 +82,6 @@ def run_copy(
     check_plan(vm, targets)
     for target in targets:
         check_target_file(vm.name, target)
-    log_dir = log_dir or Path(tempfile.mkdtemp(prefix=f"vmferry-{job_id}-"))
     catalog = default_catalog()
     by_key = {t.device_key: t for t in targets}
     # A target holding data is hashed here, locally, so the agent compares against digests instead of reading
@@ -92,6 +91,11 @@ def run_copy(
     holding_data = [t for t in targets if not t.target_is_zero and not t.previous_change_id]
     block_digests = target_digests(holding_data) if holding_data and get_settings().compare_by_digests else {}
     with ExitStack() as undo:
+        if log_dir is None:
+            # the qemu-nbd logs belong to the job: recorded, and removed with it (by the reconciler after a kill)
+            ledger = JobLedger(catalog, job_id)
+            log_resource, log_dir = ledger.temp_directory("nbd-logs")
+            undo.callback(quietly(ledger.remove_directory, log_resource, log_dir))
         # Taken before any port or qemu-nbd, so a copy waiting for vCenter holds nothing else meanwhile.
         if vcenter is not None:
             limit = vcenter_limit_name(vcenter.host, vcenter.port)

@@ -1,10 +1,12 @@
 """Failover (test and live): a CloudStack VM with the OS volume as root and every data volume after it.
 
-Order: (live only: power the source off, final sync) -> deploy the destination VM stopped -> drop its template
-root -> move each replicated volume from the hub to its planned device (root 0, data 1, 2, 4, ...) -> read the
-devices back from CloudStack and compare with the plan -> start. Every step done is pushed on a
+The failover (job row and failover row) is recorded before its first side effect. Order: (live only: power
+the source off, final sync) -> deploy the destination VM stopped (its id recorded as CloudStack allocates it)
+-> drop its template root -> move each replicated volume from the hub to its planned device (root 0, data 1,
+2, 4, ...) -> read the devices back from CloudStack and compare with the plan -> start. Every step done is pushed on a
 compensation stack; any failure undoes exactly those steps: volumes go back to the hub (device checked), the
-destination VM is destroyed, the VM context is ready for failover again.
+destination VM is destroyed, the VM context is ready for failover again (or, when a live failover had powered
+the source off, says so: source-off-failover-unfinished).
 """
 
 from __future__ import annotations
@@ -23,11 +25,15 @@ from blocks.vcenter import VCenter
 from catalog import default_catalog
 from catalog.failovers import (
     READY_FOR_FAILOVER,
+    SOURCE_OFF_UNFINISHED,
     FailoverVolumeView,
+    context_after_rollback,
+    context_state,
     finish_failover,
+    get_failover,
     latest_failover,
     record_devices,
-    set_destination,
+    set_context_state,
     start_failover,
 )
 from catalog.inventory import RecordedVM, find_vm
@@ -53,6 +59,13 @@ from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
 from vmferry.network_plan import plan_nics
 from vmferry.outcome import PUBLISH_OUTCOME
 from vmferry.runs import artifact_key, one_job_per_vm, table_rows
+
+
+def _remove_recorded_destination(cloud: CloudStack, failover_id: int, ours: list[str]) -> None:
+    """Compensation: the destination VM recorded for this failover, whatever state its deploy left it in."""
+    vm_id = get_failover(default_catalog(), failover_id).destination_vm_id
+    if vm_id is not None:
+        remove_destination_vm(cloud, vm_id, ours)
 
 
 class FailoverDevice(BaseModel):
@@ -100,6 +113,13 @@ class SourcePower:
             logger.warning("live failover of %s failed: source %s again", vm.name, power_on_source(vcenter, vm))
         except Exception as exc:
             logger.error("live failover of %s failed and the source could not be powered on: %s", vm.name, exc)
+            return
+        try:  # the source runs again: the VM context is no longer "source off, failover unfinished"
+            catalog = default_catalog()
+            if context_state(catalog, vm.vm_context_id) == SOURCE_OFF_UNFINISHED:
+                set_context_state(catalog, vm.vm_context_id, READY_FOR_FAILOVER)
+        except Exception as exc:
+            logger.error("the source of %s runs again, but the catalog could not record it: %s", vm.name, exc)
 
 
 def refuse_unless_ready(vm: RecordedVM, mode: str, confirm_live: bool) -> None:
@@ -200,26 +220,26 @@ def _fail_over(
         plan_attachments(recorded, {v.vm_disk_id: v for v in volumes_of_vm(catalog, recorded.vm_context_id)}),
     )
     logger.info("placement of %s: %s", recorded.name, placement.reason)
-    if mode == "live":
-        if vcenter is None or agent is None:
-            raise LiveFailoverRefused(
-                "a live failover powers the source off and syncs a last time: pass vcenter and agent"
-            )
-        vcenter_block = load_block(VCenter, vcenter)
-        logger.info("live failover of %s: source %s", recorded.name, source.power_off(vcenter_block, recorded))
-        replicate_vm(recorded.instance_uuid, cloud, load_block(Agent, agent), vcenter_block, kind="incremental")
-        recorded = find_vm(catalog, vm)
-    volumes = {v.vm_disk_id: v for v in volumes_of_vm(catalog, recorded.vm_context_id)}
-    plan = plan_attachments(recorded, volumes)
-    capacity = {d.id: d.capacity_bytes for d in recorded.present_disks()}
+    if mode == "live" and (vcenter is None or agent is None):
+        raise LiveFailoverRefused("a live failover powers the source off and syncs a last time: pass vcenter and agent")
+    # Recorded before the first side effect, so cleanup and the reconciler find a failover killed at any point.
     job_id = open_job("failover", recorded.vm_context_id)
     failover_id = start_failover(catalog, recorded.vm_context_id, job_id, mode)
     try:
+        if mode == "live":
+            vcenter_block = load_block(VCenter, vcenter)
+            logger.info("live failover of %s: source %s", recorded.name, source.power_off(vcenter_block, recorded))
+            set_context_state(catalog, recorded.vm_context_id, SOURCE_OFF_UNFINISHED)
+            replicate_vm(recorded.instance_uuid, cloud, load_block(Agent, agent), vcenter_block, kind="incremental")
+            recorded = find_vm(catalog, vm)
+        volumes = {v.vm_disk_id: v for v in volumes_of_vm(catalog, recorded.vm_context_id)}
+        plan = plan_attachments(recorded, volumes)
+        capacity = {d.id: d.capacity_bytes for d in recorded.present_disks()}
+        ours = [item.volume_id for item in plan]
         with ExitStack() as undo:
-            destination = deploy_destination_vm(cloud, recorded, mode, nics, placement.cluster_id)
-            set_destination(catalog, failover_id, destination.id)
-            ours = [item.volume_id for item in plan]
-            undo.callback(quietly(remove_destination_vm, cloud, destination.id, ours))
+            # before the deploy: a deploy job that fails leaves a VM in Error, recorded but never returned
+            undo.callback(quietly(_remove_recorded_destination, cloud, failover_id, ours))
+            destination = deploy_destination_vm(cloud, recorded, mode, failover_id, nics, placement.cluster_id)
             remove_template_root(cloud, destination.id, ours)
             for item in plan:  # root first, then data in source order
                 undo.callback(quietly(return_volume_to_hub, cloud, item.volume_id, capacity[item.vm_disk_id]))
@@ -230,7 +250,7 @@ def _fail_over(
             source.keep_off()
             undo.pop_all()  # success: nothing to undo
     except BaseException as exc:
-        finish_failover(catalog, failover_id, "rolled-back", READY_FOR_FAILOVER)
+        finish_failover(catalog, failover_id, "rolled-back", context_after_rollback(catalog, recorded.vm_context_id))
         close_job(job_id, "failed", describe(exc))
         raise
     record_devices(

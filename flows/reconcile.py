@@ -21,7 +21,9 @@ from tasks.jobs import close_job, open_job
 from tasks.reconcile import (
     read_flow_run_facts,
     sweep_crashed_jobs,
+    sweep_failovers,
     sweep_hub_volumes,
+    sweep_job_resources,
     sweep_nbd_exports,
     sweep_port_leases,
     sweep_restore_points,
@@ -55,15 +57,16 @@ def reconcile(
     cloudstack: CloudStack | str | None = None,
     dry_run: bool = False,
 ) -> ReconcileReport:
-    """Stop orphaned qemu-nbd, release leases, remove partial points and agent snapshots, detach foreign
-    volumes from the hub and mark crashed jobs failed. Only the parts whose block is given are swept
-    (exports, leases, pending points and jobs always). ``dry_run`` reports and changes nothing.
+    """Stop orphaned qemu-nbd, release leases, remove partial points, restore outputs and agent snapshots, roll
+    back failovers whose process died, detach foreign volumes from the hub and mark crashed jobs failed. Only the
+    parts whose block is given are swept (exports, leases, restore outputs, pending points and jobs always).
+    ``dry_run`` reports and changes nothing.
 
     Args:
         repository: Saved BackupRepository block name whose partial restore points to remove; empty: not swept.
         vcenter: Saved VCenter block name whose leftover vmferry snapshots to remove; empty: not swept.
-        cloudstack: Saved CloudStack block name whose hub to sweep for volumes that are not ours; empty: not
-            swept.
+        cloudstack: Saved CloudStack block name whose hub to sweep for volumes that are not ours and whose
+            interrupted failovers to roll back; empty: not swept.
         dry_run: Only report what would be cleaned; change nothing.
     """
     logger = get_run_logger()
@@ -92,10 +95,13 @@ def reconcile(
         # interrupted pass leaves the jobs still marked running for the next one.
         sweep("nbd-export", lambda: sweep_nbd_exports(reconciler))
         sweep("port-lease", lambda: sweep_port_leases(reconciler))
+        sweep("job-resource", lambda: sweep_job_resources(reconciler))
         sweep("restore-point", lambda: sweep_restore_points(reconciler, repo))
         if vcenter_block is not None:
             sweep("snapshot", lambda: sweep_snapshots(reconciler, vcenter_block))
         if cloud is not None:
+            # failovers first: their volumes go back on the hub, where the hub-volume sweep then finds them ours
+            sweep("failover", lambda: sweep_failovers(reconciler, cloud))
             sweep("hub-volume", lambda: sweep_hub_volumes(reconciler, cloud))
         sweep("job", lambda: sweep_crashed_jobs(reconciler))
     except BaseException as exc:

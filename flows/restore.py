@@ -2,14 +2,17 @@
 
 Nothing half-written is presented as restored: every output is written under a temporary name and renamed
 when complete. Destinations are what the operator names; nothing here builds a path from a VM or disk name.
+Every restore is a job: its temporary outputs, work directories and qemu-nbd are in the catalog's ledger before
+they exist, so a killed restore leaves nothing the reconciler does not remove.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from prefect import flow, task
 from prefect.artifacts import create_table_artifact
@@ -22,7 +25,8 @@ from catalog import default_catalog
 from catalog.inventory import get_vm
 from catalog.restore_points import PointDiskView, PointView, get_point
 from clients.qemu import convert_image
-from vmferry.errors import Refused
+from tasks.jobs import close_job, open_job
+from vmferry.errors import Refused, describe
 from vmferry.filelevel import (
     FileEntry,
     FileRestoreError,
@@ -32,9 +36,13 @@ from vmferry.filelevel import (
     list_partitions,
     open_image,
 )
+from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
+from vmferry.ledger import JobLedger
 from vmferry.outcome import PUBLISH_OUTCOME
 from vmferry.repository import Repository
 from vmferry.runs import artifact_key
+
+T = TypeVar("T")
 
 
 class RestoreError(Refused):
@@ -75,14 +83,27 @@ def writable_directory(directory: Path) -> Path:
     return directory
 
 
+def _create_exclusively(path: Path) -> None:
+    """Create ``path`` empty, failing when anything (a file, a link) is there: only then is it ours to write."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+    except FileExistsError as exc:
+        raise RestoreError(
+            f"{path} already exists (a link or file this restore did not create); nothing was written: remove it, "
+            "or run the reconciler if an interrupted restore left it"
+        ) from exc
+
+
 @task(cache_policy=NO_CACHE, task_run_name="restore-{disk.disk_id}")
 def restore_disk_file(
-    repository: Repository, disk: PointDiskView, destination: Path, image_format: str, overwrite: bool
+    repository: Repository, disk: PointDiskView, destination: Path, image_format: str, overwrite: bool, job_id: str
 ) -> RestoredDisk:
     if destination.exists() and not overwrite:
         raise RestoreError(f"{destination} exists; pass overwrite=True to replace it")
+    ledger = JobLedger(default_catalog(), job_id)
     partial = destination.with_name(destination.name + ".partial")
-    partial.unlink(missing_ok=True)
+    resource = ledger.planned_file(partial)
+    _create_exclusively(partial)
     try:
         convert_image(repository.absolute(disk.file_path), partial, output_format=image_format)
         os.chmod(partial, 0o600)
@@ -90,10 +111,32 @@ def restore_disk_file(
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
+    finally:
+        if not partial.exists():
+            ledger.removed(resource)
     return RestoredDisk(disk_id=disk.disk_id, vm_disk_id=disk.vm_disk_id, path=destination)
 
 
-@flow(name="restore-disk", **PUBLISH_OUTCOME)
+def _run_as_job(point_id: int, repository: Repository, work: Callable[[PointView, str], T]) -> T:
+    """Open a restore job for a committed point of ``repository``, run ``work`` and close the job."""
+    point = _restorable_point(point_id, repository)
+    job_id = open_job("restore", point.vm_context_id)
+    try:
+        result = work(point, job_id)
+    except BaseException as exc:
+        close_job(job_id, "failed", describe(exc))
+        raise
+    close_job(job_id, "succeeded")
+    return result
+
+
+@flow(
+    name="restore-disk",
+    on_running=ON_RUNNING,
+    on_crashed=ON_CRASHED,
+    on_cancellation=ON_CANCELLATION,
+    **PUBLISH_OUTCOME,
+)
 def restore_disk(
     point_id: int,
     disk: str,
@@ -113,12 +156,21 @@ def restore_disk(
         overwrite: Replace files that exist at the destination; off: an existing file is refused and left alone.
     """
     repo = load_block(BackupRepository, repository).repository()
-    point = _restorable_point(point_id, repo)
-    writable_directory(Path(destination).parent)
-    return restore_disk_file(repo, point.disk(disk), Path(destination), image_format, overwrite)
+
+    def work(point: PointView, job_id: str) -> RestoredDisk:
+        writable_directory(Path(destination).parent)
+        return restore_disk_file(repo, point.disk(disk), Path(destination), image_format, overwrite, job_id)
+
+    return _run_as_job(point_id, repo, work)
 
 
-@flow(name="restore-vm", **PUBLISH_OUTCOME)
+@flow(
+    name="restore-vm",
+    on_running=ON_RUNNING,
+    on_crashed=ON_CRASHED,
+    on_cancellation=ON_CANCELLATION,
+    **PUBLISH_OUTCOME,
+)
 def restore_vm(
     point_id: int,
     destination_dir: str,
@@ -136,16 +188,21 @@ def restore_vm(
         overwrite: Replace files that exist at the destination; off: an existing file is refused and left alone.
     """
     repo = load_block(BackupRepository, repository).repository()
-    point = _restorable_point(point_id, repo)
     directory = writable_directory(Path(destination_dir))
-    restored = [
-        restore_disk_file(repo, d, directory / f"{d.disk_id}.{image_format}", image_format, overwrite)
-        for d in point.disks
-    ]
+
+    def work(point: PointView, job_id: str) -> list[RestoredDisk]:
+        return [
+            restore_disk_file(repo, d, directory / f"{d.disk_id}.{image_format}", image_format, overwrite, job_id)
+            for d in point.disks
+        ]
+
+    restored = _run_as_job(point_id, repo, work)
     create_table_artifact(
-        key=artifact_key("restore", get_vm(default_catalog(), point.vm_context_id).name),
+        key=artifact_key(
+            "restore", get_vm(default_catalog(), get_point(default_catalog(), point_id).vm_context_id).name
+        ),
         table=[{"disk": r.disk_id, "catalog id": r.vm_disk_id, "file": str(r.path)} for r in restored],
-        description=f"Disks of restore point {point.id} restored to {directory}",
+        description=f"Disks of restore point {point_id} restored to {directory}",
     )
     return restored
 
@@ -155,7 +212,13 @@ class FileListing(BaseModel):
     entries: list[FileEntry]
 
 
-@flow(name="list-backup-files", **PUBLISH_OUTCOME)
+@flow(
+    name="list-backup-files",
+    on_running=ON_RUNNING,
+    on_crashed=ON_CRASHED,
+    on_cancellation=ON_CANCELLATION,
+    **PUBLISH_OUTCOME,
+)
 def list_backup_files(
     point_id: int, disk: str, repository: BackupRepository | str, partition: int | None = None, path: str = "/"
 ) -> FileListing:
@@ -169,14 +232,24 @@ def list_backup_files(
         path: The directory to list inside the partition.
     """
     repo = load_block(BackupRepository, repository).repository()
-    point = _restorable_point(point_id, repo)
-    with open_image(repo.absolute(point.disk(disk).file_path)) as image:
-        partitions = list_partitions(image)
-        entries = list_files(image, partition, path) if partition is not None else []
-    return FileListing(partitions=partitions, entries=entries)
+
+    def work(point: PointView, job_id: str) -> FileListing:
+        ledger = JobLedger(default_catalog(), job_id)
+        with open_image(repo.absolute(point.disk(disk).file_path), ledger=ledger) as image:
+            partitions = list_partitions(image)
+            entries = list_files(image, partition, path) if partition is not None else []
+        return FileListing(partitions=partitions, entries=entries)
+
+    return _run_as_job(point_id, repo, work)
 
 
-@flow(name="restore-files", **PUBLISH_OUTCOME)
+@flow(
+    name="restore-files",
+    on_running=ON_RUNNING,
+    on_crashed=ON_CRASHED,
+    on_cancellation=ON_CANCELLATION,
+    **PUBLISH_OUTCOME,
+)
 def restore_files(
     point_id: int,
     disk: str,
@@ -198,11 +271,20 @@ def restore_files(
         overwrite: Replace files that exist at the destination; off: an existing file is refused and left alone.
     """
     repo = load_block(BackupRepository, repository).repository()
-    point = _restorable_point(point_id, repo)
-    entry = point.disk(disk)
     destination = writable_directory(Path(destination_dir))
-    with open_image(repo.absolute(entry.file_path)) as image:
-        try:
-            return [extract_file(image, partition, path, destination, overwrite=overwrite) for path in paths]
-        except FileRestoreError as exc:
-            raise type(exc)(f"restore point {point_id} disk {entry.disk_id} partition {partition}: {exc}") from exc
+
+    def work(point: PointView, job_id: str) -> list[Path]:
+        entry = point.disk(disk)
+        ledger = JobLedger(default_catalog(), job_id)
+        with open_image(repo.absolute(entry.file_path), ledger=ledger) as image:
+            try:
+                return [
+                    extract_file(image, partition, path, destination, overwrite=overwrite, ledger=ledger)
+                    for path in paths
+                ]
+            except FileRestoreError as exc:
+                raise type(exc)(
+                    f"restore point {point_id} disk {entry.disk_id} partition {partition}: {exc}"
+                ) from exc
+
+    return _run_as_job(point_id, repo, work)

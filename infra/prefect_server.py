@@ -202,6 +202,9 @@ def running_prefect_server(
         extra = {
             "PREFECT_SERVER_DATABASE_CONNECTION_URL": _with_database(postgres, database, "postgresql+asyncpg"),
             "PREFECT_SERVER_UI_ENABLED": "false",
+            # Leases of concurrency slots on disk, not in the server's memory: a restarted server still knows
+            # who holds each slot, and its repossessor hands back those of runs that died (docs/faults.md).
+            "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect.server.concurrency.lease_storage.filesystem",
             **{f"PREFECT_SERVER_SERVICES_{name}_ENABLED": "false" for name in services_off},
             **(settings or {}),
         }

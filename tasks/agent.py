@@ -10,6 +10,8 @@ from prefect.cache_policies import NO_CACHE
 
 from agent.contract import JobRequest, JobStatus
 from blocks.agent import Agent
+from catalog import default_catalog
+from catalog.resources import mark_snapshot_removed, record_snapshot
 from vmferry.runs import describe_progress
 
 
@@ -26,9 +28,11 @@ def follow_agent_job(agent: Agent, job_id: str, disk_labels: dict[int, str], tim
     artifacts: dict[int, object] = {}
     last_update = 0.0
     started = time.monotonic()
+    snapshot = SnapshotLedger(job_id)
 
     def show(status: JobStatus) -> None:
         nonlocal last_update
+        snapshot.follow(status)
         now = time.monotonic()
         if now - last_update < 1.0 and not status.finished:
             return  # each update is an API call: at most one round per second
@@ -44,6 +48,29 @@ def follow_agent_job(agent: Agent, job_id: str, disk_labels: dict[int, str], tim
 
     with agent.client() as client:
         return client.wait(job_id, timeout=timeout, on_progress=show)
+
+
+class SnapshotLedger:
+    """Records in the catalog the snapshot the agent reports for a job (by moref), and when it is gone."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        self.recorded: str | None = None
+        self.removed = False
+
+    def follow(self, status: JobStatus) -> None:
+        if status.snapshot_moref and self.recorded != status.snapshot_moref:
+            record_snapshot(
+                default_catalog(),
+                self.job_id,
+                vm_moref=status.vm,
+                snapshot_moref=status.snapshot_moref,
+                name=status.snapshot_name or "",
+            )
+            self.recorded = status.snapshot_moref
+        if self.recorded and status.snapshot_removed and not self.removed:
+            mark_snapshot_removed(default_catalog(), self.recorded)
+            self.removed = True
 
 
 @task(retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)

@@ -7,12 +7,15 @@ from prefect.cache_policies import NO_CACHE
 
 from blocks.cloudstack import CloudStack
 from blocks.vcenter import VCenter
-from catalog.inventory import RecordedVM
+from catalog import default_catalog
+from catalog.failovers import FailoverView, context_after_rollback, finish_failover, get_failover, set_destination
+from catalog.inventory import RecordedVM, get_vm
+from catalog.replication import VolumeView, forget_change_id, record_attachment, volumes_of_vm
 from clients.cloudstack import CloudStackError, VirtualMachine
 from clients.vsphere import VSphereClient, VSphereError, VSphereSnapshots
 from tasks.cloudstack import VolumeRefused, wait_for_device
 from vmferry.errors import retry_unless_permanent
-from vmferry.failover_plan import PlannedAttachment
+from vmferry.failover_plan import FailoverRefused, PlannedAttachment, plan_attachments
 from vmferry.network_plan import PlannedNic
 
 
@@ -26,19 +29,35 @@ def deploy_destination_vm(
     cloudstack: CloudStack,
     vm: RecordedVM,
     mode: str,
+    failover_id: int,
     nics: list[PlannedNic] | None = None,
     cluster_id: str | None = None,
 ) -> VirtualMachine:
     """The destination VM, stopped (startvm=false), with the source's CPUs and memory when the service offering
     is a custom one (a fixed offering decides them itself), one NIC per planned NIC in order, in ``cluster_id``
-    when given; an existing one of the same name is reused."""
+    when given.
+
+    Its id is recorded on the failover the moment CloudStack allocates it, so cleanup and the reconciler find it
+    after any crash. On a retry, the VM this failover deployed is reused, or removed when its deploy job left it
+    in Error; a VM of that name this failover did not deploy is not ours and is never reused.
+    """
     name = destination_name(vm, mode)
+    catalog = default_catalog()
     with cloudstack.client() as client:
-        existing = [
-            v for v in client.list_vms(name=name) if v.name == name and v.state not in ("Destroyed", "Expunging")
-        ]
-        if existing:
-            return existing[0]
+        ours = get_failover(catalog, failover_id).destination_vm_id
+        for existing in client.list_vms(name=name):
+            if existing.name != name or existing.state in ("Destroyed", "Expunging"):
+                continue
+            if existing.id != ours:
+                raise FailoverRefused(
+                    f"CloudStack already has a VM {name!r} ({existing.id}, {existing.state}) that this failover did "
+                    f"not create: an interrupted failover of {vm.name!r} left it; run cleanup_failover or the "
+                    "reconciler, then fail over again"
+                )
+            if existing.state != "Error":
+                return existing
+            # a failed deploy job leaves its VM in Error: useless, and in the way of the next attempt
+            remove_destination_vm(cloudstack, existing.id, [])
         offering = client.get_service_offering(cloudstack.service_offering_id)
         sizing: dict[str, int] = {}
         if offering.customized:
@@ -61,6 +80,7 @@ def deploy_destination_vm(
             startvm=False,
             networks=[(nic.network_id, nic.ip_address) for nic in nics] if nics else None,
             cluster_id=cluster_id,
+            on_submitted=lambda vm_id: set_destination(catalog, failover_id, vm_id),
             **sizing,
         )
 
@@ -184,3 +204,44 @@ def remove_destination_vm(cloudstack: CloudStack, vm_id: str, our_volume_ids: li
                 client.detach_volume(volume.id)
         client.destroy_vm(vm_id, expunge=True)
     return True
+
+
+def return_volumes_to_hub(
+    cloudstack: CloudStack, vm: RecordedVM, volumes: dict[int, VolumeView]
+) -> tuple[list[str], list[str]]:
+    """Cleanup and the reconciler: every replicated volume back on the hub, root first, then data in source
+    order (the order replication expects), each recorded with the device it got; returns (volumes on the hub,
+    volumes this call moved). A moved volume was written by the VM it was on, so its next sync compares every
+    block rather than trusting the change id."""
+    order = [item.vm_disk_id for item in plan_attachments(vm, volumes)] if volumes else []
+    capacity = {d.id: d.capacity_bytes for d in vm.present_disks()}
+    catalog = default_catalog()
+    moved = []
+    for vm_disk_id in order:
+        volume = volumes[vm_disk_id]
+        if return_volume_to_hub(cloudstack, volume.volume_id, capacity[vm_disk_id]):
+            moved.append(volume.volume_id)
+            forget_change_id(catalog, volume.volume_id)
+        with cloudstack.client() as client:
+            answer = client.get_volume(volume.volume_id)
+        record_attachment(
+            catalog,
+            volume.volume_id,
+            vm_id=cloudstack.hub_vm_id,
+            device_id=answer.device_id,
+            device_path=volume.device_path,
+            state="attached-to-hub",
+        )
+    return [volumes[i].volume_id for i in order], moved
+
+
+def roll_back_interrupted_failover(cloudstack: CloudStack, failover: FailoverView) -> None:
+    """The reconciler, for a failover whose process died: its recorded destination VM goes, every volume goes
+    back on the hub, and the context says what is true (ready, or the source is off)."""
+    catalog = default_catalog()
+    vm = get_vm(catalog, failover.vm_context_id)
+    volumes = {v.vm_disk_id: v for v in volumes_of_vm(catalog, failover.vm_context_id)}
+    if failover.destination_vm_id:
+        remove_destination_vm(cloudstack, failover.destination_vm_id, [v.volume_id for v in volumes.values()])
+    return_volumes_to_hub(cloudstack, vm, volumes)
+    finish_failover(catalog, failover.id, "interrupted", context_after_rollback(catalog, failover.vm_context_id))

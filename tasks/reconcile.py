@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import partial
 from uuid import UUID
 
 from prefect import task
@@ -13,6 +14,7 @@ from prefect.client.schemas.sorting import FlowRunSort
 
 from blocks.cloudstack import CloudStack
 from blocks.vcenter import VCenter
+from tasks.failover import roll_back_interrupted_failover
 from vmferry.reconcile import Finding, FlowRunFacts, Reconciler
 from vmferry.repository import Repository
 
@@ -53,6 +55,11 @@ def sweep_nbd_exports(reconciler: Reconciler) -> list[Finding]:
 
 
 @task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def sweep_job_resources(reconciler: Reconciler) -> list[Finding]:
+    return reconciler.sweep_job_resources()
+
+
+@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def sweep_port_leases(reconciler: Reconciler) -> list[Finding]:
     return reconciler.sweep_leases()
 
@@ -71,6 +78,11 @@ def sweep_snapshots(reconciler: Reconciler, vcenter: VCenter) -> list[Finding]:
 def sweep_hub_volumes(reconciler: Reconciler, cloudstack: CloudStack) -> list[Finding]:
     with cloudstack.client() as client:
         return reconciler.sweep_hub_volumes(client, cloudstack.hub_vm_id)
+
+
+@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def sweep_failovers(reconciler: Reconciler, cloudstack: CloudStack) -> list[Finding]:
+    return reconciler.sweep_failovers(partial(roll_back_interrupted_failover, cloudstack))
 
 
 @task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)

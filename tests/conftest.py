@@ -118,8 +118,8 @@ def make_scratch_vm(lab):
     from infra.lab.seed import LabDiskSpec, LabVMSpec, seed_vm
     from infra.lab.vcenter import session
 
-    def make(disks: int = 1, size_mib: int = 4) -> str:
-        name = f"scratch-{uuid.uuid4().hex[:8]}"
+    def make(disks: int = 1, size_mib: int = 4, name: str | None = None) -> str:
+        name = name or f"scratch-{uuid.uuid4().hex[:8]}"
         specs = tuple(
             LabDiskSpec(
                 label=f"d{unit}",

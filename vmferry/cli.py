@@ -95,6 +95,15 @@ lab_app = typer.Typer(help="The built-in lab: vcsim (a vCenter simulator) and ou
 app.add_typer(lab_app, name="lab", no_args_is_help=True)
 
 
+def _console(**options: Any) -> Console:
+    """A console that prints text as it is: no markup, no emoji codes, no highlighting.
+
+    What we print quotes names, paths and thumbprints; rich would turn ``:AB:`` of a thumbprint into an emoji and
+    ``[x]`` of a datastore path into markup, and an operator could no longer copy them.
+    """
+    return Console(markup=False, emoji=False, highlight=False, **options)
+
+
 @dataclass
 class Cli:
     """Per-invocation state (global options and consoles), kept on the typer context."""
@@ -102,7 +111,7 @@ class Cli:
     debug: bool
     verbose: bool
     out: Console
-    err: Console = field(default_factory=lambda: Console(stderr=True))
+    err: Console = field(default_factory=lambda: _console(stderr=True))
 
 
 def _cli(ctx: typer.Context) -> Cli:
@@ -119,9 +128,9 @@ def main(
 ) -> None:
     """Back up, replicate and fail over VMware VMs into CloudStack."""
     # Not a terminal (pipes, CI logs): wide enough that disk file names are not cut.
-    out = Console()
+    out = _console()
     if not out.is_terminal:
-        out = Console(width=160)
+        out = _console(width=160)
     ctx.obj = Cli(debug=debug, verbose=verbose or debug, out=out)
 
 
@@ -137,7 +146,7 @@ def _operation(ctx: typer.Context, what: str) -> Iterator[None]:
     except (typer.Exit, typer.Abort, typer.TyperException):
         raise
     except KeyboardInterrupt:
-        cli.err.print(f"[red]vmferry {what}: interrupted[/red]")
+        cli.err.print(f"vmferry {what}: interrupted", style="red")
         raise typer.Exit(130) from None
     except Exception as exc:
         if cli.debug:

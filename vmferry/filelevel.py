@@ -11,6 +11,9 @@ import io
 import os
 import shutil
 import stat
+import subprocess
+import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
@@ -18,9 +21,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from agent.dataplane.nbd import NBDClient
-from clients.qemu import QemuError, read_only_client
+from agent.dataplane.nbd import NBDClient, NBDError
 from vmferry.errors import NotFoundError, VmferryError
+from vmferry.ledger import JobLedger
 
 
 class FileRestoreError(VmferryError):
@@ -63,13 +66,57 @@ class NBDFile(io.RawIOBase):
 
 
 @contextmanager
-def open_image(path: Path, image_format: str = "qcow2") -> Iterator[NBDFile]:
-    """The guest-visible bytes of an image (with its backing chain) as a file object."""
+def open_image(path: Path, image_format: str = "qcow2", ledger: JobLedger | None = None) -> Iterator[NBDFile]:
+    """The guest-visible bytes of an image (with its backing chain) as a file object.
+
+    With a ``ledger`` the work directory and the qemu-nbd are recorded before they exist, so a job killed
+    while qemu-nbd serves leaves rows the reconciler uses to stop it and remove the directory.
+    """
+    if ledger is not None:
+        directory_id, workdir = ledger.temp_directory("flr")
+    else:
+        directory_id, workdir = None, Path(tempfile.mkdtemp(prefix="vmferry-flr-"))
+    socket_path = workdir / "nbd.sock"
+    process_id = ledger.planned_process(image=path, socket_path=socket_path) if ledger is not None else None
+    argv = ["qemu-nbd", "--read-only", "--persistent", "--format", image_format, "--socket", str(socket_path)]
+    process = subprocess.Popen([*argv, "--", str(path)], stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        with read_only_client(path, image_format=image_format) as client:
+        if ledger is not None and process_id is not None:
+            ledger.started(process_id, process.pid)
+        client = _connect_when_served(process, path, socket_path)
+        try:
             yield NBDFile(client)
-    except QemuError as exc:
-        raise FileRestoreError(str(exc)) from exc
+        finally:
+            client.close()
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if ledger is not None and process_id is not None and directory_id is not None:
+            ledger.removed(process_id)
+            ledger.remove_directory(directory_id, workdir)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _connect_when_served(process: subprocess.Popen[bytes], path: Path, socket_path: Path) -> NBDClient:
+    """Connect once qemu-nbd listens: its socket file appears at bind(), a moment before it accepts."""
+    deadline = time.monotonic() + 15
+    while True:
+        if process.poll() is not None:
+            error = process.stderr.read().decode(errors="replace") if process.stderr else ""
+            raise FileRestoreError(f"qemu-nbd could not open {path}: {error.strip()}")
+        if socket_path.exists():
+            try:
+                return NBDClient(f"nbd+unix:///?socket={socket_path}")
+            except NBDError:
+                pass  # bound, not listening yet
+        if time.monotonic() > deadline:
+            raise FileRestoreError(f"qemu-nbd did not serve {path} within 15 s")
+        time.sleep(0.02)
 
 
 class PartitionInfo(BaseModel):
@@ -177,18 +224,91 @@ def safe_destination(destination: Path, inner_path: str) -> Path:
     return target
 
 
-def extract_file(image: NBDFile, partition: int, path: str, destination: Path, *, overwrite: bool = False) -> Path:
-    """Copy one file out of the backup to ``destination/<path>``; written to a temp name, then renamed."""
+def _open_directory(base: Path, parts: tuple[str, ...]) -> int:
+    """A descriptor of ``base/parts...``, creating what is missing; never through a symbolic link below ``base``.
+
+    ``base`` is the operator's ``--to``; everything under it is walked with O_NOFOLLOW, so a link planted there
+    (by a guest's file name or by somebody else) cannot send a write elsewhere.
+    """
+    fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in parts:
+            try:
+                os.mkdir(part, 0o755, dir_fd=fd)
+            except FileExistsError:
+                pass
+            try:
+                child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            except OSError as exc:
+                raise FileRestoreError(
+                    f"{base.joinpath(*parts)}: {part!r} is a symbolic link or not a directory; refusing to write "
+                    "through it (remove it or restore into another directory)"
+                ) from exc
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _exists(name: str, directory: int) -> bool:
+    try:
+        os.lstat(name, dir_fd=directory)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def extract_file(
+    image: NBDFile,
+    partition: int,
+    path: str,
+    destination: Path,
+    *,
+    overwrite: bool = False,
+    ledger: JobLedger | None = None,
+) -> Path:
+    """Copy one file out of the backup to ``destination/<path>``; written to a temp name, then renamed.
+
+    The temp name is created with O_EXCL|O_NOFOLLOW (recorded in ``ledger`` first): an existing file or link
+    there is not ours, and nothing is written through it.
+    """
     kind, fs = _filesystem(image, partition)
     entry = _entry(kind, fs, path)
     if _is_dir(kind, entry):
         raise FileRestoreError(f"{path!r} is a directory; name the files to extract")
     target = safe_destination(destination, path)
-    if target.exists() and not overwrite:
-        raise FileRestoreError(f"{target} exists; pass overwrite=True to replace it")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".partial")
-    with entry.open() as source, open(partial, "wb") as sink:
-        shutil.copyfileobj(source, sink, 1 << 20)
-    os.replace(partial, target)
+    *parents, name = target.relative_to(destination).parts
+    directory = _open_directory(destination, tuple(parents))
+    try:
+        if _exists(name, directory) and not overwrite:
+            raise FileRestoreError(f"{target} exists; pass overwrite=True to replace it")
+        partial_name = name + ".partial"
+        partial = target.with_name(partial_name)
+        resource = ledger.planned_file(partial) if ledger is not None else None
+        created = False
+        try:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            try:
+                fd = os.open(partial_name, flags, 0o600, dir_fd=directory)
+            except FileExistsError as exc:
+                raise FileRestoreError(
+                    f"{partial} already exists (a link or file this restore did not create); nothing was written: "
+                    "remove it, or run the reconciler if an interrupted restore left it"
+                ) from exc
+            created = True
+            try:
+                with os.fdopen(fd, "wb") as sink, entry.open() as source:
+                    shutil.copyfileobj(source, sink, 1 << 20)
+                os.replace(partial_name, name, src_dir_fd=directory, dst_dir_fd=directory)
+            except BaseException:
+                os.unlink(partial_name, dir_fd=directory)
+                raise
+        finally:
+            # never created (somebody else's name) or gone: nothing of ours is left there
+            if ledger is not None and resource is not None and not (created and _exists(partial_name, directory)):
+                ledger.removed(resource)
+    finally:
+        os.close(directory)
     return target

@@ -77,10 +77,31 @@ def ensure_limit(
 
 
 @contextmanager
-def holding(name: str, default: int, logger: logging.Logger | logging.LoggerAdapter = log) -> Iterator[None]:
-    """One slot of the limit ``name`` for the duration of the block, waiting as long as it takes."""
-    from prefect.concurrency.sync import concurrency
+def slot(name: str) -> Iterator[None]:
+    """One slot of the existing limit ``name`` for the duration of the block, waiting as long as it takes.
 
+    The slot is a lease the holding process renews (VMFERRY_CONCURRENCY_LEASE_SECONDS, Prefect's minimum of
+    60 s by default): a run killed with SIGKILL stops renewing, and the server's repossessor hands its slot
+    back within that time, instead of Prefect's default 5 minutes. The lease names the flow run holding it.
+    """
+    from uuid import UUID
+
+    from prefect.client.schemas.objects import ConcurrencyLeaseHolder
+    from prefect.concurrency.sync import concurrency
+    from prefect.runtime import flow_run
+
+    from vmferry.settings import get_settings
+
+    run_id = flow_run.get_id()
+    holder = ConcurrencyLeaseHolder(type="flow_run", id=UUID(run_id)) if run_id else None
+    lease = get_settings().concurrency_lease_seconds
+    with concurrency(name, strict=True, lease_duration=lease, holder=holder):
+        yield
+
+
+@contextmanager
+def holding(name: str, default: int, logger: logging.Logger | logging.LoggerAdapter = log) -> Iterator[None]:
+    """One slot of the limit ``name`` (created with ``default`` slots when missing), as :func:`slot`."""
     ensure_limit(name, default, logger)
-    with concurrency(name, strict=True):
+    with slot(name):
         yield

@@ -7,7 +7,8 @@ for each job whether its owner is still at work, and removes the resources of jo
 Whose is it - the rule (``OwnerJudge``):
 
 - a job row ``succeeded``/``failed``/``cancelled`` is *finished*: whatever it still holds is an orphan;
-- a job named by a resource but missing from the catalog (a snapshot ``vmferry-<unknown>``) is *absent*: orphan;
+- a job named by a resource but missing from the catalog is *absent*: its resources are orphans, except a
+  snapshot ``vmferry-<unknown job>``, which may be another hub's (a name never proves ownership) and is kept;
 - a job row ``running`` is *crashed* when its flow run (``jobs.flow_run_id``) is in a final state
   (Completed, Failed, Crashed, Cancelled) - a flow closes its job before its run ends, so a final run with a
   running job never closed it - or when the flow run's recorded hub process is gone. Every flow records its
@@ -31,6 +32,7 @@ import shutil
 import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -40,13 +42,15 @@ from agent.contract import SNAPSHOT_PREFIX
 from catalog.db import Catalog
 from catalog.errors import UnknownRecord
 from catalog.exports import ExportView, live_exports, mark_export_stopped
+from catalog.failovers import FailoverView, unfinished_failovers
 from catalog.jobs import FINISHED_STATES, fail_running_job, get_job, running_jobs
 from catalog.models import utcnow
 from catalog.ports import held_leases, release_port
 from catalog.replication import recorded_volume_ids
+from catalog.resources import ResourceView, live_resources, mark_resource_removed, mark_snapshot_removed
 from catalog.restore_points import fail_pending_point, find_point, points_in_state
 from clients.cloudstack import CloudStackClient
-from clients.qemu import is_our_qemu_nbd, stop_qemu_nbd
+from clients.qemu import cmdline_of, is_our_qemu_nbd, stop_qemu_nbd
 from clients.vsphere import VSphereClient, VSphereEndpoint, VSphereSnapshots
 from vmferry.errors import describe
 from vmferry.repository import PARTIAL_SUFFIX, Repository
@@ -190,7 +194,16 @@ class OwnerJudge:
 # --- the report --------------------------------------------------------------------------------------------
 
 FindingKind = Literal[
-    "nbd-export", "port-lease", "partial-directory", "restore-point", "point-directory", "snapshot", "hub-volume", "job"
+    "nbd-export",
+    "port-lease",
+    "partial-directory",
+    "restore-point",
+    "point-directory",
+    "snapshot",
+    "hub-volume",
+    "job",
+    "job-resource",
+    "failover",
 ]
 
 
@@ -296,6 +309,46 @@ class Reconciler:
         stop_qemu_nbd(pid, export.file_path)  # checks pid and command line again right before signalling
         mark_export_stopped(self.catalog, export.id)
 
+    # what jobs recorded in the ledger: qemu-nbd on private sockets, temporary outputs, work directories ----
+
+    def sweep_job_resources(self) -> list[Finding]:
+        findings = []
+        # processes first: a directory goes only once nothing serves from it
+        resources = sorted(live_resources(self.catalog), key=lambda r: r.kind != "qemu-nbd")
+        for resource in resources:
+            if resource.kind == "snapshot":
+                continue  # sweep_snapshots, which can reach vCenter
+            owner = self.judge.owner(resource.job_id)
+            finding = Finding(
+                kind="job-resource",
+                subject=f"{resource.kind} {resource.path}" + (f" serving {resource.ref}" if resource.ref else ""),
+                job_id=resource.job_id,
+                owner=owner.describe(),
+                action="",
+            )
+            if owner.alive:
+                findings.append(finding.model_copy(update={"action": "kept"}))
+                continue
+            verb = f"remove {resource.kind}"
+            findings.append(self._act(finding, verb, f"removed {resource.kind}", partial(self._remove, resource)))
+        return findings
+
+    def _remove(self, resource: ResourceView) -> None:
+        if resource.kind == "qemu-nbd" and resource.ref:
+            pid = resource.pid if resource.pid is not None else _qemu_nbd_on_socket(resource)
+            if pid is not None and is_our_qemu_nbd(pid, resource.ref) and resource.path in (cmdline_of(pid) or []):
+                stop_qemu_nbd(pid, resource.ref)
+        elif resource.kind == "file" and resource.path:
+            # only a regular file: what was recorded but never created by us may be somebody's link by now
+            path = Path(resource.path)
+            if path.is_file() and not path.is_symlink():
+                path.unlink()
+        elif resource.kind == "directory" and resource.path:
+            path = Path(resource.path)
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+        mark_resource_removed(self.catalog, resource.id)
+
     # port leases ---------------------------------------------------------------------------------------
 
     def sweep_leases(self) -> list[Finding]:
@@ -393,6 +446,8 @@ class Reconciler:
 
     def sweep_snapshots(self, endpoint: VSphereEndpoint) -> list[Finding]:
         findings = []
+        recorded = {r.ref: r.job_id for r in live_resources(self.catalog, "snapshot") if r.ref}
+        seen: set[str] = set()
         with VSphereClient(endpoint) as client:
             for vm in client.list_vms():
                 try:
@@ -405,9 +460,13 @@ class Reconciler:
                     findings.append(Finding(kind="snapshot", subject=subject, action="failed to list", error=error))
                     continue
                 for snapshot in snapshots:
-                    if not snapshot.name.startswith(SNAPSHOT_PREFIX):
+                    # the ledger names the job of a snapshot the agent reported; else its name does, but only
+                    # of a job this catalog has: a snapshot of an unknown job may be another hub's, still in use
+                    job_id = recorded.get(snapshot.moref)
+                    if job_id is None and snapshot.name.startswith(SNAPSHOT_PREFIX):
+                        job_id = snapshot.name[len(SNAPSHOT_PREFIX) :]
+                    if job_id is None:
                         continue  # somebody else's snapshot
-                    job_id = snapshot.name[len(SNAPSHOT_PREFIX) :]
                     owner = self.judge.owner(job_id)
                     finding = Finding(
                         kind="snapshot",
@@ -416,13 +475,37 @@ class Reconciler:
                         owner=owner.describe(),
                         action="",
                     )
-                    if owner.alive:
+                    if owner.alive or owner.status == "absent":
                         findings.append(finding.model_copy(update={"action": "kept"}))
                         continue
                     findings.append(
-                        self._act(finding, "remove", "removed", lambda m=snapshot.moref, h=handle: h.remove_snapshot(m))
+                        self._act(finding, "remove", "removed", partial(self._remove_snapshot, handle, snapshot.moref))
                     )
+                seen |= {snapshot.moref for snapshot in snapshots}
+        if not any(f.error for f in findings):  # every VM was read: a recorded snapshot not seen is gone
+            findings += self._forget_gone_snapshots(recorded, seen)
         return findings
+
+    def _forget_gone_snapshots(self, recorded: dict[str, str], seen: set[str]) -> list[Finding]:
+        """Ledger rows of snapshots that no longer exist (their agent removed them while the catalog was away)."""
+        findings = []
+        for moref, job_id in recorded.items():
+            owner = self.judge.owner(job_id)
+            if moref in seen or owner.alive:
+                continue
+            finding = Finding(
+                kind="snapshot", subject=f"snapshot {moref} (no longer in vCenter)", job_id=job_id,
+                owner=owner.describe(), action="",
+            )  # fmt: skip
+            verb = "record as removed"
+            findings.append(
+                self._act(finding, verb, "recorded as removed", partial(mark_snapshot_removed, self.catalog, moref))
+            )
+        return findings
+
+    def _remove_snapshot(self, handle: VSphereSnapshots, moref: str) -> None:
+        handle.remove_snapshot(moref)
+        mark_snapshot_removed(self.catalog, moref)
 
     # CloudStack hub volumes ----------------------------------------------------------------------------
 
@@ -448,6 +531,28 @@ class Reconciler:
                 )
                 continue
             findings.append(self._act(finding, "detach", "detached", lambda v=volume.id: client.detach_volume(v)))
+        return findings
+
+    # failovers that never finished ---------------------------------------------------------------------
+
+    def sweep_failovers(self, roll_back: Callable[[FailoverView], object]) -> list[Finding]:
+        """``roll_back`` removes the failover's recorded destination VM and puts its volumes back on the hub."""
+        findings = []
+        for failover in unfinished_failovers(self.catalog):
+            owner = self.judge.owner(failover.job_id)
+            destination = failover.destination_vm_id or "none recorded"
+            finding = Finding(
+                kind="failover",
+                subject=f"{failover.mode} failover {failover.id} of vm_context {failover.vm_context_id} "
+                f"(destination VM {destination})",
+                job_id=failover.job_id,
+                owner=owner.describe(),
+                action="",
+            )
+            if owner.alive:
+                findings.append(finding.model_copy(update={"action": "kept"}))
+                continue
+            findings.append(self._act(finding, "roll back", "rolled back", partial(roll_back, failover)))
         return findings
 
     # job rows ------------------------------------------------------------------------------------------
@@ -492,6 +597,17 @@ def _unrecorded_qemu_nbd(export: ExportView) -> int | None:
         if not argv or Path(argv[0]).name != "qemu-nbd" or export.file_path not in argv:
             continue
         if _option(argv, "--port") == str(export.port) and _option(argv, "--export-name") == export.export_name:
+            return int(proc.name)
+    return None
+
+
+def _qemu_nbd_on_socket(resource: ResourceView) -> int | None:
+    """A qemu-nbd a job started on its private socket but whose pid it never recorded (killed right after)."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        argv = cmdline_of(int(proc.name))
+        if argv and Path(argv[0]).name == "qemu-nbd" and resource.path in argv and resource.ref in argv:
             return int(proc.name)
     return None
 

@@ -23,11 +23,10 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, Protocol, TypeVar
 
-from vmferry.limits import ensure_limit, vm_limit_name
+from vmferry.limits import ensure_limit, slot, vm_limit_name
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
-VM_SLOT_LEASE_SECONDS = 60
 
 _NOT_KEY = re.compile(r"[^a-z0-9]+")
 # Instance UUIDs of the VMs whose slot this flow (and the flows it calls in-process) holds.
@@ -80,16 +79,13 @@ def vm_job(vm: NamedVM, kind: str, logger: logging.Logger | logging.LoggerAdapte
     if vm.instance_uuid in _held.get():
         yield  # this flow holds the slot already
         return
-    from prefect.concurrency.sync import concurrency
-
     name = vm_limit_name(vm.instance_uuid)
     busy = ensure_limit(name, 1, logger, quiet=True)
     if busy:
         logger.info("VM %s is busy with another vmferry job: this %s waits until it ends", vm.name, kind)
     started = time.monotonic()
-    # A short lease (Prefect's minimum): a job whose process died (SIGKILL, a lost hub) blocks its VM for about
-    # a minute, not five; a live job renews its lease in the background.
-    with concurrency(name, strict=True, lease_duration=VM_SLOT_LEASE_SECONDS):
+    # a short lease: a job whose process died (SIGKILL, a lost hub) blocks its VM for about a minute, not five
+    with slot(name):
         if busy:
             logger.info("VM %s is free after %.0f s: the %s starts", vm.name, time.monotonic() - started, kind)
         token = _held.set(_held.get() | {vm.instance_uuid})

@@ -66,6 +66,12 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL of the catalog, e.g. mysql+pymysql://user:pw@db/vmferry. "
         "Default: SQLite file catalog.db in data_dir.",
     )
+    catalog_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="Connecting to the catalog, each read and write, and each lock wait end after this long: a "
+        "catalog that stops answering fails the job (its compensation runs without it) instead of holding it.",
+    )
     nbd_port_range: str = Field(default="10100-10200", description="Ports qemu-nbd exports may use.")
     nbd_bind_address: str = Field(default="127.0.0.1", description="Address qemu-nbd listens on.")
     # Declared before nbd_tls_dir: its validator reads this one.
@@ -97,6 +103,13 @@ class Settings(BaseSettings):
         ge=1,
         description="Backups writing to one repository at once, when its global concurrency limit does not "
         "exist yet (deployments/deploy.py creates it with the operator's value).",
+    )
+    concurrency_lease_seconds: float = Field(
+        default=60,
+        ge=60,
+        le=86400,
+        description="Lease of a held concurrency slot, renewed while its run lives: a killed run's slot comes "
+        "back within this time (Prefect accepts 60 s to one day).",
     )
     vcenter_snapshot_limit: int = Field(
         default=4,

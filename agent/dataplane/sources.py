@@ -741,6 +741,23 @@ _SPARSE_TYPES = {"SPARSE", "VMFSSPARSE", "SESPARSE", "VSANSPARSE"}
 _RAW_TYPES = {"VMFSRDM", "VMFSRAW"}
 
 
+_VMWARE_ESCAPE = re.compile(r"\|([0-9A-Fa-f]{2})")
+
+
+def unescape_vmware(value: str) -> str:
+    """A quoted value of a VMware dictionary file (.vmx, a .vmdk descriptor) as it really is.
+
+    VMware writes a ``"`` inside a quoted value as ``|22`` and a ``|`` as ``|7C`` (the pipe hex escape, as
+    libvirt's virVMXEscapeHexPipe writes it too), so a VM named ``a"b`` has the extent ``"a|22b-flat.vmdk"``.
+    """
+    return _VMWARE_ESCAPE.sub(lambda m: chr(int(m[1], 16)), value)
+
+
+def escape_vmware(value: str) -> str:
+    """The inverse of `unescape_vmware`: how VMware writes ``value`` between double quotes."""
+    return value.replace("|", "|7C").replace('"', "|22")
+
+
 def parse_vmdk_descriptor(text: str | bytes) -> list[Extent]:
     """Extents of a monolithicFlat / twoGbMaxExtentFlat / vmfs descriptor, in disk order.
 
@@ -770,7 +787,7 @@ def parse_vmdk_descriptor(text: str | bytes) -> list[Extent]:
         if not match:
             raise VmdkDescriptorError(f"line {number}: malformed extent line {line!r}")
         kind = match["type"].upper()
-        filename = match["file"]
+        filename = unescape_vmware(match["file"]) if match["file"] is not None else None
         if kind in _SPARSE_TYPES:
             raise VmdkDescriptorError(
                 f"line {number}: {kind} extent {filename!r} is sparse (snapshot delta, seSparse or "

@@ -16,6 +16,7 @@ from typing import Any
 from pyVim.task import WaitForTask
 from pyVmomi import vim
 
+from agent.dataplane.sources import escape_vmware
 from infra.lab import dsfiles
 from infra.lab.disks import (
     MIB,
@@ -379,7 +380,7 @@ def vmdk_descriptor(flat_name: str, size_bytes: int) -> bytes:
     sectors = size_bytes // 512
     return (
         '# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType="vmfs"\n\n'
-        f'# Extent description\nRW {sectors} VMFS "{flat_name}"\n\n'
+        f'# Extent description\nRW {sectors} VMFS "{escape_vmware(flat_name)}"\n\n'
         '# The Disk Data Base\n#DDB\n\nddb.adapterType = "lsilogic"\nddb.virtualHWVersion = "13"\n'
     ).encode()
 

@@ -5,9 +5,18 @@ from __future__ import annotations
 import json
 import sys
 
+from blocks.agent import Agent
 from blocks.cloudstack import CloudStack
+from blocks.vcenter import VCenter
 from flows.failover import failover_vm
 
 if __name__ == "__main__":
     arguments = json.loads(sys.argv[1])
-    failover_vm(arguments["vm"], CloudStack(**arguments["cloudstack"]), mode="test")
+    mode = arguments.get("mode", "test")
+    failover_vm(
+        arguments["vm"],
+        CloudStack(**arguments["cloudstack"]),
+        mode=mode,
+        vcenter=VCenter(**arguments["vcenter"]) if "vcenter" in arguments else None,
+        agent=Agent(**arguments["agent"]) if "agent" in arguments else None,
+    )

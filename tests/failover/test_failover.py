@@ -19,7 +19,6 @@ from catalog.replication import volumes_of_vm
 from clients.cloudstack import CloudStackError, device_path_for_volume
 from flows.cleanup import cleanup_failover
 from flows.failover import failover_vm
-from flows.replicate import replicate_vm
 from infra.lab.mutate import read_disk_bytes
 from infra.lab.seed import require_vm
 from infra.lab.vcenter import session
@@ -54,16 +53,6 @@ def assert_back_on_hub(sim, cloudstack_block, catalog, vm_name: str, expected: d
             assert device_path_for_volume(sim.dev_root, volume.volume_id).exists()
             sha, capacity = expected[volume.vm_disk_id]
             assert volume_sha(sim, volume.volume_id, capacity) == sha  # data intact
-
-
-@pytest.fixture
-def replicated(lab, cloudstack_block, agent_block, lab_vcenter_block, configured_catalog, make_scratch_vm):
-    def make(vm_name: str | None = None, disks: int = 3) -> str:
-        name = vm_name or make_scratch_vm(disks=disks)
-        replicate_vm(name, cloudstack_block, agent_block, lab_vcenter_block)
-        return name
-
-    return make
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,26 @@ from blocks.repository import BackupRepository
 from blocks.vcenter import VCenter
 from flows.backup import backup_vm
 
+
+def backup_arguments(
+    vm: str, repository: BackupRepository, agent: Agent, vcenter: VCenter, bandwidth_limit_bytes_per_second: int
+) -> dict:
+    """What this script reads on stdin, secrets included."""
+    return {
+        "vm": vm,
+        "repository": {"name": repository.name, "path": repository.path},
+        "agent": {"url": agent.url, "token": agent.token.get_secret_value()},
+        "vcenter": {
+            "host": vcenter.host,
+            "port": vcenter.port,
+            "username": vcenter.username,
+            "password": vcenter.password.get_secret_value(),
+            "thumbprint": vcenter.thumbprint,
+        },
+        "bandwidth_limit_bytes_per_second": bandwidth_limit_bytes_per_second,
+    }
+
+
 if __name__ == "__main__":
     arguments = json.loads(sys.stdin.read())
     backup_vm(

@@ -35,6 +35,7 @@ from infra.lab.seed import require_vm
 from infra.lab.vcenter import session
 from tests import factories
 from tests.agent.helpers import assert_nothing_left, our_qemu_nbd_pids, vm_snapshot_names
+from tests.reconcile.run_backup import backup_arguments
 from vmferry.settings import PortRange
 
 pytestmark = pytest.mark.usefixtures("prefect_backend", "nbd_port_range")
@@ -79,19 +80,8 @@ def test_a_backup_killed_with_sigkill_leaves_nothing_after_reconcile(
     # An agent of its own, killed too: its snapshot stays behind as a crashed agent's would.
     doomed = start_agent(lab.vcenter, tmp_path / "doomed-agent")
     agent = Agent(url=doomed.url, token=doomed.token)
-    arguments = {
-        "vm": name,
-        "repository": {"name": repository_block.name, "path": repository_block.path},
-        "agent": {"url": doomed.url, "token": doomed.token},
-        "vcenter": {
-            "host": lab_vcenter_block.host,
-            "port": lab_vcenter_block.port,
-            "username": lab_vcenter_block.username,
-            "password": lab_vcenter_block.password.get_secret_value(),
-            "thumbprint": lab_vcenter_block.thumbprint,
-        },
-        "bandwidth_limit_bytes_per_second": 2**20,  # 48 MiB of disks: the copy runs for most of a minute
-    }
+    # 48 MiB of disks at 1 MiB/s: the copy runs for most of a minute
+    arguments = backup_arguments(name, repository_block, agent, lab_vcenter_block, 2**20)
     env = {**os.environ, "VMFERRY_CATALOG_URL": configured_catalog.url, "PREFECT_API_URL": PREFECT_API_URL.value()}
     hub = subprocess.Popen(
         [sys.executable, "-m", "tests.reconcile.run_backup"], stdin=subprocess.PIPE, env=env, cwd=ROOT
@@ -198,21 +188,31 @@ def test_a_stray_partial_directory_is_removed(repository_block, configured_catal
 
 def test_a_leftover_agent_snapshot_is_removed(make_scratch_vm, lab, lab_vcenter_block, configured_catalog):
     name = make_scratch_vm(disks=1)
-    leftover = f"vmferry-{uuid.uuid4()}"
+    crashed = create_job(configured_catalog, "backup")
+    finish_job(configured_catalog, crashed, "failed", "the agent died before removing its snapshot")
+    leftover = f"vmferry-{crashed}"
+    # a vmferry- name of a job this catalog never had: another hub's job, perhaps still copying from it
+    foreign = f"vmferry-{uuid.uuid4()}"
     with session(lab.vcenter) as si:
         vm = require_vm(si, name)
         WaitForTask(vm.CreateSnapshot_Task(name=leftover, description="a crashed agent's", memory=False, quiesce=False))
+        WaitForTask(vm.CreateSnapshot_Task(name=foreign, description="another hub's", memory=False, quiesce=False))
         WaitForTask(
             vm.CreateSnapshot_Task(name="before-upgrade", description="an operator's", memory=False, quiesce=False)
         )
-    assert sorted(vm_snapshot_names(lab, name)) == sorted([leftover, "before-upgrade"])
+    assert sorted(vm_snapshot_names(lab, name)) == sorted([leftover, foreign, "before-upgrade"])
 
     report = reconcile(vcenter=lab_vcenter_block)
 
-    assert vm_snapshot_names(lab, name) == ["before-upgrade"]  # only our prefix is ours
-    (finding,) = report.of("snapshot")
-    assert finding.action == "removed" and leftover in finding.subject and name in finding.subject
-    assert finding.owner == "absent: no such job in the catalog"
+    # only a snapshot of a job this catalog knows is over is ours; a name alone proves nothing
+    assert sorted(vm_snapshot_names(lab, name)) == sorted([foreign, "before-upgrade"])
+    acted = {f.subject.split()[0]: f for f in report.of("snapshot")}
+    assert acted[leftover].action == "removed" and name in acted[leftover].subject
+    assert acted[leftover].owner == "finished: job failed"
+    assert acted[foreign].action == "kept" and acted[foreign].owner == "absent: no such job in the catalog"
+    with session(lab.vcenter) as si:
+        vm = require_vm(si, name)
+        WaitForTask(vm.RemoveAllSnapshots_Task())
 
 
 def test_a_foreign_volume_on_the_hub_is_detached(cloudstack_sim, cloudstack_block, configured_catalog):
@@ -291,9 +291,9 @@ def test_a_running_jobs_resources_are_left_alone(
         assert vm_snapshot_names(lab, name) == [f"vmferry-{job.id}"]
         assert get_job(configured_catalog, job.id).state == "running"
         mine = [f for f in report.findings if f.job_id == job.id]
-        assert sorted(f.kind for f in mine) == sorted(
-            ["nbd-export", "nbd-export", "port-lease", "port-lease", "partial-directory", "restore-point", "snapshot"]
-        )
+        held = ["nbd-export", "nbd-export", "port-lease", "port-lease", "partial-directory", "restore-point"]
+        # and the snapshot, and the qemu-nbd log directory
+        assert sorted(f.kind for f in mine) == sorted([*held, "snapshot", "job-resource"])
         assert {f.action for f in mine} == {"kept"}
         assert all(f.owner.startswith("running: ") for f in mine)
     finally:
