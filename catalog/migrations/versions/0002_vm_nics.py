@@ -1,6 +1,6 @@
 """vm_nics: the source VM's network adapters and port groups (failover maps them to CloudStack networks)
 
-Revision ID: 0002_i12_vm_nics
+Revision ID: 0002
 Revises: 0001
 Create Date: 2026-12-02
 """
@@ -13,7 +13,7 @@ from sqlalchemy.dialects import mysql
 
 TIMESTAMP = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 
-revision: str = "0002_i12_vm_nics"
+revision: str = "0002"
 down_revision: str | None = "0001"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None

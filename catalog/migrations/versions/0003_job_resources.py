@@ -1,7 +1,7 @@
 """job resources: files, directories, processes and snapshots a job creates, recorded before they exist
 
-Revision ID: 0002_i17_job_resources
-Revises: 0001
+Revision ID: 0003
+Revises: 0002
 Create Date: 2026-12-02
 """
 
@@ -13,8 +13,8 @@ from sqlalchemy.dialects import mysql
 
 TIMESTAMP = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 
-revision: str = "0002_i17_job_resources"
-down_revision: str | None = "0001"
+revision: str = "0003"
+down_revision: str | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
