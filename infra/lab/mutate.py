@@ -117,3 +117,30 @@ def write_disk_bytes(lab: LabVCenter, vm_name: str, device_key: int, offset: int
         flat = disk_flat_path(si, vm_name, device_key)
         dsfiles.upload(lab, flat, bytes(content), cookie=dsfiles.session_cookie(si))
     return hashlib.sha256(content).hexdigest()
+
+
+def set_change_tracking(si: vim.ServiceInstance, vm_name: str, enabled: bool) -> None:
+    """Switch CBT on or off by reconfiguring, as an operator would; off then on starts a new CBT epoch."""
+    vm = require_vm(si, vm_name)
+    run_task(vm.ReconfigVM_Task(vim.vm.ConfigSpec(changeTrackingEnabled=enabled)))
+
+
+def reset_change_tracking(si: vim.ServiceInstance, vm_name: str) -> None:
+    """A CBT reset (KB 2139574): change ids handed out before are refused from now on."""
+    set_change_tracking(si, vm_name, False)
+    set_change_tracking(si, vm_name, True)
+
+
+def make_cbt_omit_changes(si: vim.ServiceInstance, vm_name: str, omit: bool) -> None:
+    """Lab only: the patched vcsim drops the first changed area of every CBT answer, like a CBT bug."""
+    vm = require_vm(si, vm_name)
+    option = vim.option.OptionValue(key="vmferry.lab.cbtOmitChangedArea", value="TRUE" if omit else "FALSE")
+    run_task(vm.ReconfigVM_Task(vim.vm.ConfigSpec(extraConfig=[option])))
+
+
+def create_user_snapshot(si: vim.ServiceInstance, vm_name: str, name: str) -> str:
+    """A snapshot the VM's owner keeps (not vmferry's); returns its moref."""
+    vm = require_vm(si, vm_name)
+    return str(
+        run_task(vm.CreateSnapshot_Task(name=name, description="kept by its owner", memory=False, quiesce=False))._moId
+    )
