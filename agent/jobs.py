@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import random
 import threading
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
+from agent.cbt_check import CbtMismatch, check_unchanged_sample, unchanged_sample
 from agent.config import AgentConfig
-from agent.contract import SNAPSHOT_PREFIX, DiskProgress, JobRequest, JobStatus, Target
+from agent.contract import SNAPSHOT_PREFIX, CbtCheckReport, DiskProgress, JobRequest, JobStatus, Target
 from agent.dataplane.copy import (
     DEFAULT_BLOCK_SIZE,
     DEFAULT_ZERO_GRANULARITY,
@@ -265,7 +267,7 @@ class JobManager:
                 closing.callback(source.close)
                 if bucket is not None:
                     source = ThrottledSource(source, bucket)
-                mode, areas = self._plan(job, vm, moref, disk, target)
+                mode, areas = self._plan(job, vm, moref, disk, target, source)
                 self._update(job, lambda s, k=key, m=mode: setattr(self._disk_in(s, k), "mode", m))
                 copy_jobs.append(
                     CopyJob(
@@ -325,19 +327,54 @@ class JobManager:
         return report
 
     def _plan(
-        self, job: _Job, vm: VSphereSnapshots, moref: str, disk: SnapshotDisk, target: Target
+        self, job: _Job, vm: VSphereSnapshots, moref: str, disk: SnapshotDisk, target: Target, source: Source
     ) -> tuple[str, list[tuple[int, int]] | None]:
-        """full, changed-areas (CBT from the previous change id) or compare (no usable CBT)."""
+        """full, changed-areas (CBT from the previous change id, sample-checked) or compare (no usable CBT)."""
         if job.request.kind == "full":
             return "full", None
         if target.previous_change_id and disk.change_id:
             try:
-                return "changed-areas", vm.changed_areas(
-                    moref, disk.device_key, target.previous_change_id, disk.capacity_bytes
-                )
+                areas = vm.changed_areas(moref, disk.device_key, target.previous_change_id, disk.capacity_bytes)
             except CbtUnavailable:
-                pass  # a new CBT epoch or no CBT at all: read everything, write what differs
+                return "compare", None  # a new CBT epoch or no CBT at all: read everything, write what differs
+            if self._cbt_sample_agrees(job, vm.name, disk, target, source, areas):
+                return "changed-areas", areas
         return "compare", None
+
+    def _cbt_sample_agrees(
+        self, job: _Job, vm_name: str, disk: SnapshotDisk, target: Target, source: Source, areas: list[tuple[int, int]]
+    ) -> bool:
+        """The sampled CBT check; False means: read the whole disk (policy "full"). Raises under policy "fail"."""
+        policy = job.request.cbt_check
+        if policy.sample_blocks == 0:
+            return True
+        sample = unchanged_sample(
+            areas, disk.capacity_bytes, policy.block_size, policy.sample_blocks, random.SystemRandom()
+        )
+        client = NBDClient(target.nbd_url, connect_timeout=self.config.nbd_connect_timeout, tls=self.nbd_tls)
+        try:
+            verdict = check_unchanged_sample(source, client, sample)
+        finally:
+            client.close()
+        action = "none" if not verdict.mismatched else ("failed" if policy.on_mismatch == "fail" else "read-whole-disk")
+        report = CbtCheckReport(
+            blocks_checked=verdict.blocks_checked,
+            bytes_read=verdict.bytes_read,
+            mismatched_offsets=[offset for offset, _ in verdict.mismatched],
+            action=action,
+        )
+        self._update(job, lambda s: setattr(self._disk_in(s, disk.device_key), "cbt_check", report))
+        if not verdict.mismatched:
+            return True
+        if policy.on_mismatch == "fail":
+            raise CbtMismatch(
+                f"VM {vm_name!r} disk {disk.device_key} ({disk.file_name}): CBT calls the blocks at offsets "
+                f"{report.mismatched_offsets} unchanged since change id {target.previous_change_id!r}, but they differ "
+                "from the previous copy; CBT cannot be trusted for this disk. Nothing was written. Reset CBT on the "
+                "VM (disable, snapshot create/remove, enable) and take a full backup, or set the CBT check policy to "
+                "'full' to read such disks whole"
+            )
+        return False
 
     def _open_vddk_disk(
         self, client: VSphereClient, vm: VSphereSnapshots, snapshot_moref: str, disk: SnapshotDisk

@@ -1,4 +1,4 @@
-"""Build vcsim from Debian's govmomi sources with vmferry's patches (snapshots, CBT, paging, disk extents), once per input set.
+"""Build vcsim from Debian's govmomi sources with vmferry's patches, once per input set.
 
 Debian ships the simulator library but no vcsim binary, and this machine has no Go module proxy, so the
 build runs in GOPATH mode. A patched copy of the simulator package sits in an overlay GOPATH entry listed
