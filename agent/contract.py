@@ -117,6 +117,7 @@ class DiskProgress(BaseModel):
     bytes_total: int = 0
     bytes_done: int = 0
     bytes_written: int = 0
+    bytes_read: int = Field(default=0, description="Read from the source: the copy and the sampled CBT check")
     change_id: str | None = None
     cbt_check: CbtCheckReport | None = None
     error: str | None = None

@@ -291,11 +291,14 @@ class JobManager:
         for copy_job, result in zip(copy_jobs, results, strict=True):
             key = int(copy_job.key or 0)
 
-            def done(status: JobStatus, key: int = key, written: int = result.bytes_written) -> None:
+            def done(
+                status: JobStatus, key: int = key, written: int = result.bytes_written, read: int = result.bytes_read
+            ) -> None:
                 disk = self._disk_in(status, key)
                 disk.state = "done"
                 disk.bytes_done = disk.bytes_total
                 disk.bytes_written = written
+                disk.bytes_read = read + (disk.cbt_check.bytes_read if disk.cbt_check else 0)
                 disk.change_id = frozen[key].change_id
 
             self._update(job, done)
