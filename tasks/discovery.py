@@ -21,6 +21,13 @@ def read_vcenter_inventory(vcenter: VCenter, vm_names: list[str] | None = None) 
         return client.list_vms()
 
 
+@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, task_run_name="enable-cbt-{vm_name}")
+def enable_change_tracking(vcenter: VCenter, vm_name: str) -> bool:
+    """Safe to retry: a VM whose CBT is already on is left alone (False)."""
+    with VSphereClient(vcenter.endpoint()) as client:
+        return client.enable_change_tracking(vm_name)
+
+
 @task(retries=3, retry_delay_seconds=1, cache_policy=NO_CACHE, task_run_name="record-{vm.name}")
 def record_vm_inventory(vm: ObservedVM) -> RecordedVM:
     return record_vm(default_catalog(), vm)
