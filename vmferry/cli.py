@@ -572,11 +572,9 @@ def discover(
         _quiet_prefect_console(cli.verbose)
         blocks = BlockChoice(vcenter=vcenter)
         if submit is not None:
-            parameters = {
-                "vms": list(vms) if vms else None,
-                "enable_cbt": enable_cbt,
-                **blocks.parameters("vcenter"),
-            }
+            parameters = {"vms": list(vms) if vms else None, **blocks.parameters("vcenter")}
+            if enable_cbt:
+                parameters["enable_cbt"] = True
             submit_to_deployment(cli, submit, "discover", parameters, wait=wait, as_json=as_json)
             return
         from flows.discover import discover as discover_flow
