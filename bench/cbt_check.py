@@ -11,7 +11,7 @@ on the hub's side of the link).
 
 The source here is a local file: against a datastore over HTTP each sampled block is one ranged GET, so on a
 WAN the check costs about ``samples x round trip`` on top of these figures, while the copy streams.
-Measured on the shared 2-core development VM: see docs/vsphere-scale.md.
+Measured on the shared 2-core development VM: see docs/vsphere-as-real.md.
 """
 
 from __future__ import annotations

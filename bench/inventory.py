@@ -15,7 +15,7 @@ The figures to read are each lookup's time at the largest estate divided by its 
 means the cost does not grow with the estate. vcsim answers from memory on this machine, so absolute times are
 a lower bound; against a vCenter every avoided object is also avoided serialisation and network time.
 
-Measured on the shared 2-core development VM (1,000 and 5,000 VMs, 20 lookups each): see docs/vsphere-scale.md.
+Measured on the shared 2-core development VM (1,000 and 5,000 VMs): see docs/vsphere-as-real.md.
 """
 
 from __future__ import annotations
