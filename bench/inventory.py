@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from clients.vsphere import _VM_PROPERTIES as VM_PROPERTIES
 from clients.vsphere import VSphereClient, VSphereEndpoint
 from infra.lab.vcenter import LabVCenter, start_vcsim, stop_vcsim
 
@@ -41,35 +42,14 @@ def _timed(action: Callable[[], object], repeat: int) -> float:
 
 
 def _old_find(client: VSphereClient, handle: str) -> object:
-    """What find_vm did before: every VM with its hardware, then a filter."""
-    content = client.service_instance.content
-    from pyVmomi import vim, vmodl
-
-    from clients.vsphere import _VM_PROPERTIES
-
-    view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
-    try:
-        spec = vmodl.query.PropertyCollector.FilterSpec(
-            objectSet=[
-                vmodl.query.PropertyCollector.ObjectSpec(
-                    obj=view,
-                    skip=True,
-                    selectSet=[
-                        vmodl.query.PropertyCollector.TraversalSpec(
-                            name="view", path="view", skip=False, type=vim.view.ContainerView
-                        )
-                    ],
-                )
-            ],
-            propSet=[vmodl.query.PropertyCollector.PropertySpec(type=vim.VirtualMachine, pathSet=_VM_PROPERTIES)],
-        )
-        vcenter = client.vcenter_id()
-        for obj in content.propertyCollector.RetrieveContents([spec]):
+    """What find_vm did before: every VM with its hardware in one RetrieveContents call, then a filter."""
+    collector = client.service_instance.content.propertyCollector
+    vcenter = client.vcenter_id()
+    with client.every_vm(VM_PROPERTIES) as spec:
+        for obj in collector.RetrieveContents([spec]):
             props = {prop.name: prop.val for prop in obj.propSet}
             if handle in (props.get("name"), props.get("config.instanceUuid"), obj.obj._moId):
                 return client._observed(vcenter, obj.obj, props)
-    finally:
-        view.Destroy()
     raise LookupError(handle)
 
 

@@ -6,6 +6,7 @@ import hashlib
 import re
 import ssl
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -248,11 +249,14 @@ class VSphereClient:
                 break
             result = collector.ContinueRetrievePropertiesEx(result.token)
 
-    def _all_vm_properties(self, paths: list[str]) -> Iterator[tuple[Any, dict[str, Any]]]:
+    @contextmanager
+    def every_vm(self, paths: list[str]) -> Iterator[Any]:
+        """A filter spec selecting ``paths`` of every VM, through a container view that lives as long as the
+        context."""
         content = self.service_instance.content
         view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
         try:
-            spec = vmodl.query.PropertyCollector.FilterSpec(
+            yield vmodl.query.PropertyCollector.FilterSpec(
                 objectSet=[
                     vmodl.query.PropertyCollector.ObjectSpec(
                         obj=view,
@@ -266,9 +270,12 @@ class VSphereClient:
                 ],
                 propSet=[vmodl.query.PropertyCollector.PropertySpec(type=vim.VirtualMachine, pathSet=paths)],
             )
-            yield from self._retrieve([spec])
         finally:
             view.Destroy()
+
+    def _all_vm_properties(self, paths: list[str]) -> Iterator[tuple[Any, dict[str, Any]]]:
+        with self.every_vm(paths) as spec:
+            yield from self._retrieve([spec])
 
     def _vm_properties_of(self, vms: list[Any]) -> list[tuple[Any, dict[str, Any]]]:
         """The inventory properties of the given VMs only: one round trip whatever the estate's size."""
