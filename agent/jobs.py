@@ -160,6 +160,16 @@ class JobManager:
         except VSphereError as exc:
             raise JobRejected(422, f"VM {request.vm}: {exc}") from exc
         check_targets(vm_name, disks, request.targets)
+        if self.config.reader == "datastore-http":
+            chained = {key: disk.file_name for key, disk in disks.items() if disk.file_name != disk.base_file_name}
+            if chained:
+                raise JobRejected(
+                    422,
+                    f"VM {vm_name!r}: disk(s) {sorted(chained)} run on snapshot delta files "
+                    f"({', '.join(chained.values())}): the VM has snapshots of its own, and the datastore-http "
+                    'reader reads only flat extents. Give this agent "reader": "vddk" (nbdkit with the VDDK plugin '
+                    "reads snapshot chains) or consolidate the VM's snapshots; nothing was snapshotted or written",
+                )
         for target in request.targets:
             size = self._target_size(vm_name, target)
             if size < disks[target.disk_key].capacity_bytes:

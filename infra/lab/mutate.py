@@ -144,3 +144,31 @@ def create_user_snapshot(si: vim.ServiceInstance, vm_name: str, name: str) -> st
     return str(
         run_task(vm.CreateSnapshot_Task(name=name, description="kept by its owner", memory=False, quiesce=False))._moId
     )
+
+
+def put_disk_on_delta(lab: LabVCenter, vm_name: str, device_key: int) -> str:
+    """Point a disk at a snapshot delta whose parent is its flat disk, as vSphere shows a VM with snapshots of its
+    own (vcsim's snapshots create no deltas). Returns the delta's descriptor path."""
+    with session(lab) as si:
+        vm = require_vm(si, vm_name)
+        disk = find_disk(vm, device_key)
+        base = disk.backing.fileName
+        delta = base[: -len(".vmdk")] + "-000001.vmdk"
+        sectors = disk_capacity_bytes(disk) // 512
+        name = delta.rsplit("/", 1)[-1][: -len(".vmdk")]
+        cookie = dsfiles.session_cookie(si)
+        descriptor = (
+            '# Disk DescriptorFile\nversion=1\nCID=5a0b0001\nparentCID=fffffffe\ncreateType="vmfsSparse"\n'
+            f'parentFileNameHint="{base.rsplit("/", 1)[-1]}"\n\n# Extent description\n'
+            f'RW {sectors} VMFSSPARSE "{name}-delta.vmdk"\n'
+        )
+        dsfiles.upload(lab, delta, descriptor.encode(), cookie=cookie)
+        # vcsim checks that a disk's descriptor and -flat file exist before it accepts a backing.
+        dsfiles.upload(lab, dsfiles.flat_path(delta), b"", cookie=cookie)
+        parent = vim.vm.device.VirtualDisk.FlatVer2BackingInfo(fileName=base, diskMode="persistent")
+        disk.backing = vim.vm.device.VirtualDisk.FlatVer2BackingInfo(
+            fileName=delta, diskMode="persistent", parent=parent
+        )
+        edit = vim.vm.device.VirtualDeviceSpec(operation="edit", device=disk)
+        run_task(vm.ReconfigVM_Task(vim.vm.ConfigSpec(deviceChange=[edit])))
+    return delta

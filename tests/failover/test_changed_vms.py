@@ -9,14 +9,14 @@ import pytest
 
 from blocks.repository import BackupRepository
 from catalog.inventory import find_vm
-from clients.agent import AgentJobFailed
+from clients.agent import AgentError
 from clients.qemu import content_sha256
+from clients.vsphere import VSphereClient
 from flows.backup import backup_vm
 from flows.cleanup import cleanup_failover
 from flows.failover import failover_vm
 from flows.replicate import replicate_vm
-from infra.lab import dsfiles
-from infra.lab.mutate import add_disk, create_user_snapshot, read_disk_bytes, write_disk_bytes
+from infra.lab.mutate import add_disk, create_user_snapshot, put_disk_on_delta, read_disk_bytes, write_disk_bytes
 from infra.lab.seed import require_vm
 from infra.lab.vcenter import session
 from tests.agent.helpers import vm_snapshot_names
@@ -39,6 +39,8 @@ def test_a_hot_added_disk_is_backed_up_replicated_and_failed_over_in_its_place(
     repository_block = BackupRepository(name="hot-add", path=str(tmp_path / "repository"))
     repository = repository_block.repository()
     vm_name = make_scratch_vm(disks=2, size_mib=4)
+    with VSphereClient(lab_vcenter_block.endpoint()) as client:
+        client.enable_change_tracking(vm_name)
     first_point = backup_vm(vm_name, repository_block, agent_block, lab_vcenter_block)
     first_sync = replicate_vm(vm_name, cloudstack_block, agent_block, lab_vcenter_block)
 
@@ -74,6 +76,16 @@ def test_a_hot_added_disk_is_backed_up_replicated_and_failed_over_in_its_place(
         assert volume_sha(cloudstack_sim, device.volume_id, capacity) == sha
     cleanup_failover(vm_name, cloudstack_block)
 
+    # The test VM wrote into its volumes; the next sync must not trust CBT's "unchanged" for them.
+    with open(cloudstack_sim.volume_file(result.devices[-1].volume_id), "r+b") as volume:
+        volume.seek(2 * MiB)
+        volume.write(os.urandom(4096))
+    again = replicate_vm(vm_name, cloudstack_block, agent_block, lab_vcenter_block)
+    with agent_block.client() as client:
+        assert {d.mode for d in client.status(again.job_id).disks} == {"compare"}
+    for disk in again.disks:
+        assert volume_sha(cloudstack_sim, disk.volume_id, expected[disk.vm_disk_id][1]) == expected[disk.vm_disk_id][0]
+
 
 def test_a_vm_with_its_own_snapshot_is_copied_and_its_snapshot_left_alone(
     make_scratch_vm, lab, agent_block, lab_vcenter_block, cloudstack_sim, cloudstack_block, configured_catalog, tmp_path
@@ -98,23 +110,14 @@ def test_a_vm_with_its_own_snapshot_is_copied_and_its_snapshot_left_alone(
 def test_a_disk_on_a_delta_chain_is_refused_naming_the_vddk_reader(
     make_scratch_vm, lab, agent_block, lab_vcenter_block, configured_catalog, tmp_path
 ):
-    """vSphere points a disk with snapshots at a delta descriptor; the HTTP reader reads flat extents only."""
+    """On vSphere a VM with snapshots of its own runs on delta files; the HTTP reader reads flat extents only."""
     repository_block = BackupRepository(name="delta", path=str(tmp_path / "repository"))
-    vm_name = make_scratch_vm(disks=1, size_mib=4)
+    vm_name = make_scratch_vm(disks=2, size_mib=4)
     with session(lab.vcenter) as si:
-        disk = next(d for d in require_vm(si, vm_name).config.hardware.device if hasattr(d.backing, "fileName"))
-        descriptor = disk.backing.fileName
-        sectors = 4 * MiB // 512
-        dsfiles.upload(
-            lab.vcenter,
-            descriptor,
-            (
-                '# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=fffffffe\ncreateType="vmfsSparse"\n'
-                f'parentFileNameHint="{vm_name}-d0-base.vmdk"\n\n# Extent description\n'
-                f'RW {sectors} VMFSSPARSE "{vm_name}-d0-000001-delta.vmdk"\n'
-            ).encode(),
-            cookie=dsfiles.session_cookie(si),
-        )
-    with pytest.raises(AgentJobFailed, match=r"disk \d+ .*VMFSSPARSE.*reader.*vddk"):
+        key = max(d.key for d in require_vm(si, vm_name).config.hardware.device if hasattr(d.backing, "fileName"))
+    delta = put_disk_on_delta(lab.vcenter, vm_name, key)
+    with pytest.raises(AgentError, match=rf"\(422\).*disk\(s\) \[{key}\] run on snapshot delta files.*vddk"):
         backup_vm(vm_name, repository_block, agent_block, lab_vcenter_block)
-    assert vm_snapshot_names(lab, vm_name) == []  # its own snapshot removed, nothing else touched
+    assert delta in [d.file_name for d in find_vm(configured_catalog, vm_name).disks]  # discovery saw the chain
+    assert vm_snapshot_names(lab, vm_name) == []  # refused before any snapshot
+    assert list(repository_block.repository().root.glob("**/*.qcow2")) == []
