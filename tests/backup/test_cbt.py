@@ -55,7 +55,7 @@ def copy_bytes_read(progress: DiskProgress) -> int:
 def test_cbt_incrementals_read_what_changed_and_a_cbt_reset_falls_back(
     make_scratch_vm, lab, agent_block, lab_vcenter_block, repository_block, configured_catalog, tmp_path
 ):
-    vm_name = cbt_vm(make_scratch_vm, lab_vcenter_block, disks=2, size_mib=40)
+    vm_name = cbt_vm(make_scratch_vm, lab_vcenter_block, disks=2, size_mib=24)
     full = backup_vm(vm_name, repository_block, agent_block, lab_vcenter_block)
     assert all(d.change_id for d in full.disks)
     changed = full.disks[-1]
@@ -86,11 +86,11 @@ def test_cbt_incrementals_read_what_changed_and_a_cbt_reset_falls_back(
     assert_point_is_source(lab, vm_name, after_reset, repository_block, tmp_path)
     progress = agent_disks(agent_block, after_reset.job_id)
     assert {seen.mode for seen in progress.values()} == {"compare"}
-    assert all(seen.bytes_read == 40 * MiB for seen in progress.values())
+    assert all(seen.bytes_read == 24 * MiB for seen in progress.values())
     assert after_reset.disk(changed.disk_id).bytes_written == CBT_BLOCK
 
     # The new epoch's change ids work from the next run on.
-    write_disk_bytes(lab.vcenter, vm_name, changed.device_key, 30 * MiB, os.urandom(CBT_BLOCK))
+    write_disk_bytes(lab.vcenter, vm_name, changed.device_key, 20 * MiB, os.urandom(CBT_BLOCK))
     again = backup_vm(vm_name, repository_block, agent_block, lab_vcenter_block)
     assert_point_is_source(lab, vm_name, again, repository_block, tmp_path)
     progress = agent_disks(agent_block, again.job_id)
