@@ -24,9 +24,7 @@ from agent.dataplane.sources import (
     HTTPRangeSource,
     Source,
     SourceError,
-    extent_url,
-    open_vmdk_extents,
-    parse_vmdk_descriptor,
+    open_vmdk_chain,
 )
 from agent.throttle import ThrottledSource, TokenBucket
 from agent.vddk import VddkDisk, open_vddk_source
@@ -160,16 +158,6 @@ class JobManager:
         except VSphereError as exc:
             raise JobRejected(422, f"VM {request.vm}: {exc}") from exc
         check_targets(vm_name, disks, request.targets)
-        if self.config.reader == "datastore-http":
-            chained = {key: disk.file_name for key, disk in disks.items() if disk.file_name != disk.base_file_name}
-            if chained:
-                raise JobRejected(
-                    422,
-                    f"VM {vm_name!r}: disk(s) {sorted(chained)} run on snapshot delta files "
-                    f"({', '.join(chained.values())}): the VM has snapshots of its own, and the datastore-http "
-                    'reader reads only flat extents. Give this agent "reader": "vddk" (nbdkit with the VDDK plugin '
-                    "reads snapshot chains) or consolidate the VM's snapshots; nothing was snapshotted or written",
-                )
         for target in request.targets:
             size = self._target_size(vm_name, target)
             if size < disks[target.disk_key].capacity_bytes:
@@ -411,23 +399,25 @@ class JobManager:
         self, client: VSphereClient, datacenter: str, cookie: str, vm_name: str, disk: SnapshotDisk
     ) -> Source:
         endpoint = client.endpoint
-        descriptor_url = datastore_file_url(endpoint.host, endpoint.port, datacenter, disk.file_name)
         name, _, value = cookie.partition("=")
         http = {
             "cookies": {name: value} if value else {},
             "thumbprint": endpoint.thumbprint,
             "verify": endpoint.ca_file or endpoint.verify_tls,
         }
-        try:
-            with HTTPRangeSource(descriptor_url, **http) as descriptor:
+
+        def url(path: str) -> str:
+            return datastore_file_url(endpoint.host, endpoint.port, datacenter, path)
+
+        def read_descriptor(path: str) -> bytes:
+            with HTTPRangeSource(url(path), **http) as descriptor:
                 if descriptor.size > 1 << 20:
-                    raise SourceError(f"{disk.file_name} is not a text descriptor ({descriptor.size} bytes)")
-                extents = parse_vmdk_descriptor(descriptor.read(0, descriptor.size))
-            source = open_vmdk_extents(
-                extents,
-                lambda filename: HTTPRangeSource(extent_url(descriptor_url, filename), **http),
-                disk.file_name,
-            )
+                    raise SourceError(f"{path} is not a text descriptor ({descriptor.size} bytes)")
+                return descriptor.read(0, descriptor.size)
+
+        try:
+            # A VM with snapshots of its own: the chain of vmfsSparse deltas down to the flat base disk.
+            source = open_vmdk_chain(disk.file_name, read_descriptor, lambda path: HTTPRangeSource(url(path), **http))
         except (SourceError, ValueError) as exc:
             raise SourceError(f"VM {vm_name!r} disk {disk.device_key} ({disk.file_name}): {exc}") from exc
         if source.size != disk.capacity_bytes:

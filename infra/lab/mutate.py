@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 from pyVmomi import vim
 
 from infra.lab import dsfiles
+from infra.lab.cowd import cowd_delta, delta_descriptor
 from infra.lab.seed import (
     disk_add_spec,
     disk_capacity_bytes,
@@ -146,23 +148,31 @@ def create_user_snapshot(si: vim.ServiceInstance, vm_name: str, name: str) -> st
     )
 
 
-def put_disk_on_delta(lab: LabVCenter, vm_name: str, device_key: int) -> str:
-    """Point a disk at a snapshot delta whose parent is its flat disk, as vSphere shows a VM with snapshots of its
-    own (vcsim's snapshots create no deltas). Returns the delta's descriptor path."""
+def put_disk_on_delta(
+    lab: LabVCenter, vm_name: str, device_key: int, grains: Mapping[int, bytes], *, sesparse: bool = False
+) -> str:
+    """Put a disk on a snapshot delta over its flat disk, as vSphere shows a VM with snapshots of its own (vcsim's
+    snapshots create none): a vmfsSparse (COWD) delta holding ``grains`` (64 KiB grain index -> bytes), or with
+    ``sesparse`` a descriptor naming an SEsparse extent. Returns the delta's descriptor path. The disk's content
+    is then the flat disk with the grains laid over it; ``read_disk_bytes`` still reads the flat disk."""
     with session(lab) as si:
         vm = require_vm(si, vm_name)
         disk = find_disk(vm, device_key)
         base = disk.backing.fileName
+        capacity = disk_capacity_bytes(disk)
         delta = base[: -len(".vmdk")] + "-000001.vmdk"
-        sectors = disk_capacity_bytes(disk) // 512
-        name = delta.rsplit("/", 1)[-1][: -len(".vmdk")]
+        stem = delta.rsplit("/", 1)[-1][: -len(".vmdk")]
+        parent_name = base.rsplit("/", 1)[-1]
         cookie = dsfiles.session_cookie(si)
-        descriptor = (
-            '# Disk DescriptorFile\nversion=1\nCID=5a0b0001\nparentCID=fffffffe\ncreateType="vmfsSparse"\n'
-            f'parentFileNameHint="{base.rsplit("/", 1)[-1]}"\n\n# Extent description\n'
-            f'RW {sectors} VMFSSPARSE "{name}-delta.vmdk"\n'
-        )
-        dsfiles.upload(lab, delta, descriptor.encode(), cookie=cookie)
+        if sesparse:
+            descriptor = delta_descriptor(capacity, f"{stem}-sesparse.vmdk", parent_name).replace(
+                b"VMFSSPARSE", b"SESPARSE"
+            )
+        else:
+            descriptor = delta_descriptor(capacity, f"{stem}-delta.vmdk", parent_name)
+            folder = delta.rsplit("/", 1)[0]
+            dsfiles.upload(lab, f"{folder}/{stem}-delta.vmdk", cowd_delta(capacity, grains), cookie=cookie)
+        dsfiles.upload(lab, delta, descriptor, cookie=cookie)
         # vcsim checks that a disk's descriptor and -flat file exist before it accepts a backing.
         dsfiles.upload(lab, dsfiles.flat_path(delta), b"", cookie=cookie)
         parent = vim.vm.device.VirtualDisk.FlatVer2BackingInfo(fileName=base, diskMode="persistent")

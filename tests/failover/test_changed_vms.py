@@ -9,7 +9,7 @@ import pytest
 
 from blocks.repository import BackupRepository
 from catalog.inventory import find_vm
-from clients.agent import AgentError
+from clients.agent import AgentJobFailed
 from clients.qemu import content_sha256
 from clients.vsphere import VSphereClient
 from flows.backup import backup_vm
@@ -17,7 +17,7 @@ from flows.cleanup import cleanup_failover
 from flows.failover import failover_vm
 from flows.replicate import replicate_vm
 from infra.lab.mutate import add_disk, create_user_snapshot, put_disk_on_delta, read_disk_bytes, write_disk_bytes
-from infra.lab.seed import require_vm
+from infra.lab.seed import require_vm, virtual_disks
 from infra.lab.vcenter import session
 from tests.agent.helpers import vm_snapshot_names
 from tests.failover.test_failover import source_shas, volume_sha
@@ -107,17 +107,31 @@ def test_a_vm_with_its_own_snapshot_is_copied_and_its_snapshot_left_alone(
         assert require_vm(si, vm_name).snapshot.rootSnapshotList[0].snapshot._moId == kept
 
 
-def test_a_disk_on_a_delta_chain_is_refused_naming_the_vddk_reader(
+def test_a_vm_on_snapshot_deltas_is_read_through_its_chain_or_refused_naming_vddk(
     make_scratch_vm, lab, agent_block, lab_vcenter_block, configured_catalog, tmp_path
 ):
-    """On vSphere a VM with snapshots of its own runs on delta files; the HTTP reader reads flat extents only."""
+    """On vSphere a VM with snapshots of its own runs on delta files (vcsim's snapshots make none: the lab writes
+    them). vmfsSparse chains are read down to the flat base; SEsparse is refused naming the VDDK reader."""
     repository_block = BackupRepository(name="delta", path=str(tmp_path / "repository"))
     vm_name = make_scratch_vm(disks=2, size_mib=4)
     with session(lab.vcenter) as si:
-        key = max(d.key for d in require_vm(si, vm_name).config.hardware.device if hasattr(d.backing, "fileName"))
-    delta = put_disk_on_delta(lab.vcenter, vm_name, key)
-    with pytest.raises(AgentError, match=rf"\(422\).*disk\(s\) \[{key}\] run on snapshot delta files.*vddk"):
-        backup_vm(vm_name, repository_block, agent_block, lab_vcenter_block)
+        os_key, data_key = sorted(d.key for d in virtual_disks(require_vm(si, vm_name)))
+    grain = 64 * 1024
+    grains = {0: os.urandom(grain), 17: os.urandom(grain), 63: os.urandom(grain)}
+    expected = bytearray(read_disk_bytes(lab.vcenter, vm_name, data_key))
+    for index, data in grains.items():
+        expected[index * grain : (index + 1) * grain] = data
+    delta = put_disk_on_delta(lab.vcenter, vm_name, data_key, grains)
+
+    point = backup_vm(vm_name, repository_block, agent_block, lab_vcenter_block)
     assert delta in [d.file_name for d in find_vm(configured_catalog, vm_name).disks]  # discovery saw the chain
-    assert vm_snapshot_names(lab, vm_name) == []  # refused before any snapshot
-    assert list(repository_block.repository().root.glob("**/*.qcow2")) == []
+    on_delta = next(d for d in point.disks if d.device_key == data_key)
+    assert on_delta.checksum == hashlib.sha256(expected).hexdigest()
+    assert content_sha256(repository_block.repository().absolute(on_delta.file_path)) == on_delta.checksum
+    flat = next(d for d in point.disks if d.device_key == os_key)
+    assert flat.checksum == hashlib.sha256(read_disk_bytes(lab.vcenter, vm_name, os_key)).hexdigest()
+
+    put_disk_on_delta(lab.vcenter, vm_name, os_key, {}, sesparse=True)
+    with pytest.raises(AgentJobFailed, match=rf"disk {os_key} .*SESPARSE extent.*\"reader\": \"vddk\""):
+        backup_vm(vm_name, repository_block, agent_block, lab_vcenter_block)
+    assert vm_snapshot_names(lab, vm_name) == []  # the agent's own snapshot removed, nothing else touched
