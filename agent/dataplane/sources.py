@@ -600,8 +600,8 @@ def parse_vmdk_descriptor(text: str | bytes) -> list[Extent]:
         if kind in _SPARSE_TYPES:
             raise VmdkDescriptorError(
                 f"line {number}: {kind} extent {filename!r} is sparse (snapshot delta, seSparse or "
-                "hosted sparse): the datastore-http reader reads only flat extents; a VM with snapshots of its "
-                'own needs the VDDK reader ("reader": "vddk" in the agent config, nbdkit with the VDDK plugin)'
+                "hosted sparse): the datastore-http reader reads flat extents and vmfsSparse snapshot chains only; "
+                'this disk needs the VDDK reader ("reader": "vddk" in the agent config, nbdkit with the VDDK plugin)'
             )
         if kind in _RAW_TYPES:
             raise VmdkDescriptorError(f"line {number}: {kind} extent {filename!r} is a raw device mapping")

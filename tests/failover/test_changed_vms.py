@@ -121,7 +121,9 @@ def test_a_vm_on_snapshot_deltas_is_read_through_its_chain_or_refused_naming_vdd
     expected = bytearray(read_disk_bytes(lab.vcenter, vm_name, data_key))
     for index, data in grains.items():
         expected[index * grain : (index + 1) * grain] = data
-    delta = put_disk_on_delta(lab.vcenter, vm_name, data_key, grains)
+    with session(lab.vcenter) as si:
+        kept = create_user_snapshot(si, vm_name, "before-upgrade")
+    delta = put_disk_on_delta(lab.vcenter, vm_name, data_key, grains)  # what that snapshot does on vSphere
 
     point = backup_vm(vm_name, repository_block, agent_block, lab_vcenter_block)
     assert delta in [d.file_name for d in find_vm(configured_catalog, vm_name).disks]  # discovery saw the chain
@@ -134,4 +136,6 @@ def test_a_vm_on_snapshot_deltas_is_read_through_its_chain_or_refused_naming_vdd
     put_disk_on_delta(lab.vcenter, vm_name, os_key, {}, sesparse=True)
     with pytest.raises(AgentJobFailed, match=rf"disk {os_key} .*SESPARSE extent.*\"reader\": \"vddk\""):
         backup_vm(vm_name, repository_block, agent_block, lab_vcenter_block)
-    assert vm_snapshot_names(lab, vm_name) == []  # the agent's own snapshot removed, nothing else touched
+    assert vm_snapshot_names(lab, vm_name) == ["before-upgrade"]  # the agent's own removed, the owner's kept
+    with session(lab.vcenter) as si:
+        assert require_vm(si, vm_name).snapshot.rootSnapshotList[0].snapshot._moId == kept
