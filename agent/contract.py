@@ -74,6 +74,31 @@ class Target(BaseModel):
         return self.nbd_url.startswith("nbds://")
 
 
+class CbtCheckPolicy(BaseModel):
+    """How much of what CBT calls unchanged the agent re-reads and compares, and what a difference does."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sample_blocks: int = Field(
+        default=32, ge=0, description="Blocks per disk read from the source and the target; 0 turns the check off"
+    )
+    block_size: int = Field(default=64 * 1024, ge=4096, le=8 * 2**20, description="Bytes per sampled block")
+    on_mismatch: Literal["fail", "full"] = Field(
+        default="fail",
+        description="fail: the disk (and so the point or sync) fails; full: the disk is read whole and compared "
+        "with the target instead of trusting CBT",
+    )
+
+
+class CbtCheckReport(BaseModel):
+    """What the sampled check found on one disk."""
+
+    blocks_checked: int
+    bytes_read: int
+    mismatched_offsets: list[int] = []
+    action: Literal["none", "failed", "read-whole-disk"] = "none"
+
+
 class JobRequest(BaseModel):
     """``POST /api/v1/jobs``: copy every disk of one VM, from one snapshot, to its own target."""
 
@@ -87,6 +112,7 @@ class JobRequest(BaseModel):
     bandwidth_limit_bytes_per_second: int | None = Field(
         default=None, gt=0, description="Throttle reads from the source datastore (all disks together)"
     )
+    cbt_check: CbtCheckPolicy = Field(default_factory=CbtCheckPolicy)
 
     @field_validator("job_id")
     @classmethod
@@ -115,9 +141,10 @@ class DiskProgress(BaseModel):
     bytes_total: int = 0
     bytes_done: int = 0
     bytes_written: int = 0
-    bytes_read: int = 0
+    bytes_read: int = Field(default=0, description="Read from the source: the copy and the sampled CBT check")
     target_bytes_read: int = 0
     change_id: str | None = None
+    cbt_check: CbtCheckReport | None = None
     error: str | None = None
 
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import random
 import threading
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
+from agent.cbt_check import CbtMismatch, check_unchanged_sample, unchanged_sample
 from agent.config import AgentConfig
-from agent.contract import SNAPSHOT_PREFIX, DiskProgress, JobRequest, JobStatus, Target
+from agent.contract import SNAPSHOT_PREFIX, CbtCheckReport, DiskProgress, JobRequest, JobStatus, Target
 from agent.dataplane import digests
 from agent.dataplane.copy import (
     DEFAULT_BLOCK_SIZE,
@@ -24,9 +26,7 @@ from agent.dataplane.sources import (
     HTTPRangeSource,
     Source,
     SourceError,
-    extent_url,
-    open_vmdk_extents,
-    parse_vmdk_descriptor,
+    open_vmdk_chain,
 )
 from agent.throttle import ThrottledSource, TokenBucket
 from agent.vddk import VddkDisk, open_vddk_source
@@ -286,7 +286,7 @@ class JobManager:
                 closing.callback(source.close)
                 if bucket is not None:
                     source = ThrottledSource(source, bucket)
-                mode, areas = self._plan(job, vm, moref, disk, target)
+                mode, areas = self._plan(job, vm, moref, disk, target, source)
                 self._update(job, lambda s, k=key, m=mode: setattr(self._disk_in(s, k), "mode", m))
                 copy_jobs.append(
                     CopyJob(
@@ -318,7 +318,7 @@ class JobManager:
                 disk.state = "done"
                 disk.bytes_done = disk.bytes_total
                 disk.bytes_written = result.bytes_written
-                disk.bytes_read = result.bytes_read
+                disk.bytes_read = result.bytes_read + (disk.cbt_check.bytes_read if disk.cbt_check else 0)
                 disk.target_bytes_read = result.target_bytes_read
                 disk.change_id = frozen[key].change_id
 
@@ -351,22 +351,57 @@ class JobManager:
         return report
 
     def _plan(
-        self, job: _Job, vm: VSphereSnapshots, moref: str, disk: SnapshotDisk, target: Target
+        self, job: _Job, vm: VSphereSnapshots, moref: str, disk: SnapshotDisk, target: Target, source: Source
     ) -> tuple[str, list[tuple[int, int]] | None]:
-        """full, changed-areas (CBT from the previous change id) or compare (no usable CBT): by the target's
-        digests when the hub sent them, else by reading the target back."""
+        """full, changed-areas (CBT from the previous change id, sample-checked) or compare (no usable CBT): by the
+        target's digests when the hub sent them, else by reading the target back."""
         compare = "digest-compare" if target.block_digests is not None else "compare"
         if job.request.kind == "full":
             # Digests say what the target holds now: comparing against them writes what a full copy would.
             return ("digest-compare" if target.block_digests is not None else "full"), None
         if target.previous_change_id and disk.change_id:
             try:
-                return "changed-areas", vm.changed_areas(
-                    moref, disk.device_key, target.previous_change_id, disk.capacity_bytes
-                )
+                areas = vm.changed_areas(moref, disk.device_key, target.previous_change_id, disk.capacity_bytes)
             except CbtUnavailable:
-                pass  # a new CBT epoch or no CBT at all: read everything, write what differs
+                return compare, None  # a new CBT epoch or no CBT at all: read everything, write what differs
+            if self._cbt_sample_agrees(job, vm.name, disk, target, source, areas):
+                return "changed-areas", areas
         return compare, None
+
+    def _cbt_sample_agrees(
+        self, job: _Job, vm_name: str, disk: SnapshotDisk, target: Target, source: Source, areas: list[tuple[int, int]]
+    ) -> bool:
+        """The sampled CBT check; False means: read the whole disk (policy "full"). Raises under policy "fail"."""
+        policy = job.request.cbt_check
+        if policy.sample_blocks == 0:
+            return True
+        sample = unchanged_sample(
+            areas, disk.capacity_bytes, policy.block_size, policy.sample_blocks, random.SystemRandom()
+        )
+        client = NBDClient(target.nbd_url, connect_timeout=self.config.nbd_connect_timeout, tls=self.nbd_tls)
+        try:
+            verdict = check_unchanged_sample(source, client, sample)
+        finally:
+            client.close()
+        action = "none" if not verdict.mismatched else ("failed" if policy.on_mismatch == "fail" else "read-whole-disk")
+        report = CbtCheckReport(
+            blocks_checked=verdict.blocks_checked,
+            bytes_read=verdict.bytes_read,
+            mismatched_offsets=[offset for offset, _ in verdict.mismatched],
+            action=action,
+        )
+        self._update(job, lambda s: setattr(self._disk_in(s, disk.device_key), "cbt_check", report))
+        if not verdict.mismatched:
+            return True
+        if policy.on_mismatch == "fail":
+            raise CbtMismatch(
+                f"VM {vm_name!r} disk {disk.device_key} ({disk.file_name}): CBT calls the blocks at offsets "
+                f"{report.mismatched_offsets} unchanged since change id {target.previous_change_id!r}, but they differ "
+                "from the previous copy; CBT cannot be trusted for this disk. Nothing was written. Reset CBT on the "
+                "VM (disable, snapshot create/remove, enable) and take a full backup, or set the CBT check policy to "
+                "'full' to read such disks whole"
+            )
+        return False
 
     def _open_vddk_disk(
         self, client: VSphereClient, vm: VSphereSnapshots, snapshot_moref: str, disk: SnapshotDisk
@@ -390,23 +425,25 @@ class JobManager:
         self, client: VSphereClient, datacenter: str, cookie: str, vm_name: str, disk: SnapshotDisk
     ) -> Source:
         endpoint = client.endpoint
-        descriptor_url = datastore_file_url(endpoint.host, endpoint.port, datacenter, disk.file_name)
         name, _, value = cookie.partition("=")
         http = {
             "cookies": {name: value} if value else {},
             "thumbprint": endpoint.thumbprint,
             "verify": endpoint.ca_file or endpoint.verify_tls,
         }
-        try:
-            with HTTPRangeSource(descriptor_url, **http) as descriptor:
+
+        def url(path: str) -> str:
+            return datastore_file_url(endpoint.host, endpoint.port, datacenter, path)
+
+        def read_descriptor(path: str) -> bytes:
+            with HTTPRangeSource(url(path), **http) as descriptor:
                 if descriptor.size > 1 << 20:
-                    raise SourceError(f"{disk.file_name} is not a text descriptor ({descriptor.size} bytes)")
-                extents = parse_vmdk_descriptor(descriptor.read(0, descriptor.size))
-            source = open_vmdk_extents(
-                extents,
-                lambda filename: HTTPRangeSource(extent_url(descriptor_url, filename), **http),
-                disk.file_name,
-            )
+                    raise SourceError(f"{path} is not a text descriptor ({descriptor.size} bytes)")
+                return descriptor.read(0, descriptor.size)
+
+        try:
+            # A VM with snapshots of its own: the chain of vmfsSparse deltas down to the flat base disk.
+            source = open_vmdk_chain(disk.file_name, read_descriptor, lambda path: HTTPRangeSource(url(path), **http))
         except (SourceError, ValueError) as exc:
             raise SourceError(f"VM {vm_name!r} disk {disk.device_key} ({disk.file_name}): {exc}") from exc
         if source.size != disk.capacity_bytes:

@@ -62,6 +62,7 @@ class RecordedVM(BaseModel):
     boot_disk_source: str | None
     cpu_count: int | None = None
     memory_mb: int | None = None
+    cbt_enabled: bool = False
     disks: list[RecordedDisk]
     nics: list[RecordedNic] = []  # present ones, in device-key (source) order
 
@@ -240,6 +241,7 @@ def _recorded(session: Session, context_id: int, changes: dict[int, DiskChange])
         boot_disk_source=context.boot_disk_source,
         cpu_count=context.cpu_count,
         memory_mb=context.memory_mb,
+        cbt_enabled=context.cbt_enabled,
         disks=[
             RecordedDisk(
                 id=d.id,

@@ -6,6 +6,7 @@ import hashlib
 import re
 import ssl
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -129,6 +130,10 @@ _VM_PROPERTIES = [
 ]
 
 
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_MOREF = re.compile(r"^vm-\d+$")
+
+
 def _bus_of(controller: Any) -> str:
     for kind, bus in _BUS_OF_CONTROLLER:
         if isinstance(controller, kind):
@@ -211,8 +216,10 @@ def _boot_disk_key(boot_options: Any) -> int | None:
 class VSphereClient:
     """``with VSphereClient(endpoint) as vc: vc.list_vms()``."""
 
-    def __init__(self, endpoint: VSphereEndpoint) -> None:
+    def __init__(self, endpoint: VSphereEndpoint, page_size: int = 500) -> None:
         self.endpoint = endpoint
+        # Objects per RetrievePropertiesEx page; vCenter may answer with fewer.
+        self.page_size = page_size
         self._si: Any = None
 
     def __enter__(self) -> VSphereClient:
@@ -261,11 +268,27 @@ class VSphereClient:
         about = self.service_instance.content.about
         return getattr(about, "instanceUuid", None) or f"{self.endpoint.host}:{self.endpoint.port}"
 
-    def _vm_properties(self) -> Iterator[tuple[Any, dict[str, Any]]]:
+    def _retrieve(self, specs: list[Any]) -> Iterator[tuple[Any, dict[str, Any]]]:
+        """RetrievePropertiesEx page by page (ContinueRetrievePropertiesEx): vCenter answers a large estate in
+        pages, and holding one page at a time keeps memory flat however many VMs there are."""
+        collector = self.service_instance.content.propertyCollector
+        options = vmodl.query.PropertyCollector.RetrieveOptions(maxObjects=self.page_size)
+        result = collector.RetrievePropertiesEx(specs, options)
+        while result is not None:
+            for obj in result.objects or []:
+                yield obj.obj, {prop.name: prop.val for prop in obj.propSet or []}
+            if not result.token:
+                break
+            result = collector.ContinueRetrievePropertiesEx(result.token)
+
+    @contextmanager
+    def every_vm(self, paths: list[str]) -> Iterator[Any]:
+        """A filter spec selecting ``paths`` of every VM, through a container view that lives as long as the
+        context."""
         content = self.service_instance.content
         view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
         try:
-            spec = vmodl.query.PropertyCollector.FilterSpec(
+            yield vmodl.query.PropertyCollector.FilterSpec(
                 objectSet=[
                     vmodl.query.PropertyCollector.ObjectSpec(
                         obj=view,
@@ -277,12 +300,23 @@ class VSphereClient:
                         ],
                     )
                 ],
-                propSet=[vmodl.query.PropertyCollector.PropertySpec(type=vim.VirtualMachine, pathSet=_VM_PROPERTIES)],
+                propSet=[vmodl.query.PropertyCollector.PropertySpec(type=vim.VirtualMachine, pathSet=paths)],
             )
-            for obj in content.propertyCollector.RetrieveContents([spec]):
-                yield obj.obj, {prop.name: prop.val for prop in obj.propSet}
         finally:
             view.Destroy()
+
+    def _all_vm_properties(self, paths: list[str]) -> Iterator[tuple[Any, dict[str, Any]]]:
+        with self.every_vm(paths) as spec:
+            yield from self._retrieve([spec])
+
+    def _vm_properties_of(self, vms: list[Any]) -> list[tuple[Any, dict[str, Any]]]:
+        """The inventory properties of the given VMs only: one round trip whatever the estate's size."""
+        spec = vmodl.query.PropertyCollector.FilterSpec(
+            objectSet=[vmodl.query.PropertyCollector.ObjectSpec(obj=vm, skip=False) for vm in vms],
+            propSet=[vmodl.query.PropertyCollector.PropertySpec(type=vim.VirtualMachine, pathSet=_VM_PROPERTIES)],
+            reportMissingObjectsInResults=True,
+        )
+        return list(self._retrieve([spec]))
 
     def port_group_names(self) -> dict[str, str]:
         """Distributed port group key -> name, so a NIC on a distributed switch is recorded by its name."""
@@ -293,33 +327,38 @@ class VSphereClient:
         finally:
             view.Destroy()
 
+    def _observed(
+        self, vcenter: str, moref: Any, props: dict[str, Any], port_groups: dict[str, str]
+    ) -> ObservedVM | None:
+        if props.get("config.template") or "config.instanceUuid" not in props:
+            return None
+        name = props["name"]
+        devices = list(props.get("config.hardware.device") or [])
+        disks = observed_disks(devices, name)
+        return ObservedVM(
+            vcenter=vcenter,
+            instance_uuid=props["config.instanceUuid"],
+            moref=moref._moId,
+            name=name,
+            guest_os=props.get("config.guestFullName"),
+            cpu_count=props.get("config.hardware.numCPU"),
+            memory_mb=props.get("config.hardware.memoryMB"),
+            power_state=str(props.get("runtime.powerState")) if "runtime.powerState" in props else None,
+            cbt_enabled=bool(props.get("config.changeTrackingEnabled")),
+            boot_disk_key=_boot_disk_key(props.get("config.bootOptions")),
+            disks=tuple(disks),
+            nics=tuple(observed_nics(devices, port_groups)),
+        )
+
     def list_vms(self) -> list[ObservedVM]:
-        """Every VM (templates excluded) with its disks and NICs, in one property-collector round trip."""
+        """Every VM (templates excluded) with its disks and NICs, read in pages of ``page_size`` VMs."""
         vcenter = self.vcenter_id()
         port_groups = self.port_group_names()
-        vms = []
-        for moref, props in self._vm_properties():
-            if props.get("config.template") or "config.instanceUuid" not in props:
-                continue
-            name = props["name"]
-            devices = list(props.get("config.hardware.device") or [])
-            disks = observed_disks(devices, name)
-            vms.append(
-                ObservedVM(
-                    vcenter=vcenter,
-                    instance_uuid=props["config.instanceUuid"],
-                    moref=moref._moId,
-                    name=name,
-                    guest_os=props.get("config.guestFullName"),
-                    cpu_count=props.get("config.hardware.numCPU"),
-                    memory_mb=props.get("config.hardware.memoryMB"),
-                    power_state=str(props.get("runtime.powerState")) if "runtime.powerState" in props else None,
-                    cbt_enabled=bool(props.get("config.changeTrackingEnabled")),
-                    boot_disk_key=_boot_disk_key(props.get("config.bootOptions")),
-                    disks=tuple(disks),
-                    nics=tuple(observed_nics(devices, port_groups)),
-                )
-            )
+        vms = [
+            vm
+            for moref, props in self._all_vm_properties(_VM_PROPERTIES)
+            if (vm := self._observed(vcenter, moref, props, port_groups))
+        ]
         return sorted(vms, key=lambda vm: (vm.name, vm.instance_uuid))
 
     def vm_folders(self) -> dict[str, str]:
@@ -363,15 +402,66 @@ class VSphereClient:
             if isinstance(obj, vim.VirtualMachine) and props.get("parent") is not None
         }
 
+    def _vm_by_moref(self, moref: str) -> Any | None:
+        vm = vim.VirtualMachine(moref, self.service_instance._stub)
+        try:
+            _ = vm.name
+        except vmodl.fault.ManagedObjectNotFound:
+            return None
+        return vm
+
+    def _vms_by_name(self, name: str) -> list[Any]:
+        # Names only, not the hardware: the cost of a lookup is one small property per VM, paged.
+        return [moref for moref, props in self._all_vm_properties(["name"]) if props.get("name") == name]
+
     def find_vm(self, name_or_uuid: str) -> ObservedVM:
-        matches = [vm for vm in self.list_vms() if name_or_uuid in (vm.name, vm.instance_uuid, vm.moref)]
-        if not matches:
+        """One VM by instance UUID (the search index), moref, or name (a name-only property query)."""
+        handle = name_or_uuid
+        candidates: list[Any] = []
+        if _UUID.match(handle):
+            found = self.service_instance.content.searchIndex.FindByUuid(None, handle, True, True)
+            candidates = [found] if found is not None else []
+        if not candidates and _MOREF.match(handle):
+            found = self._vm_by_moref(handle)
+            candidates = [found] if found is not None else []
+        if not candidates:
+            candidates = self._vms_by_name(handle)
+        if not candidates:
             raise VMNotFound(f"vCenter {self.endpoint.host} has no VM named {name_or_uuid!r}")
-        if len(matches) > 1:
+        if len(candidates) > 1:
             raise VSphereError(
-                f"{name_or_uuid!r} names {len(matches)} VMs on vCenter {self.endpoint.host}; use the instance UUID"
+                f"{name_or_uuid!r} names {len(candidates)} VMs on vCenter {self.endpoint.host}; use the instance UUID"
             )
+        vcenter = self.vcenter_id()
+        port_groups = self.port_group_names()
+        matches = [
+            vm
+            for moref, props in self._vm_properties_of(candidates)
+            if (vm := self._observed(vcenter, moref, props, port_groups))
+        ]
+        if not matches:
+            raise VMNotFound(f"vCenter {self.endpoint.host}: {name_or_uuid!r} is a template or vanished meanwhile")
         return matches[0]
+
+    def enable_change_tracking(self, name_or_uuid: str) -> bool:
+        """Turn CBT on for a VM; returns False when it already was on.
+
+        vSphere applies the setting to a running VM only at its next stun/unstun, so a snapshot is created and
+        removed right after the reconfigure, with a name of our own and nothing else touched.
+        """
+        observed = self.find_vm(name_or_uuid)
+        if observed.cbt_enabled:
+            return False
+        vm = vim.VirtualMachine(observed.moref, self.service_instance._stub)
+        snapshots = VSphereSnapshots.of(self, vm)
+        snapshots.wait(
+            vm.ReconfigVM_Task(vim.vm.ConfigSpec(changeTrackingEnabled=True)), "enabling changed block tracking"
+        )
+        moref = snapshots.create_snapshot(
+            f"{SNAPSHOT_PREFIX}cbt-enable", "vmferry: stun/unstun so that CBT takes effect", quiesce=False
+        )
+        snapshots.remove_snapshot(moref)
+        return True
 
 
 # --- snapshots, snapshot disk layout, changed block tracking, datastore file URLs -------------------------
@@ -449,6 +539,14 @@ class VSphereSnapshots:
         self.client = client
         self.vm = self._find_vm_object(vm_handle)
 
+    @classmethod
+    def of(cls, client: VSphereClient, vm: Any) -> VSphereSnapshots:
+        """For a VM object already in hand."""
+        snapshots = cls.__new__(cls)
+        snapshots.client = client
+        snapshots.vm = vm
+        return snapshots
+
     def _find_vm_object(self, handle: str) -> Any:
         content = self.client.service_instance.content
         if handle.startswith("vm-"):
@@ -467,7 +565,7 @@ class VSphereSnapshots:
     def name(self) -> str:
         return self.vm.name
 
-    def _wait(self, task: Any, what: str) -> Any:
+    def wait(self, task: Any, what: str) -> Any:
         from pyVim.task import WaitForTask
 
         try:
@@ -487,11 +585,11 @@ class VSphereSnapshots:
 
     def create_snapshot(self, name: str, description: str, *, quiesce: bool) -> str:
         task = self.vm.CreateSnapshot_Task(name=name, description=description, memory=False, quiesce=quiesce)
-        return self._wait(task, f"creating snapshot {name!r}")._moId
+        return self.wait(task, f"creating snapshot {name!r}")._moId
 
     def remove_snapshot(self, moref: str) -> None:
         snapshot = vim.vm.Snapshot(moref, self.client.service_instance._stub)
-        self._wait(snapshot.RemoveSnapshot_Task(removeChildren=False, consolidate=True), "removing snapshot")
+        self.wait(snapshot.RemoveSnapshot_Task(removeChildren=False, consolidate=True), "removing snapshot")
 
     def remove_snapshots_named(self, prefix: str) -> list[str]:
         """Remove every snapshot whose name starts with ``prefix`` (ours); returns their names."""

@@ -15,15 +15,16 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from prefect import flow, get_run_logger
+from prefect.events import emit_event
 
-from agent.contract import JobRequest, JobStatus, Target
+from agent.contract import CbtCheckPolicy, JobRequest, JobStatus, Target
 from blocks import load_block
 from blocks.agent import Agent
 from blocks.vcenter import VCenter
 from catalog import default_catalog
 from catalog.inventory import RecordedVM, find_vm
 from catalog.ports import release_port
-from clients.agent import AgentError
+from clients.agent import AgentError, AgentJobFailed
 from tasks.agent import follow_agent_job, submit_agent_job
 from tasks.jobs import close_job, open_job
 from tasks.nbd import check_target_file, lease_nbd_port, start_nbd_export, target_digests
@@ -127,14 +128,48 @@ def run_copy(
             quiesce=quiesce,
             targets=agent_targets,
             bandwidth_limit_bytes_per_second=bandwidth_limit_bytes_per_second,
+            cbt_check=CbtCheckPolicy(
+                sample_blocks=get_settings().cbt_check_sample_blocks,
+                on_mismatch=get_settings().cbt_check_on_mismatch,
+            ),
         )
+        labels = {key: f"{vm.name} {t.disk_id}" for key, t in by_key.items()}
         try:
             submit_agent_job(agent, request)
-            labels = {key: f"{vm.name} {t.disk_id}" for key, t in by_key.items()}
-            return follow_agent_job(agent, job_id, labels, timeout)
+            status = follow_agent_job(agent, job_id, labels, timeout)
+        except AgentJobFailed as exc:
+            alert_cbt_mismatches(vm, exc.status, labels)
+            _stop_agent_job(agent, vcenter, vm, job_id)
+            raise
         except BaseException:
             _stop_agent_job(agent, vcenter, vm, job_id)
             raise
+        alert_cbt_mismatches(vm, status, labels)
+        return status
+
+
+def alert_cbt_mismatches(vm: RecordedVM, status: JobStatus, labels: dict[int, str]) -> None:
+    """A wrong CBT answer is an operator's problem beyond this run: log it and emit a Prefect event that an
+    automation can turn into a notification, naming the VM and the disk."""
+    for disk in status.disks:
+        report = disk.cbt_check
+        if report is None or not report.mismatched_offsets:
+            continue
+        label = labels.get(disk.disk_key, f"{vm.name} disk {disk.disk_key}")
+        log.error(
+            "CBT of %s was wrong: blocks at %s called unchanged differ from the previous copy (%s)",
+            label,
+            report.mismatched_offsets,
+            "point failed" if report.action == "failed" else "disk read whole instead",
+        )
+        emit_event(
+            event="vmferry.cbt.mismatch",
+            resource={
+                "prefect.resource.id": f"vmferry.vm.{vm.instance_uuid}.disk.{disk.disk_key}",
+                "prefect.resource.name": label,
+            },
+            payload={"vm": vm.name, "disk_key": disk.disk_key, **report.model_dump()},
+        )
 
 
 @flow(

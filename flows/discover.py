@@ -8,7 +8,7 @@ from prefect.artifacts import create_table_artifact
 from blocks import load_block
 from blocks.vcenter import VCenter
 from catalog.inventory import RecordedVM
-from tasks.discovery import mark_missing_vms, read_vcenter_inventory, record_vm_inventory
+from tasks.discovery import enable_change_tracking, mark_missing_vms, read_vcenter_inventory, record_vm_inventory
 from tasks.jobs import close_job, open_job
 from vmferry.errors import describe
 from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
@@ -42,21 +42,35 @@ def disk_table(vm: RecordedVM) -> list[dict[str, object]]:
     on_cancellation=ON_CANCELLATION,
     **PUBLISH_OUTCOME,
 )
-def discover(vcenter: VCenter | str, vms: list[str] | None = None) -> list[RecordedVM]:
+def discover(vcenter: VCenter | str, vms: list[str] | None = None, enable_cbt: bool = False) -> list[RecordedVM]:
     """Read VMs (all, or those named) and their disks from vCenter; upsert them into the catalog.
 
     A disk keeps its catalog id across runs; a removed disk is marked absent; VMs missing from a full
-    discovery are marked absent. Returns what the catalog now records.
+    discovery are marked absent. ``enable_cbt`` turns changed block tracking on for the VMs read that have
+    it off (reconfigure, then a snapshot create/remove so it takes effect), so that their incrementals read
+    only what changed. Returns what the catalog now records.
 
     Args:
         vcenter: Saved VCenter block name (or a VCenter block) to read the VMs from.
         vms: Names, instance UUIDs or morefs of the VMs to read; empty: every VM (and those gone are marked
             absent).
+        enable_cbt: Turn changed block tracking on for the VMs read that have it off (incrementals then read only
+            what changed); off: only report them.
     """
     block = load_block(VCenter, vcenter)
     job_id = open_job("discovery")
     try:
         observed = read_vcenter_inventory(block, vms)
+        if enable_cbt:
+            without = [vm for vm in observed if not vm.cbt_enabled]
+            for vm in without:
+                enable_change_tracking(block, vm.instance_uuid)
+                print(f"VM {vm.name!r}: changed block tracking enabled")
+            if without:
+                observed = read_vcenter_inventory(block, [vm.instance_uuid for vm in observed] if vms else None)
+        for vm in observed:
+            if not vm.cbt_enabled:
+                print(f"VM {vm.name!r} has no changed block tracking: its incrementals read every disk whole")
         recorded = [record_vm_inventory(vm) for vm in observed]
         if not vms and observed:
             gone = mark_missing_vms(observed[0].vcenter, [vm.instance_uuid for vm in observed])
@@ -66,7 +80,8 @@ def discover(vcenter: VCenter | str, vms: list[str] | None = None) -> list[Recor
             create_table_artifact(
                 key=artifact_key("discovery", vm.name),
                 table=disk_table(vm),
-                description=f"Disks of {vm.name} ({vm.instance_uuid}) as recorded by discovery",
+                description=f"Disks of {vm.name} ({vm.instance_uuid}) as recorded by discovery; "
+                f"changed block tracking {'on' if vm.cbt_enabled else 'OFF'}",
             )
     except BaseException as exc:
         close_job(job_id, "failed", describe(exc))

@@ -37,7 +37,7 @@ from catalog.failovers import (
     start_failover,
 )
 from catalog.inventory import RecordedVM, find_vm
-from catalog.replication import volumes_of_vm
+from catalog.replication import forget_change_id, volumes_of_vm
 from flows.replicate import replicate_vm
 from tasks.destination import check_destination
 from tasks.failover import (
@@ -243,6 +243,9 @@ def _fail_over(
             remove_template_root(cloud, destination.id, ours)
             for item in plan:  # root first, then data in source order
                 undo.callback(quietly(return_volume_to_hub, cloud, item.volume_id, capacity[item.vm_disk_id]))
+                # The destination VM writes into its volumes: CBT's "unchanged since the last sync" no longer
+                # describes them, so the next sync compares them whole.
+                forget_change_id(catalog, item.volume_id)
                 attach_to_destination(cloud, item, destination.id)
             actual = read_back_devices(cloud, destination.id)
             check_attached(plan, actual)

@@ -600,6 +600,14 @@ def discover(
         list[str] | None, typer.Argument(metavar="VM", help="VM names, instance UUIDs or morefs (default: all).")
     ] = None,
     vcenter: VCenterOption = None,
+    enable_cbt: Annotated[
+        bool,
+        typer.Option(
+            "--enable-cbt",
+            help="Turn changed block tracking on for the VMs read that have it off (reconfigure, then a snapshot "
+            "create/remove so that it takes effect).",
+        ),
+    ] = False,
     submit: SubmitOption = None,
     wait: WaitOption = False,
     as_json: JsonOption = False,
@@ -608,6 +616,7 @@ def discover(
 
     A disk keeps its catalog id across runs; a removed disk is marked absent.
     Without VM names every VM is read, and VMs vCenter no longer has are marked absent.
+    Each VM's title says whether changed block tracking is on.
     """
     cli = _cli(ctx)
     with _operation(ctx, "discover"):
@@ -615,6 +624,8 @@ def discover(
         blocks = BlockChoice(vcenter=vcenter)
         if submit is not None:
             parameters = {"vms": list(vms) if vms else None, **blocks.parameters("vcenter")}
+            if enable_cbt:
+                parameters["enable_cbt"] = True
             submit_to_deployment(cli, submit, "discover", parameters, wait=wait, as_json=as_json)
             return
         from flows.discover import discover as discover_flow
@@ -623,7 +634,7 @@ def discover(
         block = blocks.vcenter_block()
         if vms:
             _require_in_vcenter(block, vms)
-        recorded = discover_flow(block, list(vms) if vms else None)
+        recorded = discover_flow(block, list(vms) if vms else None, enable_cbt=enable_cbt)
         if as_json:
             _emit_json([_dump(vm) for vm in recorded])
             return

@@ -29,7 +29,8 @@ def lab_vcenter_block(lab: LabVCenter) -> VCenter:
 
 
 def disks_table(vm: RecordedVM) -> Table:
-    table = Table(title=f"{vm.name}  (instance {vm.instance_uuid}, catalog id {vm.vm_context_id})")
+    cbt = "CBT on" if vm.cbt_enabled else "CBT OFF: incrementals read whole disks (discover --enable-cbt)"
+    table = Table(title=f"{vm.name}  (instance {vm.instance_uuid}, catalog id {vm.vm_context_id}, {cbt})")
     for column in ("catalog id", "disk id", "label", "controller", "bus:unit", "capacity", "boot", "file"):
         table.add_column(column)
     for disk in vm.present_disks():

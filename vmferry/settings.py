@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 import platformdirs
 from pydantic import Field, ValidationInfo, field_validator, model_validator
@@ -115,6 +116,16 @@ class Settings(BaseSettings):
         default=4,
         ge=1,
         description="VMs of one vCenter with a vmferry snapshot open at once, when that limit does not exist yet.",
+    )
+    cbt_check_sample_blocks: int = Field(
+        default=32,
+        ge=0,
+        description="Per disk and CBT incremental, 64 KiB blocks CBT calls unchanged that the agent re-reads from the "
+        "source and compares with the previous copy (0 = no check).",
+    )
+    cbt_check_on_mismatch: Literal["fail", "full"] = Field(
+        default="fail",
+        description="When the sampled check finds a difference: fail the point or sync, or read that disk whole.",
     )
 
     @field_validator("nbd_port_range")

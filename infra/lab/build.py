@@ -1,4 +1,4 @@
-"""Build vcsim from Debian's govmomi sources with vmferry's snapshot fixes, once per input set.
+"""Build vcsim from Debian's govmomi sources with vmferry's patches, once per input set.
 
 Debian ships the simulator library but no vcsim binary, and this machine has no Go module proxy, so the
 build runs in GOPATH mode. A patched copy of the simulator package sits in an overlay GOPATH entry listed
@@ -24,7 +24,8 @@ GOCODE = Path("/usr/share/gocode")
 GOVMOMI_IMPORT = "github.com/vmware/govmomi"
 VCSIM_SRC_DIR = Path(__file__).resolve().parent / "vcsim"
 MAIN_GO = VCSIM_SRC_DIR / "main.go"
-PATCH = VCSIM_SRC_DIR / "snapshot-fixes.patch"
+# Applied in name order: snapshot fixes first, then CBT, paging and real disk extents on top.
+PATCHES = sorted(VCSIM_SRC_DIR.glob("*.patch"), key=lambda p: (p.name != "snapshot-fixes.patch", p.name))
 BINARY_NAME = "vmferry-vcsim"
 
 
@@ -65,7 +66,9 @@ def build_key() -> str:
     """Hash of all the binary depends on: our main.go and patch, the Go toolchain, Debian's sources."""
     digest = hashlib.sha256()
     digest.update(MAIN_GO.read_bytes())
-    digest.update(PATCH.read_bytes())
+    for patch in PATCHES:
+        digest.update(patch.name.encode())
+        digest.update(patch.read_bytes())
     digest.update(_run(["go", "version"]).encode())
     digest.update(_tree_digest(_upstream_simulator_dir()).encode())
     return digest.hexdigest()[:16]
@@ -97,23 +100,24 @@ def prepare_overlay(gopath: Path) -> Path:
     # --forward and --batch make a patch that is already applied or does not match an error, never a prompt;
     # --fuzz=0 refuses hunks whose context changed (a newer govmomi must be looked at, not patched blindly);
     # --no-backup-if-mismatch keeps .orig files out of the package directory.
-    _run(
-        [
-            "patch",
-            "-p1",
-            "--forward",
-            "--batch",
-            "--fuzz=0",
-            "--no-backup-if-mismatch",
-            "-d",
-            str(govmomi),
-            "-i",
-            str(PATCH),
-        ]
-    )
-    rejects = list(govmomi.rglob("*.rej"))
-    if rejects:
-        raise VcsimBuildError(f"snapshot-fixes.patch left rejects: {rejects}")
+    for patch in PATCHES:
+        _run(
+            [
+                "patch",
+                "-p1",
+                "--forward",
+                "--batch",
+                "--fuzz=0",
+                "--no-backup-if-mismatch",
+                "-d",
+                str(govmomi),
+                "-i",
+                str(patch),
+            ]
+        )
+        rejects = list(govmomi.rglob("*.rej"))
+        if rejects:
+            raise VcsimBuildError(f"{patch.name} left rejects: {rejects}")
     main_dir = gopath / "src" / "vmferry" / "vcsim"
     main_dir.mkdir(parents=True)
     shutil.copy2(MAIN_GO, main_dir / "main.go")

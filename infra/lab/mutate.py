@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 from pyVmomi import vim
 
 from infra.lab import dsfiles
+from infra.lab.cowd import cowd_delta, delta_descriptor
 from infra.lab.seed import (
     disk_add_spec,
     disk_capacity_bytes,
@@ -117,3 +119,66 @@ def write_disk_bytes(lab: LabVCenter, vm_name: str, device_key: int, offset: int
         flat = disk_flat_path(si, vm_name, device_key)
         dsfiles.upload(lab, flat, bytes(content), cookie=dsfiles.session_cookie(si))
     return hashlib.sha256(content).hexdigest()
+
+
+def set_change_tracking(si: vim.ServiceInstance, vm_name: str, enabled: bool) -> None:
+    """Switch CBT on or off by reconfiguring, as an operator would; off then on starts a new CBT epoch."""
+    vm = require_vm(si, vm_name)
+    run_task(vm.ReconfigVM_Task(vim.vm.ConfigSpec(changeTrackingEnabled=enabled)))
+
+
+def reset_change_tracking(si: vim.ServiceInstance, vm_name: str) -> None:
+    """A CBT reset (KB 2139574): change ids handed out before are refused from now on."""
+    set_change_tracking(si, vm_name, False)
+    set_change_tracking(si, vm_name, True)
+
+
+def make_cbt_omit_changes(si: vim.ServiceInstance, vm_name: str, omit: bool) -> None:
+    """Lab only: the patched vcsim drops the first changed area of every CBT answer, like a CBT bug."""
+    vm = require_vm(si, vm_name)
+    option = vim.option.OptionValue(key="vmferry.lab.cbtOmitChangedArea", value="TRUE" if omit else "FALSE")
+    run_task(vm.ReconfigVM_Task(vim.vm.ConfigSpec(extraConfig=[option])))
+
+
+def create_user_snapshot(si: vim.ServiceInstance, vm_name: str, name: str) -> str:
+    """A snapshot the VM's owner keeps (not vmferry's); returns its moref."""
+    vm = require_vm(si, vm_name)
+    return str(
+        run_task(vm.CreateSnapshot_Task(name=name, description="kept by its owner", memory=False, quiesce=False))._moId
+    )
+
+
+def put_disk_on_delta(
+    lab: LabVCenter, vm_name: str, device_key: int, grains: Mapping[int, bytes], *, sesparse: bool = False
+) -> str:
+    """Put a disk on a snapshot delta over its flat disk, as vSphere shows a VM with snapshots of its own (vcsim's
+    snapshots create none): a vmfsSparse (COWD) delta holding ``grains`` (64 KiB grain index -> bytes), or with
+    ``sesparse`` a descriptor naming an SEsparse extent. Returns the delta's descriptor path. The disk's content
+    is then the flat disk with the grains laid over it; ``read_disk_bytes`` still reads the flat disk."""
+    with session(lab) as si:
+        vm = require_vm(si, vm_name)
+        disk = find_disk(vm, device_key)
+        base = disk.backing.fileName
+        capacity = disk_capacity_bytes(disk)
+        delta = base[: -len(".vmdk")] + "-000001.vmdk"
+        stem = delta.rsplit("/", 1)[-1][: -len(".vmdk")]
+        parent_name = base.rsplit("/", 1)[-1]
+        cookie = dsfiles.session_cookie(si)
+        if sesparse:
+            descriptor = delta_descriptor(capacity, f"{stem}-sesparse.vmdk", parent_name).replace(
+                b"VMFSSPARSE", b"SESPARSE"
+            )
+        else:
+            descriptor = delta_descriptor(capacity, f"{stem}-delta.vmdk", parent_name)
+            folder = delta.rsplit("/", 1)[0]
+            dsfiles.upload(lab, f"{folder}/{stem}-delta.vmdk", cowd_delta(capacity, grains), cookie=cookie)
+        dsfiles.upload(lab, delta, descriptor, cookie=cookie)
+        # vcsim checks that a disk's descriptor and -flat file exist before it accepts a backing.
+        dsfiles.upload(lab, dsfiles.flat_path(delta), b"", cookie=cookie)
+        parent = vim.vm.device.VirtualDisk.FlatVer2BackingInfo(fileName=base, diskMode="persistent")
+        disk.backing = vim.vm.device.VirtualDisk.FlatVer2BackingInfo(
+            fileName=delta, diskMode="persistent", parent=parent
+        )
+        edit = vim.vm.device.VirtualDeviceSpec(operation="edit", device=disk)
+        run_task(vm.ReconfigVM_Task(vim.vm.ConfigSpec(deviceChange=[edit])))
+    return delta

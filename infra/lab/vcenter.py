@@ -10,7 +10,7 @@ import socket
 import ssl
 import subprocess
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -148,6 +148,7 @@ def start_vcsim(
     port: int = 0,
     binary: Path | None = None,
     timeout: float = 30.0,
+    extra_args: Sequence[str] = (),
 ) -> LabVCenter:
     """Start vcsim in its own session with workdir as its private state and temp dir; wait until it answers.
 
@@ -164,7 +165,7 @@ def start_vcsim(
     env["TMPDIR"] = str(tmp)
     with (workdir / LOG_FILE).open("ab") as log:
         proc = subprocess.Popen(
-            [str(binary), "-host", host, "-port", str(port), "-info", str(info_path)],
+            [str(binary), "-host", host, "-port", str(port), "-info", str(info_path), *extra_args],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,

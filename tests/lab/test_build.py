@@ -43,6 +43,6 @@ def test_patch_that_does_not_apply_fails_loudly(tmp_path: Path, monkeypatch: pyt
         "+replacement\n"
         " nor this\n"
     )
-    monkeypatch.setattr(build, "PATCH", bogus)
+    monkeypatch.setattr(build, "PATCHES", [bogus])
     with pytest.raises(build.VcsimBuildError, match="patch"):
         build.prepare_overlay(tmp_path / "gopath")

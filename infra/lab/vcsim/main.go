@@ -87,9 +87,15 @@ func main() {
 	host := flag.String("host", "127.0.0.1", "address to listen on")
 	port := flag.Int("port", 0, "port to listen on (0 = any free port)")
 	infoPath := flag.String("info", "", "write the endpoint description (JSON) to this file")
+	machines := flag.Int("machines-per-pool", 0, "VMs per resource pool (the model has two pools); 0 = the model's default")
+	cbtSlice := flag.Int64("cbt-slice", simulator.CBTSliceBytes, "bytes of a disk one QueryChangedDiskAreas answer covers")
 	flag.Parse()
 
+	simulator.CBTSliceBytes = *cbtSlice
 	model := simulator.VPX()
+	if *machines > 0 {
+		model.Machine = *machines
+	}
 	if err := model.Create(); err != nil {
 		log.Fatalf("create model: %v", err)
 	}
