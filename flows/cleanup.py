@@ -1,4 +1,4 @@
-"""Rolling a test failover back: test VM gone, every volume back on the hub in order, context ready again.
+"""Rolling a test failover back: test VM gone, every volume detached (as between syncs), context ready again.
 
 Idempotent by construction: every step looks at what CloudStack has now, so running it twice, or after a
 failover that died halfway (its VM found by id in the catalog or by its deterministic name), ends in the
@@ -17,15 +17,14 @@ from catalog import default_catalog
 from catalog.failovers import READY_FOR_FAILOVER, failovers_of, finish_failover, set_context_state
 from catalog.inventory import find_vm
 from catalog.replication import record_attachment, volumes_of_vm
-from tasks.failover import destination_name, remove_destination_vm, return_volume_to_hub
+from tasks.failover import destination_name, leave_volume_detached, remove_destination_vm
 from tasks.jobs import close_job, open_job
-from vmferry.failover_plan import plan_attachments
 from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
 
 
 class CleanupResult(BaseModel):
     removed_vms: list[str]
-    volumes_on_hub: list[str]
+    volumes_detached: list[str]
 
 
 class CleanupRefused(Exception):
@@ -56,22 +55,11 @@ def cleanup_failover(vm: str, cloudstack: CloudStack | str) -> CleanupResult:
         for vm_id in sorted(candidates):
             remove_destination_vm(cloud, vm_id, ours)
             removed.append(vm_id)
-        # back on the hub root first, then data in source order: the same order replication expects
-        order = [item.vm_disk_id for item in plan_attachments(recorded, volumes)] if volumes else []
-        capacity = {d.id: d.capacity_bytes for d in recorded.present_disks()}
+        order = sorted(volumes)
         for vm_disk_id in order:
             volume = volumes[vm_disk_id]
-            return_volume_to_hub(cloud, volume.volume_id, capacity[vm_disk_id])
-            with cloud.client() as client:
-                answer = client.get_volume(volume.volume_id)
-            record_attachment(
-                catalog,
-                volume.volume_id,
-                vm_id=cloud.hub_vm_id,
-                device_id=answer.device_id,
-                device_path=volume.device_path,
-                state="attached-to-hub",
-            )
+            leave_volume_detached(cloud, volume.volume_id)
+            record_attachment(catalog, volume.volume_id, vm_id=None, device_id=None, device_path=None, state="detached")
         for failover in history:
             if failover.mode == "test" and failover.state in ("in-progress", "active", "rolled-back"):
                 finish_failover(catalog, failover.id, "cleaned-up", READY_FOR_FAILOVER)
@@ -80,10 +68,10 @@ def cleanup_failover(vm: str, cloudstack: CloudStack | str) -> CleanupResult:
         close_job(job_id, "failed", f"{type(exc).__name__}: {exc}")
         raise
     close_job(job_id, "succeeded")
-    logger.info("removed test VM(s) %s; %d volumes back on the hub", removed, len(order))
+    logger.info("removed test VM(s) %s; %d volumes left detached", removed, len(order))
     create_table_artifact(
         key=f"cleanup-vm-{recorded.vm_context_id}",
-        table=[{"volume": volumes[i].volume_id, "catalog disk id": i, "on hub": "yes"} for i in order],
+        table=[{"volume": volumes[i].volume_id, "catalog disk id": i, "attached": "no"} for i in order],
         description=f"Test failover of {recorded.name} rolled back",
     )
-    return CleanupResult(removed_vms=removed, volumes_on_hub=[volumes[i].volume_id for i in order])
+    return CleanupResult(removed_vms=removed, volumes_detached=[volumes[i].volume_id for i in order])

@@ -1,9 +1,9 @@
 """Failover (test and live): a CloudStack VM with the OS volume as root and every data volume after it.
 
 Order: (live only: power the source off, final sync) -> deploy the destination VM stopped -> drop its template
-root -> move each replicated volume from the hub to its planned device (root 0, data 1, 2, 4, ...) -> read the
+root -> move each (detached) replicated volume to its planned device (root 0, data 1, 2, 4, ...) -> read the
 devices back from CloudStack and compare with the plan -> start. Every step done is pushed on a
-compensation stack; any failure undoes exactly those steps: volumes go back to the hub (device checked), the
+compensation stack; any failure undoes exactly those steps: volumes are left detached, the
 destination VM is destroyed, the VM context is ready for failover again.
 """
 
@@ -29,23 +29,26 @@ from catalog.failovers import (
     set_destination,
     start_failover,
 )
+from catalog.installation import installation_id
 from catalog.inventory import find_vm
 from catalog.replication import volumes_of_vm
 from flows.replicate import replicate_vm
 from tasks.failover import (
     attach_to_destination,
     deploy_destination_vm,
+    destination_data_volume_limit,
+    leave_volume_detached,
     power_off_source,
     read_back_devices,
     remove_destination_vm,
     remove_template_root,
-    return_volume_to_hub,
     start_destination_vm,
 )
 from tasks.jobs import close_job, open_job
 from vmferry.compensation import quietly
 from vmferry.failover_plan import check_attached, plan_attachments
 from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
+from vmferry.limits import holding, vm_volumes_limit_name
 
 
 class FailoverDevice(BaseModel):
@@ -83,29 +86,30 @@ def failover_vm(
         logger.info("live failover of %s: source %s", recorded.name, power_off_source(vcenter_block, recorded))
         replicate_vm(recorded.instance_uuid, cloud, load_block(Agent, agent), vcenter_block, kind="incremental")
         recorded = find_vm(catalog, vm)
-    volumes = {v.vm_disk_id: v for v in volumes_of_vm(catalog, recorded.vm_context_id)}
-    plan = plan_attachments(recorded, volumes)
-    capacity = {d.id: d.capacity_bytes for d in recorded.present_disks()}
-    job_id = open_job("failover", recorded.vm_context_id)
-    failover_id = start_failover(catalog, recorded.vm_context_id, job_id, mode)
-    try:
-        with ExitStack() as undo:
-            destination = deploy_destination_vm(cloud, recorded, mode)
-            set_destination(catalog, failover_id, destination.id)
-            ours = [item.volume_id for item in plan]
-            undo.callback(quietly(remove_destination_vm, cloud, destination.id, ours))
-            remove_template_root(cloud, destination.id, ours)
-            for item in plan:  # root first, then data in source order
-                undo.callback(quietly(return_volume_to_hub, cloud, item.volume_id, capacity[item.vm_disk_id]))
-                attach_to_destination(cloud, item, destination.id)
-            actual = read_back_devices(cloud, destination.id)
-            check_attached(plan, actual)
-            start_destination_vm(cloud, destination.id)
-            undo.pop_all()  # success: nothing to undo
-    except BaseException as exc:
-        finish_failover(catalog, failover_id, "rolled-back", READY_FOR_FAILOVER)
-        close_job(job_id, "failed", f"{type(exc).__name__}: {exc}")
-        raise
+    # the volumes are taken detached: wait for a running sync of this VM to finish and detach them
+    with holding(vm_volumes_limit_name(installation_id(catalog), recorded.vm_context_id), 1, logger):
+        volumes = {v.vm_disk_id: v for v in volumes_of_vm(catalog, recorded.vm_context_id)}
+        plan = plan_attachments(recorded, volumes, destination_data_volume_limit(cloud))
+        job_id = open_job("failover", recorded.vm_context_id)
+        failover_id = start_failover(catalog, recorded.vm_context_id, job_id, mode)
+        try:
+            with ExitStack() as undo:
+                destination = deploy_destination_vm(cloud, recorded, mode)
+                set_destination(catalog, failover_id, destination.id)
+                ours = [item.volume_id for item in plan]
+                undo.callback(quietly(remove_destination_vm, cloud, destination.id, ours))
+                remove_template_root(cloud, destination.id, ours)
+                for item in plan:  # root first, then data in source order
+                    undo.callback(quietly(leave_volume_detached, cloud, item.volume_id))
+                    attach_to_destination(cloud, item, destination.id)
+                actual = read_back_devices(cloud, destination.id)
+                check_attached(plan, actual)
+                start_destination_vm(cloud, destination.id)
+                undo.pop_all()  # success: nothing to undo
+        except BaseException as exc:
+            finish_failover(catalog, failover_id, "rolled-back", READY_FOR_FAILOVER)
+            close_job(job_id, "failed", f"{type(exc).__name__}: {exc}")
+            raise
     record_devices(
         catalog,
         failover_id,

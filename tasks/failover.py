@@ -10,7 +10,7 @@ from blocks.vcenter import VCenter
 from catalog.inventory import RecordedVM
 from clients.cloudstack import CloudStackError, VirtualMachine
 from clients.vsphere import VSphereClient, VSphereError, VSphereSnapshots
-from tasks.cloudstack import wait_for_device
+from tasks.cloudstack import destination_limit
 from vmferry.failover_plan import PlannedAttachment
 
 
@@ -80,9 +80,10 @@ def attach_to_destination(cloudstack: CloudStack, item: PlannedAttachment, vm_id
         if volume.virtual_machine_id == vm_id:
             return
         if volume.virtual_machine_id is not None:
-            if volume.virtual_machine_id != cloudstack.hub_vm_id:
+            # between syncs volumes are detached; one left on a hub by an interrupted sync is taken off it
+            if volume.virtual_machine_id not in cloudstack.hub_ids():
                 raise CloudStackError(
-                    "attachVolume", f"volume {item.volume_id} is attached to {volume.virtual_machine_id}, not the hub"
+                    "attachVolume", f"volume {item.volume_id} is attached to {volume.virtual_machine_id}, not a hub"
                 )
             client.detach_volume(item.volume_id)
         client.attach_volume(item.volume_id, vm_id, item.device_id)
@@ -121,19 +122,22 @@ def power_off_source(vcenter: VCenter, vm: RecordedVM) -> str:
         return "powered off"
 
 
-def return_volume_to_hub(cloudstack: CloudStack, volume_id: str, capacity_bytes: int) -> None:
-    """Compensation and cleanup: wherever the volume is, put it back on the hub and check its device."""
+def leave_volume_detached(cloudstack: CloudStack, volume_id: str) -> None:
+    """Compensation and cleanup: wherever the volume is, take it off (volumes rest detached between syncs)."""
     with cloudstack.client() as client:
         volume = client.get_volume(volume_id)
-        if volume.virtual_machine_id not in (None, cloudstack.hub_vm_id):
-            holder = client.get_vm(volume.virtual_machine_id)
-            if holder.state == "Running":  # a root volume only comes off a stopped VM
-                client.stop_vm(holder.id, forced=True)
+        if volume.virtual_machine_id is not None:
+            if volume.virtual_machine_id not in cloudstack.hub_ids():
+                holder = client.get_vm(volume.virtual_machine_id)
+                if holder.state == "Running":  # a root volume only comes off a stopped VM
+                    client.stop_vm(holder.id, forced=True)
             client.detach_volume(volume_id)
-            volume = client.get_volume(volume_id)
-        if volume.virtual_machine_id is None:
-            client.attach_volume(volume_id, cloudstack.hub_vm_id)
-    wait_for_device(cloudstack.device_root_path(), volume_id, capacity_bytes)
+
+
+@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def destination_data_volume_limit(cloudstack: CloudStack) -> int:
+    with cloudstack.client() as client:
+        return destination_limit(client, cloudstack)
 
 
 def remove_destination_vm(cloudstack: CloudStack, vm_id: str, our_volume_ids: list[str]) -> None:

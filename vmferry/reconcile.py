@@ -55,7 +55,7 @@ FINAL_STATE_TYPES = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
 _PARTIAL_DIR = re.compile(rf"^point-(\d+){re.escape(PARTIAL_SUFFIX)}$")
 _VM_DIR = re.compile(r"^vm-(\d+)$")
 # tasks/cloudstack.volume_name: a volume a running replication may have created but not yet recorded
-_OUR_VOLUME = re.compile(r"^vmferry-vm(\d+)-disk-\d+$")
+_OUR_VOLUME = re.compile(r"^vmferry-vm(\d+)-disk-\d+-r\d+-[0-9a-f]{8}$")
 
 
 # --- which process runs a flow -----------------------------------------------------------------------------
