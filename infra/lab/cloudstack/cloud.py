@@ -381,6 +381,8 @@ class Cloud:
             HypervisorCapabilities(str(uuid.uuid4()), "XenServer", "default", 13),
         ]
         self.resource_tags: list[ResourceTag] = []
+        # the most data volumes each VM held at once: what tests check a hub's limit against
+        self.data_volume_high_water: dict[str, int] = {}
         # VMs whose attached volumes show up under dev/disk/by-id: the hub(s) the lab's workers run on
         self.hub_vm_ids: list[str] = []
 
@@ -564,6 +566,8 @@ class Cloud:
         volume.attached = now()
         if chosen == 0:
             volume.type = "ROOT"  # VolumeDaoImpl.attachVolume
+        held = sum(1 for v in self.volumes_of(vm) if v.type == "DATADISK")
+        self.data_volume_high_water[vm.id] = max(held, self.data_volume_high_water.get(vm.id, 0))
         self.sync_hub_links()
         return volume
 
