@@ -487,7 +487,6 @@ class CloudStackClient:
         first: Volume | VirtualMachine = items[0]
         return first
 
-
     # ---- resource tags and hypervisor capabilities ------------------------------------------------------------
 
     def create_tags(self, resource_type: str, resource_ids: list[str], tags: Mapping[str, str]) -> None:

@@ -39,7 +39,12 @@ def vcenter_limit_name(host: str, port: int = 443) -> str:
     return f"vcenter-snapshots-{name}{suffix}"
 
 
-def ensure_limit(name: str, default: int, logger: logging.Logger | logging.LoggerAdapter = log) -> None:
+def ensure_limit(
+    name: str,
+    default: int,
+    logger: logging.Logger | logging.LoggerAdapter = log,
+    origin: str = "deployments/deploy.py sets the operator's value",
+) -> None:
     """Create the limit with ``default`` slots when it does not exist; an existing one is left as it is."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
@@ -52,10 +57,7 @@ def ensure_limit(name: str, default: int, logger: logging.Logger | logging.Logge
             try:
                 client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=default))
                 logger.warning(
-                    "global concurrency limit %s did not exist: created it with %d slots "
-                    "(deployments/deploy.py sets the operator's value)",
-                    name,
-                    default,
+                    "global concurrency limit %s did not exist: created it with %d slots (%s)", name, default, origin
                 )
             except ObjectAlreadyExists:
                 pass  # another run created it between our read and our create
@@ -87,18 +89,11 @@ def vm_volumes_limit_name(installation_id: str, vm_context_id: int) -> str:
 def set_limit(name: str, size: int, logger: logging.Logger | logging.LoggerAdapter = log) -> None:
     """The limit exists with exactly ``size`` slots: a limit derived from the system follows the system."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
-    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
 
+    ensure_limit(name, size, logger, origin="sized from what CloudStack reports")
     with get_client(sync_client=True) as client:
-        try:
-            limit = client.read_global_concurrency_limit_by_name(name)
-        except ObjectNotFound:
-            try:
-                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=size))
-            except ObjectAlreadyExists:
-                set_limit(name, size, logger)
-            return
+        limit = client.read_global_concurrency_limit_by_name(name)
         if limit.limit != size or not limit.active:
             logger.info("global concurrency limit %s: %d slots (was %d)", name, size, limit.limit)
             client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(limit=size, active=True))

@@ -33,9 +33,9 @@ def test_list_volumes_by_tags_matches_any_pair(cs, cloudstack_sim):
     assert {v.id for v in cs.list_volumes(tags={"site": "one"})} == {a.id, c.id}
     assert {v.id for v in cs.list_volumes(tags={"site": "one", "disk": "1"})} == {a.id, b.id, c.id}
     assert {v.id for v in cs.list_volumes(tags={"SITE": "TWO"})} == {b.id}  # MySQL's collation
-    answer = raw_call(
-        cloudstack_sim, base_params(cloudstack_sim, "listVolumes", **{"tags[0].key": "site"})
-    ).json()["listvolumesresponse"]
+    answer = raw_call(cloudstack_sim, base_params(cloudstack_sim, "listVolumes", **{"tags[0].key": "site"})).json()[
+        "listvolumesresponse"
+    ]
     assert answer["errortext"] == "No value is passed in for key site"
 
 

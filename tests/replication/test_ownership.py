@@ -24,6 +24,7 @@ from infra.lab.agent import start_agent
 from infra.lab.mutate import add_readable_disk, read_disk_bytes, remove_disk, write_disk_bytes
 from infra.lab.vcenter import session
 from tasks.cloudstack import TAG_INSTALLATION, VolumeOwnershipError, volume_name
+from tests.agent.helpers import running_agent_jobs
 from tests.replication.test_replicate import assert_volumes_equal_sources, never_written
 
 pytestmark = pytest.mark.usefixtures("prefect_backend", "nbd_port_range")
@@ -106,21 +107,6 @@ def test_a_volume_matching_only_by_name_is_refused_and_left_untouched(
     assert volumes_of_vm(configured_catalog, vm.vm_context_id) == []
 
 
-def _replication_status(client, catalog):
-    """The agent's status of the running replication (none until the flow has submitted it)."""
-    from catalog.jobs import list_jobs
-    from clients.agent import AgentError
-
-    found = []
-    for job in list_jobs(catalog):
-        if job.kind == "replication" and job.state == "running":
-            try:
-                found.append(client.status(job.id))
-            except AgentError:
-                pass
-    return found
-
-
 def test_an_interrupted_initial_sync_resumes_correctly(
     lab, cloudstack_sim, cloudstack_block, agent_block, lab_vcenter_block, configured_catalog, make_scratch_vm, tmp_path
 ):
@@ -143,7 +129,7 @@ def test_an_interrupted_initial_sync_resumes_correctly(
         deadline = time.monotonic() + 90
         with Agent(url=doomed.url, token=doomed.token).client() as client:
             while True:  # the first disk fully written, the second one under way
-                jobs = _replication_status(client, configured_catalog)
+                jobs = running_agent_jobs(client, "replication")
                 disks = sorted(jobs[0].disks, key=lambda d: d.disk_key) if jobs else []
                 # the agent marks disks done when the whole job is: watch the bytes (one disk at a time here)
                 if len(disks) == 2 and disks[0].bytes_done == disks[0].bytes_total > disks[1].bytes_done:
