@@ -101,6 +101,13 @@ def ensure_volume(
     """The disk's volume: the recorded one, else one an interrupted run created and tagged for exactly this
     disk, else a new one (created empty by ``job_id``)."""
     recorded = volume_for_disk(default_catalog(), disk.id)
+    if recorded is not None and recorded.retired_at is not None:
+        raise VolumeOwnershipError(
+            "createVolume",
+            f"VM {vm.name!r} disk {disk.disk_id} is back, but its volume {recorded.volume_id} was retired when the "
+            "disk went away and is never written again; delete that volume in CloudStack and its replicated_volumes "
+            "row, then replicate again",
+        )
     if recorded is not None:
         if recorded.disk_generation != disk.generation or recorded.size_bytes < disk.capacity_bytes:
             raise CloudStackError(
