@@ -213,7 +213,12 @@ def record_sync(catalog: Catalog, volume_id: str, change_id: str | None) -> Volu
     return _update(catalog, volume_id, last_change_id=change_id, last_synced_at=utcnow(), content_state=COMPLETE)
 
 
-def recorded_volume_ids(catalog: Catalog) -> set[str]:
-    """Every CloudStack volume id the catalog owns (one per replicated disk)."""
+def recorded_volume_contexts(catalog: Catalog) -> dict[str, int]:
+    """Every CloudStack volume id the catalog owns (one per replicated disk), with its VM context."""
     with catalog.session() as session:
-        return set(session.scalars(select(ReplicatedVolume.volume_id)))
+        rows = session.execute(
+            select(ReplicatedVolume.volume_id, VmDisk.vm_context_id).join(
+                VmDisk, VmDisk.id == ReplicatedVolume.vm_disk_id
+            )
+        )
+        return {volume_id: context_id for volume_id, context_id in rows}

@@ -43,7 +43,7 @@ from catalog.exports import ExportView, live_exports, mark_export_stopped
 from catalog.jobs import FINISHED_STATES, fail_running_job, get_job, running_jobs
 from catalog.models import utcnow
 from catalog.ports import held_leases, release_port
-from catalog.replication import recorded_volume_ids
+from catalog.replication import recorded_volume_contexts
 from catalog.restore_points import fail_pending_point, find_point, points_in_state
 from clients.cloudstack import CloudStackClient
 from clients.qemu import is_our_qemu_nbd, stop_qemu_nbd
@@ -427,16 +427,21 @@ class Reconciler:
 
     def sweep_hub_volumes(self, client: CloudStackClient, hub_vm_id: str) -> list[Finding]:
         findings = []
-        owned = recorded_volume_ids(self.catalog)
+        owned = recorded_volume_contexts(self.catalog)
         busy_contexts: dict[int, str] = {}
         for owner in self.judge.running_jobs_alive():
             job = get_job(self.catalog, owner.job_id)
             if job.vm_context_id is not None:
                 busy_contexts[job.vm_context_id] = job.id
         for volume in client.list_volumes(virtual_machine_id=hub_vm_id):
-            if volume.id in owned or volume.type == "ROOT":
-                continue  # a replicated disk's volume, or the hub's own system disk
+            if volume.type == "ROOT" or owned.get(volume.id, -1) in busy_contexts:
+                continue  # the hub's own system disk, or a volume a running sync is writing
             subject = f"volume {volume.id} ({volume.name}, {volume.type}, device {volume.device_id}) on hub {hub_vm_id}"
+            if volume.id in owned:
+                # a sync that died left it attached: volumes rest detached, and it holds one of the hub's slots
+                finding = Finding(kind="hub-volume", subject=subject, owner="no running sync of its VM", action="")
+                findings.append(self._act(finding, "detach", "detached", lambda v=volume.id: client.detach_volume(v)))
+                continue
             finding = Finding(kind="hub-volume", subject=subject, owner="no vm context owns it", action="")
             ours = _OUR_VOLUME.match(volume.name)
             if ours and int(ours[1]) in busy_contexts:
