@@ -4,17 +4,22 @@ spread over a pool of hubs, and a VM no hub or no destination can take is refuse
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from prefect.concurrency.sync import concurrency
 
+from catalog.installation import installation_id
 from catalog.inventory import find_vm
 from catalog.replication import volumes_of_vm
+from flows.failover import failover_vm
 from flows.replicate import replicate_vm
+from infra.lab.mutate import read_disk_bytes
 from tasks.cloudstack import ReplicationRefused
 from tests.replication.test_replicate import assert_volumes_equal_sources
-from vmferry.limits import hub_limit_name, set_limit
+from vmferry.limits import hub_limit_name, set_limit, vm_volumes_limit_name
 
 pytestmark = pytest.mark.usefixtures("prefect_backend", "nbd_port_range")
 
@@ -87,3 +92,32 @@ def test_a_pool_of_hubs_shares_the_work(
     assert_volumes_equal_sources(cloudstack_sim, lab, second, second_result)
     high_water = cloudstack_sim.cloud.data_volume_high_water
     assert high_water[cloudstack_block.hub_vm_id] == 3 and high_water[second_hub] == 2
+
+
+def test_a_failover_waits_for_a_running_sync_to_detach_the_volumes(
+    lab, cloudstack_sim, cloudstack_block, agent_block, lab_vcenter_block, configured_catalog, make_scratch_vm
+):
+    name = make_scratch_vm(disks=2)
+    replicate_vm(name, cloudstack_block, agent_block, lab_vcenter_block)
+    vm = find_vm(configured_catalog, name)
+    outcome: dict[str, object] = {}
+
+    def fail_over() -> None:
+        try:
+            outcome["result"] = failover_vm(name, cloudstack_block)
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    # the slot a sync of this VM holds while its volumes are on a hub
+    with concurrency(vm_volumes_limit_name(installation_id(configured_catalog), vm.vm_context_id), strict=True):
+        thread = threading.Thread(target=fail_over)
+        thread.start()
+        time.sleep(3)
+        assert thread.is_alive() and cloudstack_sim.calls["deployVirtualMachine"] == 0  # waiting, nothing made
+    thread.join(120)
+    result = outcome["result"]
+    assert [d.device_id for d in result.devices] == [0, 1]
+    for device in result.devices:
+        source = read_disk_bytes(lab.vcenter, name, int(device.disk_id.removeprefix("disk-")))
+        with open(cloudstack_sim.volume_file(device.volume_id), "rb") as handle:
+            assert handle.read(len(source)) == source
