@@ -29,6 +29,16 @@ class CloudStack(Block):
     cpu_speed_mhz: int = Field(default=2000, description="CPU speed given to failover VMs on a custom offering.")
     template_id: str = Field(description="Template (uuid) failover VMs are deployed from before their root swap.")
     hub_vm_id: str = Field(description="The hub VM (uuid) volumes are attached to while they are written.")
+    hub_pool: list[str] = Field(
+        default_factory=list,
+        description="More hub VMs (uuids) sharing the work with hub_vm_id; each takes as many volumes at once as "
+        "CloudStack lets it attach. Their workers must see the volumes under device_root.",
+    )
+    max_data_volumes_fallback: int | None = Field(
+        default=None,
+        description="Data volumes a VM takes, used only when CloudStack does not answer listHypervisorCapabilities "
+        "(it is a root-admin call); CloudStack's own maxdatavolumeslimit always wins.",
+    )
     device_root: str = Field(
         default="/dev",
         description="Where the hub sees attached volumes (<device_root>/disk/by-id/virtio-<serial>, or "
@@ -69,3 +79,7 @@ class CloudStack(Block):
 
     def device_root_path(self) -> Path:
         return Path(self.device_root)
+
+    def hub_ids(self) -> list[str]:
+        """The hub pool, hub_vm_id first, each once."""
+        return list(dict.fromkeys([self.hub_vm_id, *self.hub_pool]))

@@ -20,6 +20,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Dialect
@@ -246,6 +247,8 @@ class RestorePointDisk(Base):
     bytes_written: Mapped[int | None] = mapped_column(BigInteger)
     change_id: Mapped[str | None] = mapped_column(String(255))
     checksum: Mapped[str | None] = mapped_column(String(128))
+    # "empty" (created by this point's job), "complete" (committed), "unknown": as replicated_volumes
+    content_state: Mapped[str] = mapped_column(String(16), default="unknown", server_default="unknown")
 
     restore_point: Mapped[RestorePoint] = relationship(back_populates="disks")
 
@@ -267,6 +270,25 @@ class ReplicatedVolume(Base):
     device_path: Mapped[str | None] = mapped_column(String(1024))
     last_change_id: Mapped[str | None] = mapped_column(String(255))
     last_synced_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    name: Mapped[str | None] = mapped_column(String(255))
+    # the volume carries our ownership tags (installation, VM instance UUID, disk row and generation)
+    owner_tagged: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # "empty": created by job content_job_id and never written; "complete": holds the disk at last_change_id;
+    # "unknown": a copy into it started and did not finish (or nothing is known): never skip zeros into it
+    content_state: Mapped[str] = mapped_column(String(16), default="unknown", server_default="unknown")
+    content_job_id: Mapped[str | None] = mapped_column(String(36))
+    # its disk is gone (removed, or its key recycled by another disk): never written again, the operator's to delete
+    retired_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class Installation(Base):
+    """This catalog's identity: one row, made once. Its id is the owner tag on every volume vmferry creates."""
+
+    __tablename__ = "installation"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    installation_id: Mapped[str] = mapped_column(String(36), unique=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

@@ -30,6 +30,7 @@ class PointDiskView(BaseModel):
     bytes_written: int | None
     change_id: str | None
     checksum: str | None
+    content_state: str = "unknown"  # "empty" (just created by the point's job), "complete" (committed)
 
 
 class PointView(BaseModel):
@@ -79,6 +80,7 @@ def _view(session: Session, point: RestorePoint) -> PointView:
                 bytes_written=d.bytes_written,
                 change_id=d.change_id,
                 checksum=d.checksum,
+                content_state=d.content_state,
             )
             for d in sorted(point.disks, key=lambda d: d.vm_disk_id)
         ],
@@ -133,7 +135,9 @@ def add_point_disks(catalog: Catalog, point_id: int, disks: list[PlannedDisk]) -
         if point.state != "pending":
             raise CatalogError(f"restore point {point_id} is {point.state}; disks are added only while pending")
         for disk in disks:
-            point.disks.append(RestorePointDisk(**disk.model_dump()))
+            # the point's job has just created the file: a new qcow2 reads as zeros, an overlay as its parent
+            state = "empty" if disk.backing_id is None else "unknown"
+            point.disks.append(RestorePointDisk(**disk.model_dump(), content_state=state))
         session.flush()
         return _view(session, point)
 
@@ -163,6 +167,7 @@ def commit_point(catalog: Catalog, point_id: int, outcomes: list[DiskOutcome]) -
             disk.bytes_written = outcome.bytes_written
             disk.change_id = outcome.change_id
             disk.checksum = outcome.checksum
+            disk.content_state = "complete"
         point.state = "committed"
         point.committed_at = utcnow()
         session.flush()

@@ -139,6 +139,27 @@ def device_path_for_volume(dev_root: Path, volume_id: str) -> Path:
     return Path(dev_root) / "disk" / "by-id" / f"virtio-{volume_serial(volume_id)}"
 
 
+class ResourceTag(BaseModel):
+    """The ResourceTagResponse fields vmferry uses."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    key: str
+    value: str
+    resource_type: str | None = Field(default=None, alias="resourcetype")
+    resource_id: str | None = Field(default=None, alias="resourceid")
+
+
+class HypervisorCapability(BaseModel):
+    """The HypervisorCapabilitiesResponse fields vmferry uses."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    hypervisor: str
+    version: str | None = Field(default=None, alias="hypervisorversion")
+    max_data_volumes: int | None = Field(default=None, alias="maxdatavolumeslimit")
+
+
 class Volume(BaseModel):
     """The VolumeResponse fields vmferry uses."""
 
@@ -159,10 +180,15 @@ class Volume(BaseModel):
     storage: str | None = None  # root admins only
     storage_type: str | None = Field(default=None, alias="storagetype")  # shared or local
     disk_offering_id: str | None = Field(default=None, alias="diskofferingid")
+    tags: tuple[ResourceTag, ...] = ()
 
     @property
     def attached(self) -> bool:
         return self.virtual_machine_id is not None
+
+    @property
+    def tag_map(self) -> dict[str, str]:
+        return {tag.key: tag.value for tag in self.tags}
 
 
 class Nic(BaseModel):
@@ -219,6 +245,7 @@ class VirtualMachine(BaseModel):
     cpu_number: int | None = Field(default=None, alias="cpunumber")
     memory_mb: int | None = Field(default=None, alias="memory")
     nics: list[Nic] = Field(default_factory=list, alias="nic")
+    hypervisor: str | None = None
 
 
 class ServiceOffering(BaseModel):
@@ -438,7 +465,9 @@ class CloudStackClient:
         volume_id: str | None = None,
         name: str | None = None,
         type: str | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> list[Volume]:
+        """``tags`` filters as CloudStack does: a volume carrying ANY of the pairs is listed."""
         answer = self.list_all(
             "listVolumes",
             "volume",
@@ -447,6 +476,7 @@ class CloudStackClient:
             name=name,
             type=type,
             listall=True,
+            **key_value_map("tags", tags or {}),
         )
         return [Volume.model_validate(v) for v in answer]
 
@@ -583,6 +613,44 @@ class CloudStackClient:
             raise CloudStackNotFound("list", f"no {what} with id {entity_id} (removed?)")
         first: Volume | VirtualMachine = items[0]
         return first
+
+    # ---- resource tags and hypervisor capabilities ------------------------------------------------------------
+
+    def create_tags(self, resource_type: str, resource_ids: list[str], tags: Mapping[str, str]) -> None:
+        """createTags (async). CloudStack refuses a key the resource already has ("tag ... already on ...")."""
+        self.call_async(
+            "createTags",
+            resourcetype=resource_type,
+            resourceids=",".join(resource_ids),
+            **key_value_map("tags", tags),
+        )
+
+    def delete_tags(self, resource_type: str, resource_ids: list[str], keys: list[str]) -> None:
+        """deleteTags (async) of the given keys, whatever their values."""
+        params = {f"tags[{index}].key": key for index, key in enumerate(keys)}
+        self.call_async("deleteTags", resourcetype=resource_type, resourceids=",".join(resource_ids), **params)
+
+    def list_tags(self, resource_type: str, resource_id: str) -> dict[str, str]:
+        answer = self.list_all("listTags", "tag", resourcetype=resource_type, resourceid=resource_id, listall=True)
+        return {tag.key: tag.value for tag in (ResourceTag.model_validate(t) for t in answer)}
+
+    def hypervisor_capabilities(self, hypervisor: str) -> list[HypervisorCapability]:
+        """listHypervisorCapabilities (root admin) for one hypervisor: one row per hypervisor version."""
+        answer = self.list_all("listHypervisorCapabilities", "hypervisorCapabilities", hypervisor=hypervisor)
+        return [HypervisorCapability.model_validate(c) for c in answer]
+
+    def template_hypervisor(self, template_id: str) -> str | None:
+        templates = self.list_all("listTemplates", "template", templatefilter="executable", id=template_id)
+        return str(templates[0].get("hypervisor")) if templates and templates[0].get("hypervisor") else None
+
+
+def key_value_map(name: str, pairs: Mapping[str, str]) -> dict[str, str]:
+    """A CloudStack key/value map parameter: ``tags[0].key=a&tags[0].value=b``."""
+    params: dict[str, str] = {}
+    for index, (key, value) in enumerate(pairs.items()):
+        params[f"{name}[{index}].key"] = key
+        params[f"{name}[{index}].value"] = value
+    return params
 
 
 def require_admin_field(volume: Volume, field: str, why: str) -> str:

@@ -1,4 +1,4 @@
-"""Rolling a test failover back: test VM gone, every volume back on the hub in order, context ready again.
+"""Rolling a test failover back: test VM gone, every volume detached (as between syncs), context ready again.
 
 Idempotent by construction: every step looks at what CloudStack has now, so running it twice, or after a
 failover that died halfway (its VM found by the id the catalog recorded when CloudStack allocated it), ends in
@@ -17,7 +17,7 @@ from catalog import default_catalog
 from catalog.failovers import context_after_rollback, failovers_of, finish_failover, set_context_state
 from catalog.inventory import find_vm
 from catalog.replication import volumes_of_vm
-from tasks.failover import remove_destination_vm, return_volumes_to_hub
+from tasks.failover import leave_volumes_detached, remove_destination_vm
 from tasks.jobs import close_job, open_job
 from vmferry.errors import Refused, describe
 from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
@@ -27,8 +27,8 @@ from vmferry.runs import artifact_key, one_job_per_vm
 
 class CleanupResult(BaseModel):
     removed_vms: list[str]  # test VMs this run destroyed
-    volumes_returned: list[str]  # volumes this run moved back onto the hub
-    volumes_on_hub: list[str]  # every volume of the VM, on the hub now
+    volumes_returned: list[str]  # volumes this run took off a test VM (left detached)
+    volumes_detached: list[str]  # every volume of the VM, detached now (as they rest between syncs)
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -50,7 +50,7 @@ class CleanupRefused(Refused):
 )
 @one_job_per_vm("cleanup")
 def cleanup_failover(vm: str, cloudstack: CloudStack | str) -> CleanupResult:
-    """Roll a test failover of ``vm`` back (the test VM removed, the volumes back on the hub).
+    """Roll a test failover of ``vm`` back (the test VM removed, the volumes left detached).
 
     Args:
         vm: The VM: its name in vCenter, its instance UUID or its moref (vm-123).
@@ -78,7 +78,7 @@ def cleanup_failover(vm: str, cloudstack: CloudStack | str) -> CleanupResult:
             f.destination_vm_id for f in history if (f.mode == "test" or f in unfinished) and f.destination_vm_id
         }
         removed = [vm_id for vm_id in sorted(candidates) if remove_destination_vm(cloud, vm_id, ours)]
-        on_hub, returned = return_volumes_to_hub(cloud, recorded, volumes)
+        detached, returned = leave_volumes_detached(cloud, volumes)
         # a live failover that powered the source off and never finished leaves the VM running nowhere
         after = context_after_rollback(catalog, recorded.vm_context_id)
         for failover in history:
@@ -91,15 +91,15 @@ def cleanup_failover(vm: str, cloudstack: CloudStack | str) -> CleanupResult:
         close_job(job_id, "failed", describe(exc))
         raise
     close_job(job_id, "succeeded")
-    result = CleanupResult(removed_vms=removed, volumes_returned=returned, volumes_on_hub=on_hub)
+    result = CleanupResult(removed_vms=removed, volumes_returned=returned, volumes_detached=detached)
     if not result.did_anything:
-        logger.info("%s: nothing to clean up (no test VM, every volume on the hub)", recorded.name)
+        logger.info("%s: nothing to clean up (no test VM, every volume detached)", recorded.name)
         return result
-    logger.info("removed test VM(s) %s; moved %d volume(s) back onto the hub", removed, len(returned))
+    logger.info("removed test VM(s) %s; took %d volume(s) off the test VM", removed, len(returned))
     create_table_artifact(
         key=artifact_key("cleanup", recorded.name),
         table=[{"removed": "test VM", "id": vm_id} for vm_id in removed]
-        + [{"removed": "volume from the test VM, back on the hub", "id": v} for v in returned],
+        + [{"removed": "volume taken off the test VM (left detached)", "id": v} for v in returned],
         description=f"Test failover of {recorded.name} rolled back",
     )
     return result

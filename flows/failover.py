@@ -2,11 +2,11 @@
 
 The failover (job row and failover row) is recorded before its first side effect. Order: (live only: power
 the source off, final sync) -> deploy the destination VM stopped (its id recorded as CloudStack allocates it)
--> drop its template root -> move each replicated volume from the hub to its planned device (root 0, data 1,
-2, 4, ...) -> read the devices back from CloudStack and compare with the plan -> start. Every step done is pushed on a
-compensation stack; any failure undoes exactly those steps: volumes go back to the hub (device checked), the
-destination VM is destroyed, the VM context is ready for failover again (or, when a live failover had powered
-the source off, says so: source-off-failover-unfinished).
+-> drop its template root -> move each (detached) replicated volume to its planned device (root 0, data 1,
+2, 4, ...) -> read the devices back from CloudStack and compare with the plan -> start. Every step done is pushed
+on a compensation stack; any failure undoes exactly those steps: volumes are left detached, the destination VM
+is destroyed, the VM context is ready for failover again (or, when a live failover had powered the source off,
+says so: source-off-failover-unfinished).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from catalog.failovers import (
     set_context_state,
     start_failover,
 )
+from catalog.installation import installation_id
 from catalog.inventory import RecordedVM, find_vm
 from catalog.replication import forget_change_id, volumes_of_vm
 from flows.replicate import replicate_vm
@@ -43,12 +44,13 @@ from tasks.destination import check_destination
 from tasks.failover import (
     attach_to_destination,
     deploy_destination_vm,
+    destination_data_volume_limit,
+    leave_volume_detached,
     power_off_source,
     power_on_source,
     read_back_devices,
     remove_destination_vm,
     remove_template_root,
-    return_volume_to_hub,
     start_destination_vm,
 )
 from tasks.jobs import close_job, open_job
@@ -56,6 +58,7 @@ from vmferry.compensation import quietly
 from vmferry.errors import Refused, describe
 from vmferry.failover_plan import check_attached, plan_attachments
 from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
+from vmferry.limits import holding, vm_volumes_limit_name
 from vmferry.network_plan import plan_nics
 from vmferry.outcome import PUBLISH_OUTCOME
 from vmferry.runs import artifact_key, one_job_per_vm, table_rows
@@ -213,11 +216,16 @@ def _fail_over(
     nics = plan_nics(recorded, {**cloud.network_map, **(network_map or {})}, ip_addresses)
     if not nics:
         logger.warning("VM %s has no NIC on record: CloudStack puts its failover VM on the zone's default network", vm)
+    data_volume_limit = destination_data_volume_limit(cloud)
     placement = check_destination(
         cloud,
         recorded,
         nics,
-        plan_attachments(recorded, {v.vm_disk_id: v for v in volumes_of_vm(catalog, recorded.vm_context_id)}),
+        plan_attachments(
+            recorded,
+            {v.vm_disk_id: v for v in volumes_of_vm(catalog, recorded.vm_context_id)},
+            data_volume_limit,
+        ),
     )
     logger.info("placement of %s: %s", recorded.name, placement.reason)
     if mode == "live" and (vcenter is None or agent is None):
@@ -232,26 +240,27 @@ def _fail_over(
             set_context_state(catalog, recorded.vm_context_id, SOURCE_OFF_UNFINISHED)
             replicate_vm(recorded.instance_uuid, cloud, load_block(Agent, agent), vcenter_block, kind="incremental")
             recorded = find_vm(catalog, vm)
-        volumes = {v.vm_disk_id: v for v in volumes_of_vm(catalog, recorded.vm_context_id)}
-        plan = plan_attachments(recorded, volumes)
-        capacity = {d.id: d.capacity_bytes for d in recorded.present_disks()}
-        ours = [item.volume_id for item in plan]
-        with ExitStack() as undo:
-            # before the deploy: a deploy job that fails leaves a VM in Error, recorded but never returned
-            undo.callback(quietly(_remove_recorded_destination, cloud, failover_id, ours))
-            destination = deploy_destination_vm(cloud, recorded, mode, failover_id, nics, placement.cluster_id)
-            remove_template_root(cloud, destination.id, ours)
-            for item in plan:  # root first, then data in source order
-                undo.callback(quietly(return_volume_to_hub, cloud, item.volume_id, capacity[item.vm_disk_id]))
-                # The destination VM writes into its volumes: CBT's "unchanged since the last sync" no longer
-                # describes them, so the next sync compares them whole.
-                forget_change_id(catalog, item.volume_id)
-                attach_to_destination(cloud, item, destination.id)
-            actual = read_back_devices(cloud, destination.id)
-            check_attached(plan, actual)
-            start_destination_vm(cloud, destination.id)
-            source.keep_off()
-            undo.pop_all()  # success: nothing to undo
+        # the volumes are taken detached: wait for a running sync of this VM to finish and detach them
+        with holding(vm_volumes_limit_name(installation_id(catalog), recorded.vm_context_id), 1, logger):
+            volumes = {v.vm_disk_id: v for v in volumes_of_vm(catalog, recorded.vm_context_id)}
+            plan = plan_attachments(recorded, volumes, data_volume_limit)
+            ours = [item.volume_id for item in plan]
+            with ExitStack() as undo:
+                # before the deploy: a deploy job that fails leaves a VM in Error, recorded but never returned
+                undo.callback(quietly(_remove_recorded_destination, cloud, failover_id, ours))
+                destination = deploy_destination_vm(cloud, recorded, mode, failover_id, nics, placement.cluster_id)
+                remove_template_root(cloud, destination.id, ours)
+                for item in plan:  # root first, then data in source order
+                    undo.callback(quietly(leave_volume_detached, cloud, item.volume_id))
+                    # The destination VM writes into its volumes: CBT's "unchanged since the last sync" no longer
+                    # describes them, so the next sync compares them whole.
+                    forget_change_id(catalog, item.volume_id)
+                    attach_to_destination(cloud, item, destination.id)
+                actual = read_back_devices(cloud, destination.id)
+                check_attached(plan, actual)
+                start_destination_vm(cloud, destination.id)
+                source.keep_off()
+                undo.pop_all()  # success: nothing to undo
     except BaseException as exc:
         finish_failover(catalog, failover_id, "rolled-back", context_after_rollback(catalog, recorded.vm_context_id))
         close_job(job_id, "failed", describe(exc))

@@ -25,8 +25,7 @@ from catalog import default_catalog
 from catalog.failovers import MIGRATED, READY_FOR_FAILOVER, FailoverView, finish_failover, latest_failover
 from catalog.inventory import RecordedVM, find_vm
 from catalog.replication import record_attachment, volumes_of_vm
-from flows.cleanup import return_volumes_to_hub
-from tasks.failover import power_on_source, remove_destination_vm
+from tasks.failover import leave_volumes_detached, power_on_source, remove_destination_vm
 from tasks.jobs import close_job, open_job
 from vmferry.errors import Refused, describe
 from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
@@ -50,7 +49,7 @@ class RevertResult(BaseModel):
     vm: str
     failover_id: int
     removed_vm: str | None  # the destination VM this run destroyed (None: it was gone already)
-    volumes_on_hub: list[str]
+    volumes_detached: list[str]
     source: str  # "powered on" or "already on"
 
 
@@ -204,10 +203,11 @@ def revert_failover(
         )
     job_id = open_job("revert", recorded.vm_context_id)
     try:
-        ours = [v.volume_id for v in volumes_of_vm(catalog, recorded.vm_context_id)]
+        volumes = {v.vm_disk_id: v for v in volumes_of_vm(catalog, recorded.vm_context_id)}
+        ours = [v.volume_id for v in volumes.values()]
         # the destination first, so the VM never runs in two places; the source last
         removed = destination if remove_destination_vm(cloud, destination, ours) else None
-        on_hub, _ = return_volumes_to_hub(cloud, recorded)
+        detached, _ = leave_volumes_detached(cloud, volumes)
         source = power_on_source(vcenter_block, recorded)
         # only now: a run that failed before this point finds the failover still active and is run again
         finish_failover(catalog, failover.id, "reverted", READY_FOR_FAILOVER)
@@ -221,10 +221,10 @@ def revert_failover(
         f"{recorded.name}: live failover {failover.id} reverted",
         [
             f"CloudStack VM {destination} {'destroyed' if removed else 'was gone already'}",
-            f"volumes {', '.join(on_hub)} back on the hub; their next sync compares every block",
+            f"volumes {', '.join(detached)} detached, back to replication; their next sync compares every block",
             f"VMware source {source}",
         ],
     )
     return RevertResult(
-        vm=recorded.name, failover_id=failover.id, removed_vm=removed, volumes_on_hub=on_hub, source=source
+        vm=recorded.name, failover_id=failover.id, removed_vm=removed, volumes_detached=detached, source=source
     )

@@ -1,13 +1,16 @@
-"""Replication: every disk of a VM into its own CloudStack volume attached to the hub, then incremental syncs.
+"""Replication: every disk of a VM into its own CloudStack volume, then incremental syncs.
 
-Each disk's volume is created once and recorded against the disk's stable catalog row; every later sync
-reuses it. A volume's device on the hub is found from CloudStack's answer for that volume id, never by
+Each disk's volume is created once, tagged with its owner and recorded against the disk's stable catalog row;
+every later sync reuses it. A volume is attached to a hub of the pool only while it is written (attach ->
+copy -> detach); a sync takes one slot per disk of one hub's limit, sized from CloudStack's data-volume limit,
+and waits for room. A volume's device on the hub is found from CloudStack's answer for that volume id, never by
 guessing the next /dev/vdX. The copy itself is the shared data path (flows/copy.py): one qemu-nbd export per
 volume, one agent call, every export stopped and port released at the end, whatever happened.
 """
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Literal
 
@@ -21,14 +24,24 @@ from blocks.cloudstack import CloudStack
 from blocks.vcenter import VCenter
 from catalog import default_catalog
 from catalog.failovers import READY_FOR_FAILOVER, context_state, latest_failover, set_context_state
-from catalog.inventory import RecordedVM
-from catalog.replication import VolumeView, record_sync
+from catalog.installation import installation_id
+from catalog.inventory import RecordedDisk, RecordedVM
+from catalog.replication import UNKNOWN, VolumeView, mark_content, record_sync, retire_volumes_of_absent_disks
 from flows.copy import run_copy
-from tasks.cloudstack import attach_to_hub, ensure_volume
+from tasks.cloudstack import (
+    ReplicationRefused,
+    attach_to_hub,
+    detach_from_hub,
+    ensure_volume,
+    plan_hub_capacity,
+    upgrade_recorded_volumes,
+)
 from tasks.discovery import read_vcenter_inventory, record_vm_inventory
 from tasks.jobs import close_job, open_job
-from vmferry.errors import Refused, describe
+from vmferry.compensation import quietly
+from vmferry.errors import describe
 from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
+from vmferry.limits import first_free, holding, hub_limit_name, set_limit, vm_volumes_limit_name
 from vmferry.outcome import PUBLISH_OUTCOME
 from vmferry.runs import artifact_key, one_job_per_vm, table_rows
 from vmferry.targets import DiskTarget
@@ -49,10 +62,6 @@ class ReplicationResult(BaseModel):
     kind: str
     job_id: str
     disks: list[ReplicatedDisk]
-
-
-class ReplicationRefused(Refused):
-    """The VM is failed over (or migrated): its volumes are not replication's to write."""
 
 
 def refuse_while_failed_over(recorded: RecordedVM) -> None:
@@ -105,22 +114,79 @@ def replicate_vm(
     cloud = load_block(CloudStack, cloudstack)
     agent_block = load_block(Agent, agent)
     vcenter_block = load_block(VCenter, vcenter)
+    catalog = default_catalog()
+    installation = installation_id(catalog)
     (observed,) = read_vcenter_inventory(vcenter_block, [vm])
     recorded = record_vm_inventory(observed)
     refuse_while_failed_over(recorded)
     job_id = open_job("replication", recorded.vm_context_id)
     try:
+        upgrade_recorded_volumes(cloud, installation)
+        for retired in retire_volumes_of_absent_disks(catalog, recorded.vm_context_id):
+            logger.warning(
+                "volume %s of a disk no longer on %s (catalog disk %s) is retired: never written again; delete it "
+                "in CloudStack when you no longer need it (vmferry status lists it)",
+                retired.volume_id, recorded.name, retired.vm_disk_id,
+            )  # fmt: skip
         disks = recorded.present_disks()
-        volumes: list[VolumeView] = [ensure_volume(cloud, recorded, disk) for disk in disks]
-        # All volumes on the hub before a byte moves: a failed attach leaves every volume untouched.
-        attached = [
-            attach_to_hub(cloud, volume, disk.capacity_bytes) for volume, disk in zip(volumes, disks, strict=True)
-        ]
-        synced = all(v.last_synced_at is not None for v in attached)
-        if kind == "incremental" and not synced:
-            raise ReplicationRefused(f"VM {recorded.name!r} has volumes never synced; run an initial replication first")
-        copy_kind = "incremental" if kind == "incremental" or (kind == "auto" and synced) else "full"
-        logger.info("replicating %s: %s copy into %d volumes", recorded.name, copy_kind, len(attached))
+        # refuses a VM no hub or no destination can take before anything is created
+        capacities = plan_hub_capacity(cloud, installation, recorded)
+        for hub, capacity in capacities.items():
+            set_limit(hub_limit_name(hub), capacity, logger)
+        hubs = {hub_limit_name(hub): hub for hub, capacity in capacities.items() if capacity >= len(disks)}
+        with holding(vm_volumes_limit_name(installation, recorded.vm_context_id), 1, logger):
+            volumes = [ensure_volume(cloud, installation, recorded, disk, job_id) for disk in disks]
+            with first_free(list(hubs), len(disks), logger) as limit_name:
+                copy_kind, result_disks = _sync_through_hub(
+                    cloud, hubs[limit_name], recorded, disks, volumes, job_id, kind,
+                    agent_block, vcenter_block, bandwidth_limit_bytes_per_second,
+                )  # fmt: skip
+    except BaseException as exc:
+        close_job(job_id, "failed", describe(exc))
+        raise
+    close_job(job_id, "succeeded")
+    if context_state(catalog, recorded.vm_context_id) in ("discovered", READY_FOR_FAILOVER):
+        set_context_state(catalog, recorded.vm_context_id, READY_FOR_FAILOVER)
+    create_table_artifact(
+        key=artifact_key("replication", recorded.name),
+        table=table_rows(result_disks, {"device_path": "hub device"}),
+        description=f"{copy_kind} replication of {recorded.name} into CloudStack volumes",
+    )
+    return ReplicationResult(
+        vm=recorded.name, vm_context_id=recorded.vm_context_id, kind=copy_kind, job_id=job_id, disks=result_disks
+    )
+
+
+def _sync_through_hub(
+    cloud: CloudStack,
+    hub_vm_id: str,
+    recorded: RecordedVM,
+    disks: list[RecordedDisk],
+    volumes: list[VolumeView],
+    job_id: str,
+    kind: str,
+    agent: Agent,
+    vcenter: VCenter,
+    bandwidth_limit_bytes_per_second: int | None,
+) -> tuple[str, list[ReplicatedDisk]]:
+    """Attach -> copy -> detach. Volumes are on the hub only while written; a failure detaches them too."""
+    logger = get_run_logger()
+    catalog = default_catalog()
+    with ExitStack() as undo:
+        attached = []
+        for volume, disk in zip(volumes, disks, strict=True):
+            undo.callback(quietly(detach_from_hub, cloud, volume.volume_id))
+            attached.append(attach_to_hub(cloud, hub_vm_id, volume, disk.capacity_bytes))
+        complete = all(v.complete for v in attached)
+        if kind == "incremental" and not complete:
+            raise ReplicationRefused(
+                f"VM {recorded.name!r} has volumes whose content is not complete (never synced, or a sync was "
+                "interrupted); run an initial (or auto) replication first"
+            )
+        copy_kind = "incremental" if kind == "incremental" or (kind == "auto" and complete) else "full"
+        logger.info(
+            "replicating %s: %s copy into %d volumes on hub %s", recorded.name, copy_kind, len(attached), hub_vm_id
+        )
         targets = [
             DiskTarget(
                 vm_disk_id=disk.id,
@@ -129,18 +195,19 @@ def replicate_vm(
                 capacity_bytes=disk.capacity_bytes,
                 file_path=Path(volume.device_path or ""),
                 image_format="raw",
-                # a volume never written reads as zeros; one holding an earlier copy must have zeros written
-                target_is_zero=volume.last_synced_at is None,
+                # zeros are skipped only into a volume this very job created and has not written
+                target_is_zero=volume.reads_as_zero_for(job_id),
                 previous_change_id=volume.last_change_id if copy_kind == "incremental" else None,
             )
             for disk, volume in zip(disks, attached, strict=True)
         ]
+        mark_content(catalog, [v.volume_id for v in attached], UNKNOWN)
         status = run_copy(
             job_id=job_id,
             vm=recorded,
             targets=targets,
-            agent=agent_block,
-            vcenter=vcenter_block,
+            agent=agent,
+            vcenter=vcenter,
             kind=copy_kind,
             bandwidth_limit_bytes_per_second=bandwidth_limit_bytes_per_second,
         )
@@ -148,7 +215,7 @@ def replicate_vm(
         result_disks = []
         for disk, volume in zip(disks, attached, strict=True):
             progress = copied[disk.device_key]
-            record_sync(default_catalog(), volume.volume_id, progress.change_id)
+            record_sync(catalog, volume.volume_id, progress.change_id)
             result_disks.append(
                 ReplicatedDisk(
                     disk_id=disk.disk_id,
@@ -159,17 +226,7 @@ def replicate_vm(
                     change_id=progress.change_id,
                 )
             )
-    except BaseException as exc:
-        close_job(job_id, "failed", describe(exc))
-        raise
-    close_job(job_id, "succeeded")
-    if context_state(default_catalog(), recorded.vm_context_id) in ("discovered", READY_FOR_FAILOVER):
-        set_context_state(default_catalog(), recorded.vm_context_id, READY_FOR_FAILOVER)
-    create_table_artifact(
-        key=artifact_key("replication", recorded.name),
-        table=table_rows(result_disks, {"device_path": "hub device"}),
-        description=f"{copy_kind} replication of {recorded.name} into CloudStack volumes",
-    )
-    return ReplicationResult(
-        vm=recorded.name, vm_context_id=recorded.vm_context_id, kind=copy_kind, job_id=job_id, disks=result_disks
-    )
+        undo.pop_all()
+    for volume in attached:
+        detach_from_hub(cloud, volume.volume_id)
+    return copy_kind, result_disks

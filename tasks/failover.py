@@ -9,13 +9,13 @@ from blocks.cloudstack import CloudStack
 from blocks.vcenter import VCenter
 from catalog import default_catalog
 from catalog.failovers import FailoverView, context_after_rollback, finish_failover, get_failover, set_destination
-from catalog.inventory import RecordedVM, get_vm
+from catalog.inventory import RecordedVM
 from catalog.replication import VolumeView, forget_change_id, record_attachment, volumes_of_vm
 from clients.cloudstack import CloudStackError, VirtualMachine
 from clients.vsphere import VSphereClient, VSphereError, VSphereSnapshots
-from tasks.cloudstack import VolumeRefused, wait_for_device
+from tasks.cloudstack import VolumeRefused, destination_limit
 from vmferry.errors import retry_unless_permanent
-from vmferry.failover_plan import FailoverRefused, PlannedAttachment, plan_attachments
+from vmferry.failover_plan import FailoverRefused, PlannedAttachment
 from vmferry.network_plan import PlannedNic
 
 
@@ -112,10 +112,11 @@ def attach_to_destination(cloudstack: CloudStack, item: PlannedAttachment, vm_id
         if volume.virtual_machine_id == vm_id:
             return
         if volume.virtual_machine_id is not None:
-            if volume.virtual_machine_id != cloudstack.hub_vm_id:
+            # between syncs volumes are detached; one left on a hub by an interrupted sync is taken off it
+            if volume.virtual_machine_id not in cloudstack.hub_ids():
                 raise VolumeRefused(
                     f"volume {item.volume_id} ({item.disk_id}) is attached to VM {volume.virtual_machine_id}, not "
-                    "the hub: another failover holds it; clean that up or revert it first"
+                    "a hub: another failover holds it; clean that up or revert it first"
                 )
             client.detach_volume(item.volume_id)
         client.attach_volume(item.volume_id, vm_id, item.device_id)
@@ -167,23 +168,28 @@ def power_on_source(vcenter: VCenter, vm: RecordedVM) -> str:
     return _set_power(vcenter, vm, True, "it stays off: power it on by hand in vCenter")
 
 
-def return_volume_to_hub(cloudstack: CloudStack, volume_id: str, capacity_bytes: int) -> bool:
-    """Compensation and cleanup: wherever the volume is, put it back on the hub and check its device.
+def leave_volume_detached(cloudstack: CloudStack, volume_id: str) -> bool:
+    """Compensation and cleanup: wherever the volume is, take it off (volumes rest detached between syncs).
 
-    True when it had to be moved (it was not on the hub), so a cleanup reports only what it did."""
+    True when a VM other than a hub held it (it was written there), so a cleanup reports only what it did and
+    the next sync does not trust the volume's change id."""
     with cloudstack.client() as client:
         volume = client.get_volume(volume_id)
-        moved = volume.virtual_machine_id != cloudstack.hub_vm_id
-        if volume.virtual_machine_id not in (None, cloudstack.hub_vm_id):
+        if volume.virtual_machine_id is None:
+            return False
+        written_elsewhere = volume.virtual_machine_id not in cloudstack.hub_ids()
+        if written_elsewhere:
             holder = client.get_vm(volume.virtual_machine_id)
             if holder.state == "Running":  # a root volume only comes off a stopped VM
                 client.stop_vm(holder.id, forced=True)
-            client.detach_volume(volume_id)
-            volume = client.get_volume(volume_id)
-        if volume.virtual_machine_id is None:
-            client.attach_volume(volume_id, cloudstack.hub_vm_id)
-    wait_for_device(cloudstack.device_root_path(), volume_id, capacity_bytes)
-    return moved
+        client.detach_volume(volume_id)
+    return written_elsewhere
+
+
+@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def destination_data_volume_limit(cloudstack: CloudStack) -> int:
+    with cloudstack.client() as client:
+        return destination_limit(client, cloudstack)
 
 
 def remove_destination_vm(cloudstack: CloudStack, vm_id: str, our_volume_ids: list[str]) -> bool:
@@ -206,42 +212,29 @@ def remove_destination_vm(cloudstack: CloudStack, vm_id: str, our_volume_ids: li
     return True
 
 
-def return_volumes_to_hub(
-    cloudstack: CloudStack, vm: RecordedVM, volumes: dict[int, VolumeView]
+def leave_volumes_detached(
+    cloudstack: CloudStack, volumes: dict[int, VolumeView]
 ) -> tuple[list[str], list[str]]:
-    """Cleanup and the reconciler: every replicated volume back on the hub, root first, then data in source
-    order (the order replication expects), each recorded with the device it got; returns (volumes on the hub,
-    volumes this call moved). A moved volume was written by the VM it was on, so its next sync compares every
-    block rather than trusting the change id."""
-    order = [item.vm_disk_id for item in plan_attachments(vm, volumes)] if volumes else []
-    capacity = {d.id: d.capacity_bytes for d in vm.present_disks()}
+    """Cleanup and the reconciler: every replicated volume of the VM off whatever VM holds it (volumes rest
+    detached between syncs); returns (the VM's volumes, those this call took off a VM other than a hub). Those
+    were written there, so their next sync compares every block rather than trusting the change id."""
     catalog = default_catalog()
     moved = []
-    for vm_disk_id in order:
+    for vm_disk_id in sorted(volumes):
         volume = volumes[vm_disk_id]
-        if return_volume_to_hub(cloudstack, volume.volume_id, capacity[vm_disk_id]):
+        if leave_volume_detached(cloudstack, volume.volume_id):
             moved.append(volume.volume_id)
             forget_change_id(catalog, volume.volume_id)
-        with cloudstack.client() as client:
-            answer = client.get_volume(volume.volume_id)
-        record_attachment(
-            catalog,
-            volume.volume_id,
-            vm_id=cloudstack.hub_vm_id,
-            device_id=answer.device_id,
-            device_path=volume.device_path,
-            state="attached-to-hub",
-        )
-    return [volumes[i].volume_id for i in order], moved
+        record_attachment(catalog, volume.volume_id, vm_id=None, device_id=None, device_path=None, state="detached")
+    return [volumes[i].volume_id for i in sorted(volumes)], moved
 
 
 def roll_back_interrupted_failover(cloudstack: CloudStack, failover: FailoverView) -> None:
-    """The reconciler, for a failover whose process died: its recorded destination VM goes, every volume goes
-    back on the hub, and the context says what is true (ready, or the source is off)."""
+    """The reconciler, for a failover whose process died: its recorded destination VM goes, every volume is left
+    detached, and the context says what is true (ready, or the source is off)."""
     catalog = default_catalog()
-    vm = get_vm(catalog, failover.vm_context_id)
     volumes = {v.vm_disk_id: v for v in volumes_of_vm(catalog, failover.vm_context_id)}
     if failover.destination_vm_id:
         remove_destination_vm(cloudstack, failover.destination_vm_id, [v.volume_id for v in volumes.values()])
-    return_volumes_to_hub(cloudstack, vm, volumes)
+    leave_volumes_detached(cloudstack, volumes)
     finish_failover(catalog, failover.id, "interrupted", context_after_rollback(catalog, failover.vm_context_id))

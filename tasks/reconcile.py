@@ -77,7 +77,7 @@ def sweep_snapshots(reconciler: Reconciler, vcenter: VCenter) -> list[Finding]:
 @task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def sweep_hub_volumes(reconciler: Reconciler, cloudstack: CloudStack) -> list[Finding]:
     with cloudstack.client() as client:
-        return reconciler.sweep_hub_volumes(client, cloudstack.hub_vm_id)
+        return [f for hub in cloudstack.hub_ids() for f in reconciler.sweep_hub_volumes(client, hub)]
 
 
 @task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)

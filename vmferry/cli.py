@@ -916,7 +916,7 @@ def cleanup(
     wait: WaitOption = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Roll a test failover back: test VM destroyed, every volume back on the hub. Safe to run again."""
+    """Roll a test failover back: test VM destroyed, every volume left detached. Safe to run again."""
     cli = _cli(ctx)
     with _operation(ctx, f"cleanup {vm}"):
         _quiet_prefect_console(cli.verbose)
@@ -1007,8 +1007,8 @@ def revert(
             return
         cli.out.print(
             f"{result.vm}: failover {result.failover_id} reverted; CloudStack VM "
-            f"{result.removed_vm or '(gone already)'} removed, {len(result.volumes_on_hub)} volume(s) back on the "
-            f"hub, source {result.source}"
+            f"{result.removed_vm or '(gone already)'} removed, {len(result.volumes_detached)} volume(s) back to "
+            f"replication (detached), source {result.source}"
         )
 
 
@@ -1209,10 +1209,12 @@ def status(
         from catalog import default_catalog
         from catalog.inventory import find_vm, list_vms
         from catalog.jobs import list_jobs
+        from catalog.replication import volumes_of_vm
         from catalog.restore_points import committed_points, points_in_state
 
         catalog = default_catalog()
         recorded = [find_vm(catalog, name) for name in vms] if vms else list_vms(catalog)
+        retired = [v for vm in recorded for v in volumes_of_vm(catalog, vm.vm_context_id, retired=True)]
         ids = {vm.vm_context_id for vm in recorded}
         names = {vm.vm_context_id: vm.name for vm in recorded}
         points = [p for vm in recorded for p in committed_points(catalog, vm.vm_context_id)]
@@ -1228,11 +1230,25 @@ def status(
                     "vms": [_dump(vm) for vm in recorded],
                     "restore_points": [_dump(p) for p in points],
                     "jobs": [_dump(j) for j in recent],
+                    "retired_volumes": [_dump(v) for v in retired],
                 }
             )
             return
         _print_protection(cli.out, protection)
         _print_status(cli.out, recorded, points, recent, names)
+        _print_retired_volumes(cli.out, retired)
+
+
+def _print_retired_volumes(out: Console, retired: list[Any]) -> None:
+    """Volumes of disks that are gone: vmferry never writes them again; deleting them is the operator's call."""
+    if not retired:
+        return
+    table = Table(title="retired volumes (their disks are gone; delete them in CloudStack when no longer needed)")
+    for column in ("volume", "name", "catalog disk id", "retired at"):
+        table.add_column(column)
+    for volume in retired:
+        table.add_row(volume.volume_id, volume.name or "", str(volume.vm_disk_id), str(volume.retired_at))
+    out.print(table)
 
 
 def _print_protection(out: Console, protection: list[Any]) -> None:

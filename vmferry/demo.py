@@ -131,7 +131,7 @@ def main() -> int:
     console.print(devices)
     cleaned = cleanup_failover("pgtest1", cloudstack)
     console.print(
-        f"cleanup: test VM(s) {cleaned.removed_vms} destroyed, {len(cleaned.volumes_on_hub)} volumes back on the hub"
+        f"cleanup: test VM(s) {cleaned.removed_vms} destroyed, {len(cleaned.volumes_detached)} volumes left detached"
     )
     return 0
 

@@ -31,7 +31,8 @@ class PlannedAttachment(BaseModel):
     is_root: bool
 
 
-def data_device_ids(count: int, max_data_disks: int = 6) -> list[int]:
+def data_device_ids(count: int, max_data_disks: int) -> list[int]:
+    """``max_data_disks`` is CloudStack's maxdatavolumeslimit for the destination's hypervisor."""
     if count > max_data_disks:
         raise FailoverRefused(f"{count} data disks, but a CloudStack VM takes at most {max_data_disks}")
     ids = [n for n in range(1, max_data_disks + 2) if n != CDROM_DEVICE_ID]
@@ -42,15 +43,20 @@ def _source_order(disk: RecordedDisk) -> tuple[int, int, int, int]:
     return (BUS_BOOT_RANK.get(disk.bus, 9), disk.bus_number, disk.unit_number or 0, disk.device_key)
 
 
-def plan_attachments(
-    vm: RecordedVM, volumes: dict[int, VolumeView], max_data_disks: int = 6
-) -> list[PlannedAttachment]:
+def plan_attachments(vm: RecordedVM, volumes: dict[int, VolumeView], max_data_disks: int) -> list[PlannedAttachment]:
     disks = vm.present_disks()
     if not disks:
         raise FailoverRefused(f"VM {vm.name!r} has no disks in the catalog")
-    missing = [d.disk_id for d in disks if d.id not in volumes or volumes[d.id].last_synced_at is None]
+    missing = [d.disk_id for d in disks if d.id not in volumes]
     if missing:
         raise FailoverRefused(f"VM {vm.name!r}: disk(s) {missing} have no replicated volume yet; replicate first")
+    # a volume whose last copy was interrupted holds a mix of old and new blocks: never boot from it
+    incomplete = [d.disk_id for d in disks if not volumes[d.id].complete]
+    if incomplete:
+        raise FailoverRefused(
+            f"VM {vm.name!r}: the volume(s) of disk(s) {incomplete} hold no complete copy (never synced, or the last "
+            "sync was interrupted); replicate again first"
+        )
     roots = [d for d in disks if d.is_boot]
     if len(roots) != 1:
         raise FailoverRefused(f"VM {vm.name!r} has no recorded OS disk; set one with set_boot_disk")

@@ -6,6 +6,11 @@
   keyed on the vCenter itself rather than on a block, so two blocks naming the same vCenter share one limit.
 - ``vm-<instance uuid>``: one job per VM at a time (one slot; vmferry/runs.py ``vm_job``), keyed on the
   instance UUID because a VM's name can change between two jobs.
+- ``hub-volumes-<hub VM uuid>``: volumes attached to one hub at once. Sized from CloudStack (the hub's
+  data-volume limit), set by the run that finds it different, never by the operator; a sync takes one slot per
+  disk of its VM.
+- ``vm-volumes-<installation>-<vm context id>``: one slot; whoever moves a VM's volumes (a sync, a failover)
+  holds it, so a failover waits for a running sync to detach them.
 
 ``deployments/deploy.py`` creates them with the operator's values. A run that finds its limit missing creates
 it with the default from settings (VMFERRY_REPOSITORY_BACKUP_LIMIT, VMFERRY_VCENTER_SNAPSHOT_LIMIT) and says
@@ -18,7 +23,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +46,12 @@ def vm_limit_name(instance_uuid: str) -> str:
 
 
 def ensure_limit(
-    name: str, default: int, logger: logging.Logger | logging.LoggerAdapter = log, *, quiet: bool = False
+    name: str,
+    default: int,
+    logger: logging.Logger | logging.LoggerAdapter = log,
+    origin: str = "deployments/deploy.py sets the operator's value",
+    *,
+    quiet: bool = False,
 ) -> bool:
     """Create the limit with ``default`` slots when it does not exist; an existing one is left as it is.
 
@@ -59,10 +69,7 @@ def ensure_limit(
             try:
                 client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=default))
                 (logger.debug if quiet else logger.warning)(
-                    "global concurrency limit %s did not exist: created it with %d slots "
-                    "(deployments/deploy.py sets the operator's value)",
-                    name,
-                    default,
+                    "global concurrency limit %s did not exist: created it with %d slots (%s)", name, default, origin
                 )
             except ObjectAlreadyExists:
                 pass  # another run created it between our read and our create
@@ -105,3 +112,48 @@ def holding(name: str, default: int, logger: logging.Logger | logging.LoggerAdap
     ensure_limit(name, default, logger)
     with slot(name):
         yield
+
+
+def hub_limit_name(hub_vm_id: str) -> str:
+    return f"hub-volumes-{_UNSAFE.sub('-', hub_vm_id.lower())}"
+
+
+def vm_volumes_limit_name(installation_id: str, vm_context_id: int) -> str:
+    return f"vm-volumes-{installation_id[:8]}-{vm_context_id}"
+
+
+def set_limit(name: str, size: int, logger: logging.Logger | logging.LoggerAdapter = log) -> None:
+    """The limit exists with exactly ``size`` slots: a limit derived from the system follows the system."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+
+    ensure_limit(name, size, logger, origin="sized from what CloudStack reports")
+    with get_client(sync_client=True) as client:
+        limit = client.read_global_concurrency_limit_by_name(name)
+        if limit.limit != size or not limit.active:
+            logger.info("global concurrency limit %s: %d slots (was %d)", name, size, limit.limit)
+            client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(limit=size, active=True))
+
+
+@contextmanager
+def first_free(
+    names: list[str], slots: int, logger: logging.Logger | logging.LoggerAdapter = log, poll: float = 1.0
+) -> Iterator[str]:
+    """``slots`` slots of the first limit in ``names`` that has room, waiting (and saying so) until one has."""
+    from prefect.concurrency._asyncio import AcquireConcurrencySlotTimeoutError
+    from prefect.concurrency.sync import concurrency
+
+    said = False
+    while True:
+        for name in names:
+            taken = ExitStack()
+            try:
+                taken.enter_context(concurrency(name, occupy=slots, timeout_seconds=poll / len(names), strict=True))
+            except AcquireConcurrencySlotTimeoutError:
+                continue
+            with taken:
+                yield name
+            return
+        if not said:
+            logger.info("waiting for %d free slot(s) on any of %s", slots, ", ".join(names))
+            said = True

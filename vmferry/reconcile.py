@@ -46,7 +46,7 @@ from catalog.failovers import FailoverView, unfinished_failovers
 from catalog.jobs import FINISHED_STATES, fail_running_job, get_job, running_jobs
 from catalog.models import utcnow
 from catalog.ports import held_leases, release_port
-from catalog.replication import recorded_volume_ids
+from catalog.replication import recorded_volume_contexts
 from catalog.resources import ResourceView, live_resources, mark_resource_removed, mark_snapshot_removed
 from catalog.restore_points import fail_pending_point, find_point, points_in_state
 from clients.cloudstack import CloudStackClient
@@ -60,7 +60,7 @@ FINAL_STATE_TYPES = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
 _PARTIAL_DIR = re.compile(rf"^point-(\d+){re.escape(PARTIAL_SUFFIX)}$")
 _VM_DIR = re.compile(r"^vm-(\d+)$")
 # tasks/cloudstack.volume_name: a volume a running replication may have created but not yet recorded
-_OUR_VOLUME = re.compile(r"^vmferry-vm(\d+)-disk-\d+$")
+_OUR_VOLUME = re.compile(r"^vmferry-vm(\d+)-disk-\d+-r\d+-[0-9a-f]{8}$")
 
 
 # --- which process runs a flow -----------------------------------------------------------------------------
@@ -511,16 +511,21 @@ class Reconciler:
 
     def sweep_hub_volumes(self, client: CloudStackClient, hub_vm_id: str) -> list[Finding]:
         findings = []
-        owned = recorded_volume_ids(self.catalog)
+        owned = recorded_volume_contexts(self.catalog)
         busy_contexts: dict[int, str] = {}
         for owner in self.judge.running_jobs_alive():
             job = get_job(self.catalog, owner.job_id)
             if job.vm_context_id is not None:
                 busy_contexts[job.vm_context_id] = job.id
         for volume in client.list_volumes(virtual_machine_id=hub_vm_id):
-            if volume.id in owned or volume.type == "ROOT":
-                continue  # a replicated disk's volume, or the hub's own system disk
+            if volume.type == "ROOT" or owned.get(volume.id, -1) in busy_contexts:
+                continue  # the hub's own system disk, or a volume a running sync is writing
             subject = f"volume {volume.id} ({volume.name}, {volume.type}, device {volume.device_id}) on hub {hub_vm_id}"
+            if volume.id in owned:
+                # a sync that died left it attached: volumes rest detached, and it holds one of the hub's slots
+                finding = Finding(kind="hub-volume", subject=subject, owner="no running sync of its VM", action="")
+                findings.append(self._act(finding, "detach", "detached", lambda v=volume.id: client.detach_volume(v)))
+                continue
             finding = Finding(kind="hub-volume", subject=subject, owner="no vm context owns it", action="")
             ours = _OUR_VOLUME.match(volume.name)
             if ours and int(ours[1]) in busy_contexts:

@@ -32,7 +32,12 @@ class AgentProcess:
 
 
 def start_agent(
-    lab: LabVCenter, workdir: Path, *, timeout: float = 30, nbd_tls: NbdTlsSettings | None = None
+    lab: LabVCenter,
+    workdir: Path,
+    *,
+    timeout: float = 30,
+    nbd_tls: NbdTlsSettings | None = None,
+    max_parallel_disks: int | None = None,
 ) -> AgentProcess:
     """Write a 0600 config for the lab vCenter, start ``python -m agent``, wait until it answers.
 
@@ -52,6 +57,8 @@ def start_agent(
     }
     if nbd_tls is not None:
         config["nbd_tls"] = nbd_tls.model_dump(exclude_none=True)
+    if max_parallel_disks is not None:  # one disk after the other: a test can stop the copy between two disks
+        config["max_parallel_disks"] = max_parallel_disks
     config_path = workdir / "agent.json"
     fd = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:

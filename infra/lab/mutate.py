@@ -18,6 +18,7 @@ from infra.lab.seed import (
     run_task,
     scsi_controllers,
     virtual_disks,
+    vmdk_descriptor,
 )
 from infra.lab.vcenter import LabVCenter, session
 
@@ -66,6 +67,18 @@ def add_disk(si: vim.ServiceInstance, vm_name: str, size_bytes: int, controller_
     if len(added) != 1:
         raise RuntimeError(f"{vm_name}: expected one new disk, found {[d.key for d in added]}")
     return int(added[0].key)
+
+
+def add_readable_disk(si: vim.ServiceInstance, lab: LabVCenter, vm_name: str, size_bytes: int) -> int:
+    """``add_disk``, then the descriptor and zeroed extent ESXi would have written (vcsim leaves both empty), so
+    an agent can read the new disk."""
+    key = add_disk(si, vm_name, size_bytes)
+    descriptor = find_disk(require_vm(si, vm_name), key).backing.fileName
+    flat = dsfiles.flat_path(descriptor)
+    cookie = dsfiles.session_cookie(si)
+    dsfiles.upload(lab, descriptor, vmdk_descriptor(flat.rsplit("/", 1)[-1], size_bytes), cookie=cookie)
+    dsfiles.upload(lab, flat, bytes(size_bytes), cookie=cookie)
+    return key
 
 
 def remove_disk(si: vim.ServiceInstance, vm_name: str, device_key: int) -> None:

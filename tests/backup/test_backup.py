@@ -31,6 +31,7 @@ def test_full_then_incremental(
     repo = repository_block.repository()
     full = backup_vm(vm_name, repository_block, agent_block, lab_vcenter_block)
     assert full.kind == "full" and full.state == "committed"
+    assert {d.content_state for d in full.disks} == {"complete"}
     at_full = {d.device_key: source_facts(lab, vm_name, d.device_key, tmp_path) for d in full.disks}
     for disk in full.disks:
         assert target_facts(repo.absolute(disk.file_path), tmp_path) == at_full[disk.device_key]

@@ -19,7 +19,7 @@ from clients.qemu import QemuError
 from flows.backup import backup_vm
 from flows.verify import verify_restore_point
 from infra.lab.agent import start_agent
-from tests.agent.helpers import assert_nothing_left, our_qemu_nbd_pids
+from tests.agent.helpers import assert_nothing_left, our_qemu_nbd_pids, running_agent_jobs
 from vmferry.repository import RepositoryError
 
 pytestmark = pytest.mark.usefixtures("prefect_backend", "nbd_port_range")
@@ -126,7 +126,7 @@ def test_agent_dies_mid_copy_of_disk_2(
         deadline = time.monotonic() + 60
         while True:  # wait until the second disk has bytes copied but is not finished
             with block.client() as client:
-                jobs = [j for j in _agent_jobs(client) if j.state == "running"]
+                jobs = [j for j in running_agent_jobs(client, "backup") if j.state == "running"]
             disks = sorted(jobs[0].disks, key=lambda d: d.disk_key) if jobs else []
             if len(disks) == 2 and 0 < disks[1].bytes_done < disks[1].bytes_total:
                 break
@@ -138,21 +138,6 @@ def test_agent_dies_mid_copy_of_disk_2(
         doomed.stop(signal.SIGKILL)
     assert isinstance(outcome.get("error"), AgentUnreachable), outcome
     _assert_clean_after_failure(configured_catalog, lab, two_disk_vm, repository_block, previous)
-
-
-def _agent_jobs(client):
-    """The agent has no job listing in its contract: read the one job of the running backup by its id."""
-    from catalog import default_catalog
-    from catalog.jobs import list_jobs
-
-    running = [j for j in list_jobs(default_catalog()) if j.kind == "backup" and j.state == "running"]
-    found = []
-    for job in running:
-        try:
-            found.append(client.status(job.id))
-        except AgentError:
-            pass
-    return found
 
 
 def test_repository_not_writable(

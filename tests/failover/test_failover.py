@@ -41,7 +41,7 @@ def source_shas(lab, vm_name: str, catalog) -> dict[int, tuple[str, int]]:
     return out
 
 
-def assert_back_on_hub(sim, cloudstack_block, catalog, vm_name: str, expected: dict[int, tuple[str, int]]) -> None:
+def assert_left_detached(sim, cloudstack_block, catalog, vm_name: str, expected: dict[int, tuple[str, int]]) -> None:
     vm = find_vm(catalog, vm_name)
     assert context_state(catalog, vm.vm_context_id) == READY_FOR_FAILOVER
     with cloudstack_block.client() as client:
@@ -49,8 +49,9 @@ def assert_back_on_hub(sim, cloudstack_block, catalog, vm_name: str, expected: d
         assert test_vms == []
         for volume in volumes_of_vm(catalog, vm.vm_context_id):
             answer = client.get_volume(volume.volume_id)
-            assert answer.virtual_machine_id == cloudstack_block.hub_vm_id and answer.type == "DATADISK"
-            assert device_path_for_volume(sim.dev_root, volume.volume_id).exists()
+            # volumes rest detached (Ready) between syncs, as replication leaves them
+            assert answer.virtual_machine_id is None and answer.type == "DATADISK" and answer.state == "Ready"
+            assert not device_path_for_volume(sim.dev_root, volume.volume_id).exists()
             sha, capacity = expected[volume.vm_disk_id]
             assert volume_sha(sim, volume.volume_id, capacity) == sha  # data intact
 
@@ -83,9 +84,9 @@ def test_test_failover_then_cleanup(
     assert context_state(configured_catalog, vm.vm_context_id) == "failed-over-test"
 
     cleanup_failover(name, cloudstack_block)
-    assert_back_on_hub(cloudstack_sim, cloudstack_block, configured_catalog, name, expected)
+    assert_left_detached(cloudstack_sim, cloudstack_block, configured_catalog, name, expected)
     cleanup_failover(name, cloudstack_block)  # twice in a row: same clean end state
-    assert_back_on_hub(cloudstack_sim, cloudstack_block, configured_catalog, name, expected)
+    assert_left_detached(cloudstack_sim, cloudstack_block, configured_catalog, name, expected)
 
 
 STEPS = [
@@ -114,7 +115,7 @@ def test_a_cloudstack_failure_at_any_step_rolls_back(
     with pytest.raises(CloudStackError, match=f"injected failure of {command}"):
         failover_vm(name, cloudstack_block)
     cloudstack_sim.clear_faults()
-    assert_back_on_hub(cloudstack_sim, cloudstack_block, configured_catalog, name, expected)
+    assert_left_detached(cloudstack_sim, cloudstack_block, configured_catalog, name, expected)
     (record,) = failovers_of(configured_catalog, find_vm(configured_catalog, name).vm_context_id)
     assert record.state == "rolled-back"
 
@@ -152,7 +153,7 @@ def test_cleanup_after_a_failover_process_was_killed(
     cloudstack_sim.job_delay = 0.02
     free_vm_slot(vm.instance_uuid)  # the killed failover held the VM's slot; the harness repossesses no lease
     cleanup_failover(name, cloudstack_block)
-    assert_back_on_hub(cloudstack_sim, cloudstack_block, configured_catalog, name, expected)
+    assert_left_detached(cloudstack_sim, cloudstack_block, configured_catalog, name, expected)
 
 
 def test_live_failover_powers_the_source_off(

@@ -238,19 +238,23 @@ def test_a_foreign_volume_on_the_hub_is_detached(cloudstack_sim, cloudstack_bloc
     assert len(before) == 3 and sorted(before.values()) == ["DATADISK", "DATADISK", "ROOT"]
 
     dry = reconcile(cloudstack=cloudstack_block, dry_run=True)
-    (finding,) = dry.of("hub-volume")
-    assert finding.action == "would detach" and foreign.id in finding.subject
+    foreign_finding, ours_finding = sorted(dry.of("hub-volume"), key=lambda f: ours.id in f.subject)
+    assert foreign_finding.action == "would detach" and foreign.id in foreign_finding.subject
+    assert ours_finding.action == "would detach" and ours_finding.owner == "no running sync of its VM"
     with cloudstack_block.client() as client:
         assert {v.id for v in client.list_volumes(virtual_machine_id=hub)} == set(before)
 
     report = reconcile(cloudstack=cloudstack_block)
-    (finding,) = report.of("hub-volume")
-    assert finding.action == "detached" and foreign.id in finding.subject
-    assert finding.owner == "no vm context owns it"
+    foreign_finding, ours_finding = sorted(report.of("hub-volume"), key=lambda f: ours.id in f.subject)
+    assert foreign_finding.action == "detached" and foreign.id in foreign_finding.subject
+    assert foreign_finding.owner == "no vm context owns it"
+    # a replicated volume left on the hub by a sync that died is detached too: volumes rest detached
+    assert ours_finding.action == "detached" and ours.id in ours_finding.subject
     with cloudstack_block.client() as client:
         after = {v.id for v in client.list_volumes(virtual_machine_id=hub)}
         assert client.get_volume(foreign.id).virtual_machine_id is None  # detached, never deleted
-    assert after == set(before) - {foreign.id}  # the replicated volume and the hub's ROOT stay
+        assert client.get_volume(ours.id).virtual_machine_id is None
+    assert after == set(before) - {foreign.id, ours.id}  # the hub's ROOT stays
 
 
 def test_a_running_jobs_resources_are_left_alone(

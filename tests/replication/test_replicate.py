@@ -69,8 +69,14 @@ def test_initial_replication(
     rows = {v.vm_disk_id: v for v in volumes_of_vm(configured_catalog, vm.vm_context_id)}
     for disk in result.disks:
         assert rows[disk.vm_disk_id].volume_id == disk.volume_id
-        assert rows[disk.vm_disk_id].attached_vm_id == cloudstack_block.hub_vm_id
-        assert rows[disk.vm_disk_id].device_path.endswith(disk.volume_id.replace("-", "")[:20])
+        # written through the hub, then detached: between syncs a volume is Ready and on no VM
+        assert disk.device_path.endswith(disk.volume_id.replace("-", "")[:20])
+        assert rows[disk.vm_disk_id].attached_vm_id is None and rows[disk.vm_disk_id].content_state == "complete"
+        with cloudstack_block.client() as client:
+            volume = client.get_volume(disk.volume_id)
+        assert volume.virtual_machine_id is None and volume.state == "Ready"
+        assert volume.tag_map["vmferry-vm-instance-uuid"] == vm.instance_uuid
+        assert volume.tag_map["vmferry-disk-row"] == str(disk.vm_disk_id)
     exports = exports_for_job(configured_catalog, result.job_id)
     by_disk = {e.vm_disk_id: e for e in exports}
     assert {d.vm_disk_id: d.device_path for d in result.disks} == {k: e.file_path for k, e in by_disk.items()}

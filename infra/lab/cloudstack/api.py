@@ -23,6 +23,7 @@ from infra.lab.cloudstack.cloud import (
     VirtualMachine,
     Volume,
     Zone,
+    cloud_runtime_error,
     invalid_value,
     param_error,
 )
@@ -34,7 +35,7 @@ TEMPLATE_FILTERS = ("featured", "self", "selfexecutable", "sharedexecutable", "e
 @dataclass(frozen=True)
 class Param:
     name: str
-    type: str  # uuid, uuid_list, long, boolean, string, map, map_list
+    type: str  # uuid, uuid_list, long, boolean, string, string_list, map, map_list, key_value_map
     required: bool = False
     entity: str | None = None
     admin_only: bool = False  # @Parameter(authorized = {RoleType.Admin}): ignored for anyone else
@@ -86,6 +87,13 @@ def process_parameters(
     for param in command.params:
         if param.admin_only and not admin:
             continue
+        if param.type == "key_value_map":
+            pairs = _key_value_entries(short, raw, param.name)
+            if pairs:
+                values[param.name] = pairs
+            elif param.required:
+                raise param_error(f"Unable to execute API command {short} due to missing parameter {param.name}")
+            continue
         if param.type in ("map", "map_list"):
             groups = _map_groups(raw, param.name)
             if groups:
@@ -113,6 +121,8 @@ def process_parameters(
             values[param.name] = value
         elif param.type == "uuid":
             values[param.name] = _translate(short, param, value, resolve)
+        elif param.type == "string_list":
+            values[param.name] = [token for token in value.split(",") if token]
         elif param.type == "uuid_list":
             values[param.name] = [_translate(short, param, token, resolve) for token in value.split(",") if token]
         else:  # pragma: no cover - a typo in the table below
@@ -150,6 +160,38 @@ def _check_paging(short: str, raw: dict[str, str]) -> None:
 # default.page.size, which is also the largest page BaseListCmd allows
 DEFAULT_PAGE_SIZE = 500
 PAGING = (Param("page", "long"), Param("pagesize", "long"))
+
+
+_INDEXED_ENTRY = re.compile(r"^(?P<name>[a-z]+)\[(?P<index>\d+)\]\.(?P<field>\w+)$")
+
+
+def _key_value_entries(short: str, raw: dict[str, str], name: str) -> dict[str, str | None]:
+    """A key/value map parameter, ``tags[0].key=a&tags[0].value=b``: ParamUnpackWorker groups the fields by
+    index, TaggedResources.parseKeyValueMap makes one key -> value per index (a later index wins a repeated
+    key). A missing value is kept as None here; each command decides (list filters refuse it)."""
+    grouped: dict[int, dict[str, str]] = {}
+    for key, value in raw.items():
+        match = _INDEXED_ENTRY.match(key)
+        if match and match["name"] == name:
+            grouped.setdefault(int(match["index"]), {})[match["field"]] = value
+    pairs: dict[str, str | None] = {}
+    for index in sorted(grouped):
+        entry = grouped[index]
+        if "key" not in entry:
+            raise param_error(f"Unable to execute API command {short} due to missing key for {name}[{index}]")  # [U]
+        pairs[entry["key"]] = entry.get("value")
+    return pairs
+
+
+def _tag_filter(p: dict[str, Any]) -> dict[str, str] | None:
+    """BaseListTaggedResourcesCmd.getTags: every filter pair needs a value."""
+    tags: dict[str, str | None] | None = p.get("tags")
+    if not tags:
+        return None
+    for key, value in tags.items():
+        if value is None:
+            raise invalid_value(f"No value is passed in for key {key}")
+    return {k: v for k, v in tags.items() if v is not None}
 
 
 def _translate(short: str, param: Param, value: str, resolve: Resolver) -> Any:
@@ -234,6 +276,9 @@ def _list_volumes(cloud: Cloud, p: dict[str, Any]) -> dict[str, Any]:
         items = [v for v in items if v.zone is p["zoneid"]]
     if "keyword" in p:
         items = [v for v in items if p["keyword"].lower() in v.name.lower()]
+    wanted = _tag_filter(p)
+    if wanted:
+        items = [v for v in items if cloud.matches_any_tag(cloud.tags_of("Volume", v.id), wanted)]
     return list_body("volume", [v.response(cloud, full=p["_full"]) for v in items], p)
 
 
@@ -410,6 +455,57 @@ def _list_vms(cloud: Cloud, p: dict[str, Any]) -> dict[str, Any]:
     return list_body("virtualmachine", [vm.response() for vm in items], p)
 
 
+# ---- resource tags and hypervisor capabilities (issue 11) ---------------------------------------------------
+
+
+def _create_tags(cloud: Cloud, p: dict[str, Any]) -> AsyncWork:
+    """CreateTagsCmd (async): the type is checked when the command is built, the tags in its job."""
+    resource_type = cloud.resource_type(p["resourcetype"])
+    ids: list[str] = p["resourceids"]
+    tags: dict[str, str | None] = p["tags"]
+
+    def run() -> dict[str, Any]:
+        cloud.create_tags(ids, resource_type, tags, p.get("customer"))
+        return {"success": True}
+
+    return AsyncWork(run=run, instance_type="None", instance_id="")
+
+
+def _delete_tags(cloud: Cloud, p: dict[str, Any]) -> AsyncWork:
+    """DeleteTagsCmd (async): ``tags`` optional; nothing matched fails the job ("Failed to delete tags")."""
+    resource_type = cloud.resource_type(p["resourcetype"])
+    ids: list[str] = p["resourceids"]
+    tags: dict[str, str | None] = p.get("tags", {})
+
+    def run() -> dict[str, Any]:
+        if not cloud.delete_tags(ids, resource_type, tags):
+            raise cloud_runtime_error("Failed to delete tags")
+        return {"success": True}
+
+    return AsyncWork(run=run, instance_type="None", instance_id="")
+
+
+def _list_tags(cloud: Cloud, p: dict[str, Any]) -> dict[str, Any]:
+    """ListTagsCmd (QueryManagerImpl.listTags): exact filters on type, resource id, key, value and customer."""
+    items = list(cloud.resource_tags)
+    if "resourcetype" in p:
+        resource_type = cloud.resource_type(p["resourcetype"])
+        items = [t for t in items if t.resource_type == resource_type]
+    fields = (("resourceid", "resource_id"), ("key", "key"), ("value", "value"), ("customer", "customer"))
+    for param, attribute in fields:
+        if param in p:
+            items = [t for t in items if getattr(t, attribute) == p[param]]
+    return list_body("tag", [t.response() for t in items], p)
+
+
+def _list_hypervisor_capabilities(cloud: Cloud, p: dict[str, Any]) -> dict[str, Any]:
+    """ListHypervisorCapabilitiesCmd: each row's object name is "hypervisorCapabilities"."""
+    items = cloud.list_hypervisor_capabilities(p.get("hypervisor"))
+    if "id" in p:
+        items = [c for c in items if c.id == p["id"]]
+    return list_body("hypervisorCapabilities", [c.response() for c in items], p)
+
+
 # ---- what a client resolves names with ---------------------------------------------------------------------
 
 
@@ -501,8 +597,49 @@ COMMANDS: dict[str, Command] = {
                 Param("keyword", "string"),
                 Param("listall", "boolean"),
                 *PAGING,
+                Param("tags", "key_value_map"),
             ),
             _list_volumes,
+        ),
+        Command(
+            "createTags",
+            (
+                Param("tags", "key_value_map", True),
+                Param("resourcetype", "string", True),
+                Param("resourceids", "string_list", True),
+                Param("customer", "string"),
+            ),
+            _create_tags,
+            "org.apache.cloudstack.api.command.user.tag.CreateTagsCmd",
+        ),
+        Command(
+            "deleteTags",
+            (
+                Param("tags", "key_value_map"),
+                Param("resourcetype", "string", True),
+                Param("resourceids", "string_list", True),
+            ),
+            _delete_tags,
+            "org.apache.cloudstack.api.command.user.tag.DeleteTagsCmd",
+        ),
+        Command(
+            "listTags",
+            (
+                Param("resourcetype", "string"),
+                Param("resourceid", "string"),
+                Param("key", "string"),
+                Param("value", "string"),
+                Param("customer", "string"),
+                Param("listall", "boolean"),
+                *PAGING,
+            ),
+            _list_tags,
+        ),
+        Command(
+            "listHypervisorCapabilities",
+            (Param("id", "string"), Param("hypervisor", "string"), Param("keyword", "string"), *PAGING),
+            _list_hypervisor_capabilities,
+            admin_only=True,  # ListHypervisorCapabilitiesCmd sits in the admin package
         ),
         Command(
             "attachVolume",

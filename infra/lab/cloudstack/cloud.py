@@ -386,6 +386,8 @@ class Volume:
         out: dict[str, Any] = {
             "id": self.id,
             "name": self.name,
+            # VolumeJoinDaoImpl.newVolumeResponse adds every ResourceTag of the volume (an empty list when none)
+            "tags": [tag.response() for tag in cloud.tags_of("Volume", self.id)],
             "zoneid": self.zone.id,
             "zonename": self.zone.name,
             "type": self.type,
@@ -424,6 +426,60 @@ class Volume:
             if self.attached is not None:
                 out["attached"] = cs_time(self.attached)
         return out
+
+
+@dataclass
+class HypervisorCapabilities:
+    """A hypervisor_capabilities row (HypervisorCapabilitiesVO); HypervisorCapabilitiesResponse's fields."""
+
+    id: str
+    hypervisor: str
+    version: str
+    max_data_volumes_limit: int
+    max_guests_limit: int = 50
+
+    def response(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "hypervisor": self.hypervisor,
+            "hypervisorversion": self.version,
+            "maxguestslimit": self.max_guests_limit,
+            "maxdatavolumeslimit": self.max_data_volumes_limit,
+            "maxhostspercluster": 16,
+            "securitygroupenabled": True,
+            "storagemotionenabled": True,
+            "vmsnapshotenabled": True,
+        }
+
+
+@dataclass
+class ResourceTag:
+    """A resource_tags row (ResourceTagVO); ResourceTagResponse's fields."""
+
+    key: str
+    value: str
+    resource_type: str  # ResourceObjectType's name: Volume, UserVm, ...
+    resource_id: str  # the resource's uuid
+    customer: str | None = None
+
+    def response(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "key": self.key,
+            "value": self.value,
+            "resourcetype": self.resource_type,
+            "resourceid": self.resource_id,
+            "account": ACCOUNT,
+            "domainid": DOMAIN_ID,
+            "domain": DOMAIN,
+        }
+        if self.customer is not None:
+            out["customer"] = self.customer
+        return out
+
+
+# ResourceTag.ResourceObjectType names the simulator knows (CloudStack has many more); the value is the entity
+# kind ``Cloud.resolve`` looks the uuid up in.
+TAGGABLE_TYPES = {"Volume": "volume", "UserVm": "vm", "Template": "template", "Zone": "zone"}
 
 
 @dataclass(frozen=True)
@@ -465,7 +521,17 @@ class Cloud:
         self.by_id_dir = self.dev_root / "disk" / "by-id"
         self.volumes_dir.mkdir(parents=True, exist_ok=True)
         self.by_id_dir.mkdir(parents=True, exist_ok=True)
-        self.max_data_disks = max_data_disks
+        # hypervisor_capabilities rows: the data-volume limit is read from here, per hypervisor and version
+        self.hypervisor_capabilities: list[HypervisorCapabilities] = [
+            HypervisorCapabilities(str(uuid.uuid4()), HYPERVISOR, "default", max_data_disks),
+            HypervisorCapabilities(str(uuid.uuid4()), "VMware", "default", 59),
+            HypervisorCapabilities(str(uuid.uuid4()), "XenServer", "default", 13),
+        ]
+        self.resource_tags: list[ResourceTag] = []
+        # the most data volumes each VM held at once: what tests check a hub's limit against
+        self.data_volume_high_water: dict[str, int] = {}
+        # VMs whose attached volumes show up under dev/disk/by-id: the hub(s) the lab's workers run on
+        self.hub_vm_ids: list[str] = []
 
         self.zones: dict[str, Zone] = {}
         self.clusters: dict[str, Cluster] = {}
@@ -518,6 +584,7 @@ class Cloud:
             cluster_id=cluster.id,
             primary_pool_id=primary.id,
         )
+        self.hub_vm_ids.append(hub.id)
         self.start_vm(hub)
 
     # ---- lookups ---------------------------------------------------------------------------------------------
@@ -772,6 +839,8 @@ class Cloud:
         self._remove_volume(volume)
 
     def _remove_volume(self, volume: Volume) -> None:
+        # VolumeServiceImpl removes the volume's resource tags with it (ResourceTagDao.removeByIdAndType)
+        self.delete_tags([volume.id], "Volume", {})
         self.volumes.pop(volume.id, None)
         self.removed["volume"][volume.id] = volume
         self.volume_file(volume).unlink(missing_ok=True)
@@ -802,9 +871,10 @@ class Cloud:
         # checkNumberOfAttachedVolumes
         if device_id is None or device_id != 0:
             data_disks = [v for v in self.volumes_of(vm) if v.type == "DATADISK"]
-            if len(data_disks) >= self.max_data_disks:
+            limit = self.max_data_volumes(vm)
+            if len(data_disks) >= limit:
                 raise invalid_value(
-                    f"The specified VM already has the maximum number of data disks ({self.max_data_disks}) "
+                    f"The specified VM already has the maximum number of data disks ({limit}) "
                     "attached. Please specify another VM."
                 )
         # orchestrateAttachVolumeToVM: an Allocated volume is created on the pool of the VM's ROOT; one on
@@ -827,11 +897,13 @@ class Cloud:
         volume.attached = now()
         if chosen == 0:
             volume.type = "ROOT"  # VolumeDaoImpl.attachVolume
+        held = sum(1 for v in self.volumes_of(vm) if v.type == "DATADISK")
+        self.data_volume_high_water[vm.id] = max(held, self.data_volume_high_water.get(vm.id, 0))
         self.sync_hub_links()
         return volume
 
     def _device_id(self, vm: VirtualMachine, device_id: int | None) -> int:
-        max_device_id = self.max_data_disks + 2 - 1  # "add 2 to consider devices root volume and cdrom"
+        max_device_id = self.max_data_volumes(vm) + 2 - 1  # "add 2 to consider devices root volume and cdrom"
         used = {v.device_id for v in self.volumes_of(vm)}
         if device_id is not None:
             if device_id < 0 or device_id > max_device_id or device_id == CDROM_DEVICE_ID:
@@ -1016,11 +1088,14 @@ class Cloud:
         return volume_id.replace("-", "")[:20]
 
     def sync_hub_links(self) -> None:
-        """Make ``dev/disk/by-id`` show exactly the volumes attached to the running hub, as udev would, named
-        for the hub's disk bus."""
-        hub = self.vms.get(self.seed.hub_vm_id)
+        """Make ``dev/disk/by-id`` show exactly the volumes attached to the running hub(s), as udev would.
+
+        The lab's hubs share one machine, so one directory shows what every hub of the pool sees."""
         wanted: dict[str, Path] = {}
-        if hub is not None and hub.state == "Running":
+        for hub_id in self.hub_vm_ids:
+            hub = self.vms.get(hub_id)
+            if hub is None or hub.state != "Running":
+                continue
             for volume in self.volumes_of(hub):
                 file = self.volume_file(volume)
                 if file.exists():
@@ -1033,3 +1108,102 @@ class Cloud:
             link = self.by_id_dir / name
             if not link.is_symlink():
                 link.symlink_to(target)
+
+    # ---- hypervisor capabilities and resource tags (issue 11) -------------------------------------------------
+
+    @property
+    def max_data_disks(self) -> int:
+        """The lab hypervisor's data-volume limit (its "default" version row)."""
+        return self.max_data_volumes(None)
+
+    def max_data_volumes(self, vm: VirtualMachine | None) -> int:
+        """HypervisorCapabilitiesDaoImpl.getMaxDataVolumesLimit for the VM's hypervisor: its version's row, else
+        the "default" row; 6 (VolumeApiServiceImpl's fallback) only when neither has a value."""
+        hypervisor = HYPERVISOR  # every simulated VM runs on the lab's one hypervisor
+        rows = [c for c in self.hypervisor_capabilities if c.hypervisor.lower() == hypervisor.lower()]
+        default = [c for c in rows if c.version == "default"]
+        return (default or rows)[0].max_data_volumes_limit if rows else 6
+
+    def set_max_data_volumes(self, hypervisor: str, limit: int) -> None:
+        """An operator's updateHypervisorCapabilities maxdatavolumeslimit on the "default" version row."""
+        for row in self.hypervisor_capabilities:
+            if row.hypervisor.lower() == hypervisor.lower() and row.version == "default":
+                row.max_data_volumes_limit = limit
+
+    def list_hypervisor_capabilities(self, hypervisor: str | None) -> list[HypervisorCapabilities]:
+        """ManagementServerImpl.listHypervisorCapabilities: HypervisorType.getType matches case-insensitively."""
+        if hypervisor is None:
+            return list(self.hypervisor_capabilities)
+        return [c for c in self.hypervisor_capabilities if c.hypervisor.lower() == hypervisor.lower()]
+
+    def resource_type(self, text: str) -> str:
+        """ResourceManagerUtilImpl.getResourceType (ResourceObjectType.getResourceObjectType: case-insensitive)."""
+        for name in TAGGABLE_TYPES:
+            if name.lower() == text.lower():
+                return name
+        raise invalid_value(f"Invalid resource type {text}")
+
+    def tags_of(self, resource_type: str, resource_id: str) -> list[ResourceTag]:
+        return [t for t in self.resource_tags if t.resource_type == resource_type and t.resource_id == resource_id]
+
+    def create_tags(
+        self, resource_ids: list[str], resource_type: str, tags: dict[str, str | None], customer: str | None
+    ) -> list[ResourceTag]:
+        """TaggedResourceManagerImpl.createTags: all or nothing (one transaction); a key already on a resource
+        is refused (the unique key on resource_tags), not overwritten."""
+        kind = TAGGABLE_TYPES[resource_type]
+        made: list[ResourceTag] = []
+        for key, value in tags.items():
+            for resource_id in resource_ids:
+                entity = self.resolve(kind, resource_id)
+                if entity is None or not self.is_live(entity):
+                    # ResourceManagerUtilImpl.getResourceId
+                    raise invalid_value(f"Unable to find resource by uuid {resource_id} and type {resource_type}")
+                if not value:
+                    raise invalid_value(f"Value for the key {key} is either null or empty")
+                if any(t.key == key for t in self.tags_of(resource_type, resource_id)) or any(
+                    t.key == key and t.resource_id == resource_id for t in made
+                ):
+                    raise cloud_runtime_error(f"tag {key} already on {resource_type} with id {resource_id}")
+                made.append(ResourceTag(key, value, resource_type, resource_id, customer))
+        self.resource_tags.extend(made)
+        return made
+
+    def delete_tags(self, resource_ids: list[str], resource_type: str, tags: dict[str, str | None]) -> bool:
+        """TaggedResourceManagerImpl.deleteTags: keys and values compared case-insensitively; a key without a
+        value removes whatever value it has; no tags given removes all. False when nothing matched."""
+        doomed = []
+        for tag in self.resource_tags:
+            if tag.resource_type != resource_type or tag.resource_id not in resource_ids:
+                continue
+            if not tags or any(
+                tag.key.lower() == key.lower() and (value is None or tag.value.lower() == value.lower())
+                for key, value in tags.items()
+            ):
+                doomed.append(tag)
+        for tag in doomed:
+            self.resource_tags.remove(tag)
+        return bool(doomed)
+
+    @staticmethod
+    def matches_any_tag(tags: list[ResourceTag], wanted: dict[str, str]) -> bool:
+        """The tags filter of list calls (QueryManagerImpl: an OR of key=value pairs joined on resource_tags,
+        compared by MySQL's case-insensitive collation): one matching pair is enough."""
+        return any(
+            t.key.lower() == key.lower() and t.value.lower() == value.lower()
+            for t in tags
+            for key, value in wanted.items()
+        )
+
+    def add_hub_vm(self, name: str) -> VirtualMachine:
+        """Another running hub VM for the lab's hub pool (the lab has one machine, so they share dev/)."""
+        seed_zone = self.zones[self.seed.zone_id]
+        hub = self.allocate_vm(
+            zone=seed_zone,
+            service_offering=self.service_offerings[self.seed.service_offering_id],
+            template=self.templates[self.seed.template_id],
+            name=name,
+            display_name=name,
+        )
+        self.hub_vm_ids.append(hub.id)
+        return self.start_vm(hub)

@@ -379,6 +379,15 @@ class CloudStackSimulator:
         """The sparse file behind a volume (it exists once the volume is Ready)."""
         return self.cloud.volumes_dir / f"{volume_id}.img"
 
+    def add_hub(self, name: str) -> str:
+        """Another running hub VM (a hub pool); its attached volumes show under the same dev root."""
+        with self._lock:
+            return self.cloud.add_hub_vm(name).id
+
+    def volume_tags(self, volume_id: str) -> dict[str, str]:
+        with self._lock:
+            return {t.key: t.value for t in self.cloud.tags_of("Volume", volume_id)}
+
     def inject_fault(
         self,
         command: str,

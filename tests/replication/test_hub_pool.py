@@ -1,0 +1,123 @@
+"""A hub takes volumes only while it writes them, never more than CloudStack lets it attach; VMs wait for room,
+spread over a pool of hubs, and a VM no hub or no destination can take is refused before anything is made."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from prefect.concurrency.sync import concurrency
+
+from catalog.installation import installation_id
+from catalog.inventory import find_vm
+from catalog.replication import volumes_of_vm
+from flows.failover import failover_vm
+from flows.replicate import replicate_vm
+from infra.lab.mutate import read_disk_bytes
+from tasks.cloudstack import ReplicationRefused
+from tests.replication.test_replicate import assert_volumes_equal_sources
+from vmferry.limits import hub_limit_name, set_limit, vm_volumes_limit_name
+
+pytestmark = pytest.mark.usefixtures("prefect_backend", "nbd_port_range")
+
+CHANGING = ("createVolume", "createTags", "deleteTags", "attachVolume", "detachVolume", "deleteVolume")
+
+
+def changes(sim) -> dict[str, int]:
+    return {command: sim.calls[command] for command in CHANGING}
+
+
+def test_a_vm_with_more_disks_than_the_destination_takes_is_refused_before_anything_is_made(
+    lab, cloudstack_sim, cloudstack_block, agent_block, lab_vcenter_block, configured_catalog, make_scratch_vm
+):
+    name = make_scratch_vm(disks=4)
+    with cloudstack_sim._lock:  # an operator's updateHypervisorCapabilities maxdatavolumeslimit=2 for KVM
+        cloudstack_sim.cloud.set_max_data_volumes("KVM", 2)
+    before = changes(cloudstack_sim)
+    with pytest.raises(ReplicationRefused, match=r"has 4 disks: 1 OS disk and 3 data disks, .* at most 2 data volumes"):
+        replicate_vm(name, cloudstack_block, agent_block, lab_vcenter_block)
+    assert changes(cloudstack_sim) == before
+    assert volumes_of_vm(configured_catalog, find_vm(configured_catalog, name).vm_context_id) == []
+
+
+def test_a_vm_with_more_disks_than_any_hub_takes_is_refused_before_anything_is_made(
+    lab, cloudstack_sim, cloudstack_block, agent_block, lab_vcenter_block, configured_catalog, make_scratch_vm
+):
+    name = make_scratch_vm(disks=3)
+    info = cloudstack_sim.info()
+    with cloudstack_block.client() as client:  # the hub's own data disks, not vmferry's, leave it room for 2
+        for index in range(4):
+            volume = client.create_volume(f"hub-scratch-{index}", 1, info.zone_id, info.custom_disk_offering_id)
+            client.attach_volume(volume.id, info.hub_vm_id)
+    before = changes(cloudstack_sim)
+    with pytest.raises(ReplicationRefused, match=r"has 3 disks, but the largest hub takes 2 volumes at once"):
+        replicate_vm(name, cloudstack_block, agent_block, lab_vcenter_block)
+    assert changes(cloudstack_sim) == before
+
+
+def test_five_vms_share_one_hub_within_its_limit(
+    lab, cloudstack_sim, cloudstack_block, agent_block, lab_vcenter_block, configured_catalog, make_scratch_vm, caplog
+):
+    names = [make_scratch_vm(disks=n) for n in (3, 4, 5, 6, 3)]  # 21 volumes through a hub that takes 6
+    caplog.set_level(logging.INFO)
+    with ThreadPoolExecutor(max_workers=len(names)) as pool:
+        futures = [pool.submit(replicate_vm, n, cloudstack_block, agent_block, lab_vcenter_block) for n in names]
+        results = [future.result() for future in futures]
+    for name, result in zip(names, results, strict=True):
+        assert_volumes_equal_sources(cloudstack_sim, lab, name, result)
+    high_water = cloudstack_sim.cloud.data_volume_high_water[cloudstack_block.hub_vm_id]
+    assert 3 <= high_water <= 6  # never more than CloudStack's limit (an attach beyond it would have failed)
+    assert "waiting for" in caplog.text and hub_limit_name(cloudstack_block.hub_vm_id) in caplog.text
+    with cloudstack_block.client() as client:  # and every volume rests detached
+        assert [
+            v.id for v in client.list_volumes(virtual_machine_id=cloudstack_block.hub_vm_id) if v.type != "ROOT"
+        ] == []
+
+
+def test_a_pool_of_hubs_shares_the_work(
+    lab, cloudstack_sim, cloudstack_block, agent_block, lab_vcenter_block, configured_catalog, make_scratch_vm
+):
+    second_hub = cloudstack_sim.add_hub("vmferry-hub-2")
+    pool_block = cloudstack_block.model_copy(update={"hub_pool": [second_hub]})
+    first, second = make_scratch_vm(disks=3), make_scratch_vm(disks=2)
+    first_result = replicate_vm(first, pool_block, agent_block, lab_vcenter_block)
+    # the first hub is full (another sync holds all its slots): the next VM goes through the second hub
+    set_limit(hub_limit_name(cloudstack_block.hub_vm_id), 6)
+    with concurrency(hub_limit_name(cloudstack_block.hub_vm_id), occupy=6, strict=True):
+        second_result = replicate_vm(second, pool_block, agent_block, lab_vcenter_block)
+    assert_volumes_equal_sources(cloudstack_sim, lab, first, first_result)
+    assert_volumes_equal_sources(cloudstack_sim, lab, second, second_result)
+    high_water = cloudstack_sim.cloud.data_volume_high_water
+    assert high_water[cloudstack_block.hub_vm_id] == 3 and high_water[second_hub] == 2
+
+
+def test_a_failover_waits_for_a_running_sync_to_detach_the_volumes(
+    lab, cloudstack_sim, cloudstack_block, agent_block, lab_vcenter_block, configured_catalog, make_scratch_vm
+):
+    name = make_scratch_vm(disks=2)
+    replicate_vm(name, cloudstack_block, agent_block, lab_vcenter_block)
+    vm = find_vm(configured_catalog, name)
+    outcome: dict[str, object] = {}
+
+    def fail_over() -> None:
+        try:
+            outcome["result"] = failover_vm(name, cloudstack_block)
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    # the slot a sync of this VM holds while its volumes are on a hub
+    with concurrency(vm_volumes_limit_name(installation_id(configured_catalog), vm.vm_context_id), strict=True):
+        thread = threading.Thread(target=fail_over)
+        thread.start()
+        time.sleep(3)
+        assert thread.is_alive() and cloudstack_sim.calls["deployVirtualMachine"] == 0  # waiting, nothing made
+    thread.join(120)
+    result = outcome["result"]
+    assert [d.device_id for d in result.devices] == [0, 1]
+    for device in result.devices:
+        source = read_disk_bytes(lab.vcenter, name, int(device.disk_id.removeprefix("disk-")))
+        with open(cloudstack_sim.volume_file(device.volume_id), "rb") as handle:
+            assert handle.read(len(source)) == source
