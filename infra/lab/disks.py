@@ -45,6 +45,7 @@ class PartitionSpec:
     files: Mapping[str, bytes] = field(default_factory=dict)
     random_mib: int = 0
     fs_label: str = ""
+    bootable: bool = False  # the MBR "active" flag, which a BIOS boot loader's MBR code looks for
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,8 @@ def _sfdisk_script(spec: DiskImageSpec) -> str:
             fields.append(f"size={size}")
             start += size
         fields.append(f"type={part.type}")
+        if part.bootable:
+            fields.append("bootable")
         if spec.label == "gpt":
             fields.append(f"uuid={_partition_uuid(spec, number)}")
         lines.append(", ".join(fields))
