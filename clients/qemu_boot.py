@@ -19,6 +19,7 @@ import signal
 import socket
 import struct
 import subprocess
+import tempfile
 import time
 import zlib
 from collections.abc import Sequence
@@ -110,6 +111,7 @@ class QemuVM:
 
     def stop(self, timeout: float = 5) -> None:
         if self.process.poll() is not None:
+            shutil.rmtree(self.qmp_socket.parent, ignore_errors=True)
             return
         try:
             qmp_command(self.qmp_socket, "quit", {})
@@ -120,6 +122,7 @@ class QemuVM:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        shutil.rmtree(self.qmp_socket.parent, ignore_errors=True)
 
 
 def firmware_failure(firmware_log: str) -> str | None:
@@ -226,12 +229,14 @@ def start_vm(
     """Start qemu with ``disks`` as virtio-blk devices in the given order (the first one boots), no network.
 
     The console goes to ``workdir/console.log``, SeaBIOS's debug port to ``workdir/firmware.log``; QMP listens on
-    ``workdir/qmp.sock``. Disk paths go to qemu as argv elements of ``-blockdev`` JSON, never through a shell.
+    a socket in a private temporary directory. Disk paths go to qemu as argv elements of ``-blockdev`` JSON, never through a shell.
     """
     workdir.mkdir(parents=True, exist_ok=True)
-    console, firmware, qmp = workdir / "console.log", workdir / "firmware.log", workdir / "qmp.sock"
-    for stale in (console, firmware, qmp):
+    console, firmware = workdir / "console.log", workdir / "firmware.log"
+    for stale in (console, firmware):
         stale.unlink(missing_ok=True)
+    # a unix socket path must stay under 108 bytes: a private short directory, not the (deep) workdir
+    qmp = Path(tempfile.mkdtemp(prefix="vmferry-qmp-")) / "qmp.sock"
     argv = [
         QEMU_SYSTEM, "-accel", accel, "-m", str(memory_mib), "-smp", str(cpus),
         "-nodefaults", "-no-user-config", "-display", "none", "-vga", "std", "-nic", "none",
@@ -269,6 +274,7 @@ def start_vm(
     deadline = time.monotonic() + 10
     while not qmp.exists():
         if process.poll() is not None:
+            shutil.rmtree(qmp.parent, ignore_errors=True)
             raise BootError(f"qemu exited {process.returncode}: {log.read_text(errors='replace')[-1000:]}")
         if time.monotonic() > deadline:
             vm.stop()

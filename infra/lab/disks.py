@@ -275,6 +275,20 @@ def build_image(spec: DiskImageSpec, out: Path, scratch: Path) -> BuiltImage:
     )
 
 
+def copy_image(source: Path, out: Path) -> BuiltImage:
+    """A prebuilt raw image (a lab guest's disk) copied to ``out`` and described as build_image describes its own."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, out)
+    return BuiltImage(
+        path=out,
+        size_bytes=out.stat().st_size,
+        sha256=sha256_file(out),
+        sfdisk_dump=sfdisk_dump(out),
+        sfdisk_json=sfdisk_json(out),
+        known_files=(),
+    )
+
+
 def seeded_bytes(seed: int, size: int) -> bytes:
     """Deterministic pseudo-random file content (not for security)."""
     return random.Random(seed).randbytes(size)  # noqa: S311

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from infra.lab.disks import MIB, SECTOR, DiskImageSpec, PartitionSpec, build_image
 from infra.lab.paths import cache_dir
+from infra.lab.seed import LabDiskSpec, LabVMSpec
 
 BUILDER_VERSION = "1"
 OS_LABEL = "VMFERRY-OS"
@@ -411,3 +412,20 @@ def _install_syslinux(image: Path, mbr: Path) -> None:
 def _first_partition_start(image: Path) -> int:
     table = json.loads(_run(["sfdisk", "--json", str(image)]))
     return int(table["partitiontable"]["partitions"][0]["start"])
+
+
+def guest_vm_spec(name: str, images: GuestImages) -> LabVMSpec:
+    """A lab vCenter VM made of a guest's images: the OS disk on SCSI 0:0 (the boot disk), data disks after it."""
+    disks = tuple(
+        LabDiskSpec(
+            label="os" if disk.os else f"data{unit}",
+            bus=0,
+            unit=unit,
+            boot=disk.os,
+            # the image is prebuilt: this spec only carries its size for vCenter
+            image=DiskImageSpec(size_bytes=disk.size_bytes, label="dos", label_id="0x0", seed=0, partitions=()),
+            source=disk.path,
+        )
+        for unit, disk in enumerate(images.disks)
+    )
+    return LabVMSpec(name=name, controllers=1, disks=disks)

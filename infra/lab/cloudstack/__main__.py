@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-data-disks", type=int, default=6)
     parser.add_argument("--hub-vm-id", default=None, help="uuid of the hub VM (default: generated)")
     parser.add_argument("--no-admin", action="store_true", help="do not serve the /_sim admin API")
+    parser.add_argument(
+        "--boot-vms", action="store_true", help="really run started VMs in qemu (console at /_sim/vms/ID/console)"
+    )
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
 
@@ -58,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         max_data_disks=args.max_data_disks,
         hub_vm_id=args.hub_vm_id,
         admin=not args.no_admin,
+        boot_vms=args.boot_vms,
     ).start()
 
     done = threading.Event()
