@@ -229,7 +229,7 @@ def start_vm(
     """Start qemu with ``disks`` as virtio-blk devices in the given order (the first one boots), no network.
 
     The console goes to ``workdir/console.log``, SeaBIOS's debug port to ``workdir/firmware.log``; QMP listens on
-    a socket in a private temporary directory. Disk paths go to qemu as argv elements of ``-blockdev`` JSON, never through a shell.
+    a socket in a private temporary directory. Disk paths go to qemu inside ``-blockdev`` JSON argv elements.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     console, firmware = workdir / "console.log", workdir / "firmware.log"
