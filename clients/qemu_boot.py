@@ -225,6 +225,7 @@ def start_vm(
     kernel: Path | None = None,
     initrd: Path | None = None,
     append: str | None = None,
+    no_reboot: bool = False,
 ) -> QemuVM:
     """Start qemu with ``disks`` as virtio-blk devices in the given order (the first one boots), no network.
 
@@ -246,6 +247,8 @@ def start_vm(
     ]  # fmt: skip
     if accel == "kvm":
         argv += ["-cpu", "host"]
+    if no_reboot:
+        argv.append("-no-reboot")  # a guest that resets (triple fault) ends qemu instead of looping
     for index, disk in enumerate(disks):
         node = {
             "driver": disk.format,

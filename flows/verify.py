@@ -1,4 +1,5 @@
-"""Verifying restore points: every file passes ``qemu-img check`` and still reads as its stored checksum."""
+"""Verifying restore points: every file passes ``qemu-img check`` and still reads as its stored checksum; with
+``boot``, the point is also booted in qemu (flows/verify_boot.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from pydantic import BaseModel
 from blocks import load_block
 from blocks.repository import BackupRepository
 from catalog import default_catalog
-from catalog.restore_points import PointDiskView, get_point
+from catalog.inventory import find_vm, get_vm
+from catalog.restore_points import PointDiskView, PointView, committed_points, get_point
 from clients.qemu import QemuError, check_image, content_sha256
+from flows.verify_boot import DEFAULT_BOOT_MARKER, DEFAULT_BOOT_TIMEOUT_S, boot_point, record_boot_verdict
 from vmferry.repository import Repository
 
 
@@ -47,10 +50,23 @@ def verify_point_disk(repository: Repository, disk: PointDiskView) -> DiskVerdic
 
 
 @flow(name="verify-restore-point")
-def verify_restore_point(point_id: int, repository: BackupRepository | str) -> list[DiskVerdict]:
-    """Raises VerificationFailed naming every bad disk; returns one verdict per disk when all are good."""
+def verify_restore_point(
+    point_id: int | None,
+    repository: BackupRepository | str,
+    vm: str | None = None,
+    boot: bool = False,
+    boot_marker: str | None = DEFAULT_BOOT_MARKER,
+    boot_timeout_s: float = DEFAULT_BOOT_TIMEOUT_S,
+) -> list[DiskVerdict]:
+    """Raises VerificationFailed naming every bad disk; returns one verdict per disk when all are good.
+
+    ``vm`` instead of ``point_id``: the VM's newest committed point in this repository (for schedules).
+    ``boot``: also boot the point read-only in qemu; it fails unless ``boot_marker`` shows on the serial console
+    within ``boot_timeout_s`` (an empty marker: unless the firmware handed over and the guest still runs).
+    """
     repo = load_block(BackupRepository, repository).repository()
-    point = get_point(default_catalog(), point_id)
+    point = _point_to_verify(point_id, vm, repo.name)
+    point_id = point.id
     if point.state != "committed":
         raise VerificationFailed(f"restore point {point_id} is {point.state}, not committed")
     if point.repository != repo.name:
@@ -69,4 +85,26 @@ def verify_restore_point(point_id: int, repository: BackupRepository | str) -> l
         raise VerificationFailed(
             f"restore point {point_id}: " + "; ".join(f"{v.disk_id} ({v.file_path}): {v.problem}" for v in bad)
         )
+    if boot:
+        recorded = get_vm(default_catalog(), point.vm_context_id)
+        verdict = boot_point(repo, point, recorded, boot_marker or None, boot_timeout_s)
+        record_boot_verdict(verdict)
+        if not verdict.booted:
+            where = f"; screenshot {verdict.screenshot}" if verdict.screenshot else ""
+            raise VerificationFailed(
+                f"restore point {point_id} of {recorded.name} does not boot: {verdict.reason}{where}"
+            )
     return verdicts
+
+
+def _point_to_verify(point_id: int | None, vm: str | None, repository: str) -> PointView:
+    catalog = default_catalog()
+    if point_id is not None:
+        return get_point(catalog, point_id)
+    if vm is None:
+        raise ValueError("name a restore point (point_id) or a VM whose newest point to verify (vm)")
+    recorded = find_vm(catalog, vm)
+    points = committed_points(catalog, recorded.vm_context_id, repository)
+    if not points:
+        raise VerificationFailed(f"VM {recorded.name!r} has no committed restore point in repository {repository!r}")
+    return points[-1]

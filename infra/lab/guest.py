@@ -34,8 +34,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from infra.lab.disks import MIB, SECTOR, DiskImageSpec, PartitionSpec, build_image
+from infra.lab.dsfiles import session_cookie
 from infra.lab.paths import cache_dir
-from infra.lab.seed import LabDiskSpec, LabVMSpec
+from infra.lab.seed import LabDiskSpec, LabVMSpec, seed_vm
+from infra.lab.vcenter import LabVCenter, session
 
 BUILDER_VERSION = "1"
 OS_LABEL = "VMFERRY-OS"
@@ -437,3 +439,13 @@ def guest_vm_spec(name: str, images: GuestImages) -> LabVMSpec:
         for unit, disk in enumerate(images.disks)
     )
     return LabVMSpec(name=name, controllers=1, disks=disks)
+
+
+def seed_guest_vm(
+    lab: LabVCenter, workdir: Path, name: str, *, data_disks: int = 3, virtio: bool = True
+) -> GuestImages:
+    """Build guest ``name`` and make it a VM of the lab vCenter (idempotent, as seed_vm)."""
+    images = build_guest(workdir / "guest-images", name, data_disks=data_disks, virtio=virtio)
+    with session(lab) as si:
+        seed_vm(si, lab, guest_vm_spec(name, images), workdir / name, session_cookie(si))
+    return images

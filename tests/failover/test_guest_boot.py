@@ -19,10 +19,7 @@ from flows.failover import failover_vm
 from flows.replicate import replicate_vm
 from infra.lab.cloudstack import CloudStackSimulator
 from infra.lab.cloudstack.cloud import Cloud
-from infra.lab.dsfiles import session_cookie
-from infra.lab.guest import BOOT_REPORT_DONE, BOOT_TIMEOUT_S, GuestReport, build_guest, guest_vm_spec, parse_report
-from infra.lab.seed import seed_vm
-from infra.lab.vcenter import session
+from infra.lab.guest import BOOT_REPORT_DONE, BOOT_TIMEOUT_S, GuestReport, parse_report, seed_guest_vm
 
 pytestmark = pytest.mark.usefixtures("prefect_backend", "nbd_port_range")
 
@@ -32,14 +29,6 @@ def cloudstack_sim(tmp_path: Path):
     """The simulator with its KVM host: VMs it starts run in qemu."""
     with CloudStackSimulator(tmp_path / "cloudstack", job_delay=0.02, boot_vms=True) as sim:
         yield sim
-
-
-def seed_guest_vm(lab, tmp_path: Path, *, data_disks: int, virtio: bool = True):
-    name = f"guest-{uuid.uuid4().hex[:8]}"
-    images = build_guest(tmp_path / "guest", name, data_disks=data_disks, virtio=virtio)
-    with session(lab.vcenter) as si:
-        seed_vm(si, lab.vcenter, guest_vm_spec(name, images), lab.workdir / name, session_cookie(si))
-    return name, images
 
 
 def wait_for_guest(sim: CloudStackSimulator, vm_id: str) -> GuestReport:
@@ -61,7 +50,8 @@ def sha(path: Path, size: int) -> str:
 def test_failed_over_guest_boots_from_its_os_disk_and_sees_its_data_disks_in_source_order(
     lab, cloudstack_sim, cloudstack_block, agent_block, lab_vcenter_block, configured_catalog, tmp_path
 ):
-    name, images = seed_guest_vm(lab, tmp_path, data_disks=3)
+    name = f"guest-{uuid.uuid4().hex[:8]}"
+    images = seed_guest_vm(lab.vcenter, lab.workdir, name, data_disks=3)
     replicate_vm(name, cloudstack_block, agent_block, lab_vcenter_block)
     result = failover_vm(name, cloudstack_block)
 
