@@ -109,6 +109,11 @@ def record_sync(catalog: Catalog, volume_id: str, change_id: str | None) -> Volu
     return _update(catalog, volume_id, last_change_id=change_id, last_synced_at=utcnow())
 
 
+def forget_change_id(catalog: Catalog, volume_id: str) -> VolumeView:
+    """The volume was (or may have been) written outside replication: the next sync compares every block."""
+    return _update(catalog, volume_id, last_change_id=None)
+
+
 def recorded_volume_ids(catalog: Catalog) -> set[str]:
     """Every CloudStack volume id the catalog owns (one per replicated disk)."""
     with catalog.session() as session:

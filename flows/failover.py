@@ -31,6 +31,7 @@ from catalog.failovers import (
 )
 from catalog.inventory import find_vm
 from catalog.replication import volumes_of_vm
+from flows.guest_prep import prepare_os_volume
 from flows.replicate import replicate_vm
 from tasks.failover import (
     attach_to_destination,
@@ -70,8 +71,14 @@ def failover_vm(
     mode: Literal["test", "live"] = "test",
     vcenter: VCenter | str | None = None,
     agent: Agent | str | None = None,
+    prepare_guest: bool = True,
+    virtio_win: str | None = None,
 ) -> FailoverResult:
-    """Bring ``vm`` up in CloudStack from its replicated volumes. ``live`` needs ``vcenter`` and ``agent``."""
+    """Bring ``vm`` up in CloudStack from its replicated volumes. ``live`` needs ``vcenter`` and ``agent``.
+
+    ``prepare_guest``: run virt-v2v-in-place on the OS volume first (virtio drivers; ``virtio_win`` names the
+    virtio-win driver directory for Windows guests); false turns it off for this VM.
+    """
     logger = get_run_logger()
     cloud = load_block(CloudStack, cloudstack)
     catalog = default_catalog()
@@ -90,6 +97,7 @@ def failover_vm(
     failover_id = start_failover(catalog, recorded.vm_context_id, job_id, mode)
     try:
         with ExitStack() as undo:
+            prepare_os_volume(recorded, plan, volumes, enabled=prepare_guest, virtio_win=virtio_win)
             destination = deploy_destination_vm(cloud, recorded, mode)
             set_destination(catalog, failover_id, destination.id)
             ours = [item.volume_id for item in plan]
