@@ -767,6 +767,12 @@ def failover(
     agent: AgentOption = None,
     vcenter: VCenterOption = None,
     progress: ProgressOption = None,
+    prepare_guest: Annotated[
+        bool, typer.Option(help="Prepare the OS volume for KVM with virt-v2v-in-place before the VM starts.")
+    ] = True,
+    virtio_win: Annotated[
+        Path | None, typer.Option(help="virtio-win driver directory for a Windows guest's preparation.")
+    ] = None,
     submit: SubmitOption = None,
     wait: WaitOption = False,
     as_json: JsonOption = False,
@@ -784,11 +790,16 @@ def failover(
         _recorded_vm(vm)  # unknown VM: exit 3 before anything in CloudStack is touched
         if submit is not None:
             parameters = {"vm": vm, "mode": mode.value, **blocks.parameters("cloudstack", "agent", "vcenter")}
+            parameters |= {"prepare_guest": prepare_guest, "virtio_win": str(virtio_win) if virtio_win else None}
             submit_to_deployment(cli, submit, "failover-vm", parameters, wait=wait, as_json=as_json)
             return
         cloudstack_block = blocks.cloudstack_block()
+        preparation: dict[str, Any] = {
+            "prepare_guest": prepare_guest,
+            "virtio_win": str(virtio_win) if virtio_win else None,
+        }
         if mode is FailoverMode.test:
-            result = failover_vm(vm, cloudstack_block, mode="test")
+            result = failover_vm(vm, cloudstack_block, mode="test", **preparation)
         else:
             vcenter_block = blocks.vcenter_block()
             with blocks.agent_block() as agent_block:
@@ -798,7 +809,7 @@ def failover(
                     agent_block,
                     vm,
                     "replication",
-                    lambda: failover_vm(vm, cloudstack_block, "live", vcenter_block, agent_block),
+                    lambda: failover_vm(vm, cloudstack_block, "live", vcenter_block, agent_block, **preparation),
                 )
         if as_json:
             _emit_json(_dump(result))
@@ -839,6 +850,50 @@ def cleanup(
             f"{vm}: removed test VM(s) {', '.join(result.removed_vms) or 'none'}; "
             f"{len(result.volumes_on_hub)} volume(s) on the hub"
         )
+
+
+@app.command(epilog=EXIT_CODES)
+def verify(
+    ctx: typer.Context,
+    point_id: Annotated[int, typer.Argument(metavar="POINT", help="Restore point id (see `vmferry status`).")],
+    boot: Annotated[
+        bool, typer.Option("--boot", help="Also boot the point read-only in qemu (overlay, no network).")
+    ] = False,
+    boot_marker: Annotated[
+        str, typer.Option(help="Text the guest prints on its serial console once up; '' judges by the firmware.")
+    ] = "login:",
+    boot_timeout: Annotated[float, typer.Option(min=1, help="Seconds to wait for the boot marker.")] = 180.0,
+    repository: RepositoryOption = None,
+    submit: SubmitOption = None,
+    wait: WaitOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Check every file of a restore point (qemu-img check, stored checksum); with --boot, also boot it.
+
+    The boot verdict and a screenshot are recorded as Prefect artifacts of the run.
+    """
+    cli = _cli(ctx)
+    with _operation(ctx, f"verify {point_id}"):
+        _quiet_prefect_console(cli.verbose)
+        from flows.verify import verify_restore_point
+
+        boot_options = {"boot": boot, "boot_marker": boot_marker, "boot_timeout_s": boot_timeout}
+        blocks = BlockChoice(repository=repository)
+        if submit is not None:
+            parameters = {"point_id": point_id, **boot_options, **blocks.parameters("repository")}
+            submit_to_deployment(cli, submit, "verify-restore-point", parameters, wait=wait, as_json=as_json)
+            return
+        verdicts = verify_restore_point(point_id, blocks.repository_block(), **boot_options)
+        if as_json:
+            _emit_json([_dump(v) for v in verdicts])
+            return
+        title = f"restore point {point_id}: every disk reads as written" + (" and it boots" if boot else "")
+        table = Table(title=title)
+        for column in ("disk", "file", "result"):
+            table.add_column(column)
+        for verdict in verdicts:
+            table.add_row(verdict.disk_id, verdict.file_path, "ok")
+        cli.out.print(table)
 
 
 @app.command(epilog=EXIT_CODES)
