@@ -8,7 +8,7 @@ PACKAGES="golang-go golang-github-vmware-govmomi-dev patch qemu-utils fdisk mtoo
 # Guests that boot (infra/lab/guest.py, clients/qemu_boot.py, tasks/guest_prep.py): qemu, the Debian kernel, busybox
 # and syslinux the lab guest is built from, and virt-v2v-in-place (libguestfs) that prepares a guest for KVM.
 PACKAGES="$PACKAGES qemu-system-x86 linux-image-amd64 busybox-static syslinux syslinux-common extlinux"
-PACKAGES="$PACKAGES libguestfs-tools virt-v2v"
+PACKAGES="$PACKAGES libguestfs-tools virt-v2v mmdebstrap"
 
 missing=""
 for pkg in $PACKAGES; do

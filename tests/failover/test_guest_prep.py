@@ -1,7 +1,7 @@
 """Guest preparation in a failover, against the simulator's KVM host (boot_vms): virt-v2v-in-place really runs on
 the OS volume. The lab's busybox guest without virtio drivers is one it cannot convert (no distribution to
 inspect), so preparation is skipped with that reason, and the guest, as on real KVM, does not find its disks.
-See docs/guest-boot.md for the guest virt-v2v-in-place would accept and what blocks building it here."""
+tests/lab/test_guest_prep.py shows a guest virt-v2v-in-place does convert booting only after preparation."""
 
 from __future__ import annotations
 
