@@ -9,6 +9,7 @@ screendump is taken and recorded with the verdict as Prefect artifacts.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import tempfile
@@ -66,8 +67,6 @@ def boot_order(point: PointView, vm: RecordedVM) -> list[PointDiskView]:
 
 def results_dir() -> Path:
     """Where screenshots are kept: $VMFERRY_BOOT_VERIFY_DIR or the per-user data directory."""
-    import os
-
     override = os.environ.get("VMFERRY_BOOT_VERIFY_DIR")
     path = Path(override) if override else Path(platformdirs.user_data_dir("vmferry")) / "boot-verify"
     path.mkdir(parents=True, exist_ok=True)
