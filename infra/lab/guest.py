@@ -298,7 +298,7 @@ def build_initramfs(release: str, *, virtio: bool, out: Path) -> Path:
 
 
 @contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def cache_lock(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -325,7 +325,7 @@ def guest_kit() -> GuestKit:
     done = root / "done"
     if done.exists():
         return kit
-    with _locked(cache_dir() / "guest" / "build.lock"):
+    with cache_lock(cache_dir() / "guest" / "build.lock"):
         if done.exists():
             return kit
         root.mkdir(parents=True, exist_ok=True)

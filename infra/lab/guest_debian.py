@@ -26,7 +26,7 @@ import subprocess
 from pathlib import Path
 
 from infra.lab.disks import MIB, DiskImageSpec, PartitionSpec, build_image
-from infra.lab.guest import GuestBuildError, _locked
+from infra.lab.guest import GuestBuildError, cache_lock
 from infra.lab.paths import cache_dir
 
 BUILDER_VERSION = "1"
@@ -111,7 +111,7 @@ def debian_guest_image() -> Path:
     image = root / "debian-os.raw"
     if (root / "done").exists():
         return image
-    with _locked(cache_dir() / "guest-debian" / "build.lock"):
+    with cache_lock(cache_dir() / "guest-debian" / "build.lock"):
         if (root / "done").exists():
             return image
         root.mkdir(parents=True, exist_ok=True)
@@ -177,8 +177,9 @@ def _finish_inside(disk: Path, root: Path, log: Path) -> None:
         "--write", "/etc/initramfs-tools/conf.d/vmferry:MODULES=list\n",
         "--write", f"/etc/initramfs-tools/modules:{modules}",
         "--run-command", "update-initramfs -u -k all",
-        # without /sys in the appliance's chroot grub cannot tell /dev/sda1 lies on /dev/sda ("cannot find a GRUB
-        # drive for /dev/sda1", then "embedding is not possible, but this is required for cross-disk install")
-        "--run-command", "mount -t sysfs sysfs /sys && grub-install --target=i386-pc /dev/sda && update-grub",
+        # without /sys in the appliance's chroot (not always mounted there) grub cannot tell /dev/sda1 lies on
+        # /dev/sda ("cannot find a GRUB drive for /dev/sda1", "embedding is not possible, ... cross-disk install")
+        "--run-command",
+        "(mountpoint -q /sys || mount -t sysfs sysfs /sys) && grub-install --target=i386-pc /dev/sda && update-grub",
     ]  # fmt: skip
     _run(argv, env=LIBGUESTFS_ENV, log=log)
