@@ -177,9 +177,15 @@ def _finish_inside(disk: Path, root: Path, log: Path) -> None:
         "--write", "/etc/initramfs-tools/conf.d/vmferry:MODULES=list\n",
         "--write", f"/etc/initramfs-tools/modules:{modules}",
         "--run-command", "update-initramfs -u -k all",
-        # without /sys in the appliance's chroot (not always mounted there) grub cannot tell /dev/sda1 lies on
-        # /dev/sda ("cannot find a GRUB drive for /dev/sda1", "embedding is not possible, ... cross-disk install")
-        "--run-command",
-        "(mountpoint -q /sys || mount -t sysfs sysfs /sys) && grub-install --target=i386-pc /dev/sda && update-grub",
     ]  # fmt: skip
     _run(argv, env=LIBGUESTFS_ENV, log=log)
+    # grub in an appliance launch of its own, with a sysfs of its own mounted in the chroot: without it grub cannot
+    # tell /dev/sda1 lies on /dev/sda ("cannot find a GRUB drive for /dev/sda1", then "embedding is not possible,
+    # but this is required for cross-disk install"); in the same launch as the steps above it failed that way even
+    # with /sys mounted, run alone it works
+    grub = "mount -t sysfs sysfs /sys; grub-install --target=i386-pc /dev/sda && update-grub"
+    _run(
+        ["virt-customize", "--no-network", "--format", "raw", "-a", str(disk), "--run-command", grub],
+        env=LIBGUESTFS_ENV,
+        log=log,
+    )
