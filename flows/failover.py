@@ -39,6 +39,7 @@ from catalog.failovers import (
 from catalog.installation import installation_id
 from catalog.inventory import RecordedVM, find_vm
 from catalog.replication import forget_change_id, volumes_of_vm
+from flows.guest_prep import prepare_os_volume
 from flows.replicate import replicate_vm
 from tasks.destination import check_destination
 from tasks.failover import (
@@ -168,6 +169,8 @@ def failover_vm(
     network_map: dict[str, str] | None = None,
     ip_addresses: dict[str, str] | None = None,
     confirm_live: bool = False,
+    prepare_guest: bool = True,
+    virtio_win: str | None = None,
 ) -> FailoverResult:
     """Bring ``vm`` up in CloudStack from its replicated volumes.
 
@@ -187,12 +190,17 @@ def failover_vm(
             this VM.
         ip_addresses: Source NIC MAC address -> the static IP its failover NIC gets.
         confirm_live: Must be true for a live failover: it powers the source VM off. Ignored in test mode.
+        prepare_guest: Run virt-v2v-in-place on the OS volume first (virtio drivers and initramfs for KVM, VMware
+            tools removed); false turns it off for this VM.
+        virtio_win: For Windows guests: the virtio-win driver directory (or ISO) on the hub virt-v2v installs from.
     """
     recorded = find_vm(default_catalog(), vm)
     refuse_unless_ready(recorded, mode, confirm_live)
     source = SourcePower()
     try:
-        return _fail_over(vm, cloudstack, mode, vcenter, agent, source, network_map, ip_addresses)
+        return _fail_over(
+            vm, cloudstack, mode, vcenter, agent, source, network_map, ip_addresses, prepare_guest, virtio_win
+        )
     except BaseException:
         source.restore()
         raise
@@ -207,6 +215,8 @@ def _fail_over(
     source: SourcePower,
     network_map: dict[str, str] | None,
     ip_addresses: dict[str, str] | None,
+    prepare_guest: bool,
+    virtio_win: str | None,
 ) -> FailoverResult:
     logger = get_run_logger()
     cloud = load_block(CloudStack, cloudstack)
@@ -245,6 +255,7 @@ def _fail_over(
             volumes = {v.vm_disk_id: v for v in volumes_of_vm(catalog, recorded.vm_context_id)}
             plan = plan_attachments(recorded, volumes, data_volume_limit)
             ours = [item.volume_id for item in plan]
+            prepare_os_volume(cloud, recorded, plan, volumes, enabled=prepare_guest, virtio_win=virtio_win)
             with ExitStack() as undo:
                 # before the deploy: a deploy job that fails leaves a VM in Error, recorded but never returned
                 undo.callback(quietly(_remove_recorded_destination, cloud, failover_id, ours))

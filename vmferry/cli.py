@@ -842,6 +842,12 @@ def failover(
         typer.Option(metavar="MAC=IP", help="Static IP for the source NIC with this MAC address. Repeatable."),
     ] = None,
     progress: ProgressOption = None,
+    prepare_guest: Annotated[
+        bool, typer.Option(help="Prepare the OS volume for KVM with virt-v2v-in-place before the VM starts.")
+    ] = True,
+    virtio_win: Annotated[
+        Path | None, typer.Option(help="virtio-win driver directory for a Windows guest's preparation.")
+    ] = None,
     submit: SubmitOption = None,
     wait: WaitOption = False,
     yes: YesOption = False,
@@ -878,11 +884,16 @@ def failover(
                 **networking,
             }
             parameters |= {"confirm_live": True} if live else {}
+            parameters |= {"prepare_guest": prepare_guest, "virtio_win": str(virtio_win) if virtio_win else None}
             submit_to_deployment(cli, submit, "failover-vm", parameters, wait=wait, as_json=as_json)
             return
         cloudstack_block = blocks.cloudstack_block()
+        preparation: dict[str, Any] = {
+            "prepare_guest": prepare_guest,
+            "virtio_win": str(virtio_win) if virtio_win else None,
+        }
         if mode is FailoverMode.test:
-            result = failover_vm(vm, cloudstack_block, mode="test", **networking)
+            result = failover_vm(vm, cloudstack_block, mode="test", **networking, **preparation)
         else:
             vcenter_block = blocks.vcenter_block()
             with blocks.agent_block() as agent_block:
@@ -893,7 +904,14 @@ def failover(
                     vm,
                     "replication",
                     lambda: failover_vm(
-                        vm, cloudstack_block, "live", vcenter_block, agent_block, confirm_live=True, **networking
+                        vm,
+                        cloudstack_block,
+                        "live",
+                        vcenter_block,
+                        agent_block,
+                        confirm_live=True,
+                        **networking,
+                        **preparation,
                     ),
                 )
         if as_json:
@@ -1033,27 +1051,43 @@ def _point_in(point_id: int, repository: str | None, submit: str | None) -> tupl
 def verify(
     ctx: typer.Context,
     point_id: Annotated[int, typer.Argument(metavar="POINT", help="Restore point id (see `vmferry status`).")],
+    boot: Annotated[
+        bool, typer.Option("--boot", help="Also boot the point read-only in qemu (overlay, no network).")
+    ] = False,
+    boot_marker: Annotated[
+        str, typer.Option(help="Text the guest prints on its serial console once up; '' judges by the firmware.")
+    ] = "login:",
+    boot_timeout: Annotated[float, typer.Option(min=1, help="Seconds to wait for the boot marker.")] = 180.0,
     repository: RepositoryOption = None,
     submit: SubmitOption = None,
     wait: WaitOption = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Check every file of a restore point (qemu-img check) and that it still reads as its stored checksum."""
+    """Check every file of a restore point (qemu-img check, stored checksum); with --boot, also boot it.
+
+    The boot verdict and a screenshot are recorded as Prefect artifacts of the run.
+    """
     cli = _cli(ctx)
     with _operation(ctx, f"verify {point_id}"):
         _quiet_prefect_console(cli.verbose)
         from flows.verify import verify_restore_point
 
         _, block = _point_in(point_id, repository, submit)
+        boot_options = {"boot": boot, "boot_marker": boot_marker, "boot_timeout_s": boot_timeout}
         if submit is not None:
-            parameters = {"point_id": point_id, **BlockChoice(repository=repository).parameters("repository")}
+            parameters = {
+                "point_id": point_id,
+                **boot_options,
+                **BlockChoice(repository=repository).parameters("repository"),
+            }
             submit_to_deployment(cli, submit, "verify-restore-point", parameters, wait=wait, as_json=as_json)
             return
-        verdicts = verify_restore_point(point_id, block)
+        verdicts = verify_restore_point(point_id, block, **boot_options)
         if as_json:
             _emit_json([_dump(v) for v in verdicts])
             return
-        table = Table(title=f"restore point {point_id}: every disk reads as written")
+        title = f"restore point {point_id}: every disk reads as written" + (" and it boots" if boot else "")
+        table = Table(title=title)
         for column in ("disk", "file", "result"):
             table.add_column(column)
         for verdict in verdicts:

@@ -45,6 +45,7 @@ class PartitionSpec:
     files: Mapping[str, bytes] = field(default_factory=dict)
     random_mib: int = 0
     fs_label: str = ""
+    bootable: bool = False  # the MBR "active" flag, which a BIOS boot loader's MBR code looks for
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,8 @@ def _sfdisk_script(spec: DiskImageSpec) -> str:
             fields.append(f"size={size}")
             start += size
         fields.append(f"type={part.type}")
+        if part.bootable:
+            fields.append("bootable")
         if spec.label == "gpt":
             fields.append(f"uuid={_partition_uuid(spec, number)}")
         lines.append(", ".join(fields))
@@ -269,6 +272,20 @@ def build_image(spec: DiskImageSpec, out: Path, scratch: Path) -> BuiltImage:
         sfdisk_dump=sfdisk_dump(out),
         sfdisk_json=sfdisk_json(out),
         known_files=tuple(known),
+    )
+
+
+def copy_image(source: Path, out: Path) -> BuiltImage:
+    """A prebuilt raw image (a lab guest's disk) copied to ``out`` and described as build_image describes its own."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, out)
+    return BuiltImage(
+        path=out,
+        size_bytes=out.stat().st_size,
+        sha256=sha256_file(out),
+        sfdisk_dump=sfdisk_dump(out),
+        sfdisk_json=sfdisk_json(out),
+        known_files=(),
     )
 
 

@@ -5,6 +5,10 @@
 set -eu
 
 PACKAGES="golang-go golang-github-vmware-govmomi-dev patch qemu-utils fdisk mtools e2fsprogs nbdkit libnbd-bin"
+# Guests that boot (infra/lab/guest.py, clients/qemu_boot.py, tasks/guest_prep.py): qemu, the Debian kernel, busybox
+# and syslinux the lab guest is built from, and virt-v2v-in-place (libguestfs) that prepares a guest for KVM.
+PACKAGES="$PACKAGES qemu-system-x86 linux-image-amd64 busybox-static syslinux syslinux-common extlinux"
+PACKAGES="$PACKAGES libguestfs-tools virt-v2v mmdebstrap"
 
 missing=""
 for pkg in $PACKAGES; do
@@ -30,4 +34,4 @@ export DEBIAN_FRONTEND=noninteractive
 $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q
 # $missing is a list of package names, split on purpose.
 # shellcheck disable=SC2086
-$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing
+$SUDO env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends $missing

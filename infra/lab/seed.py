@@ -25,6 +25,7 @@ from infra.lab.disks import (
     KnownFile,
     PartitionSpec,
     build_image,
+    copy_image,
     seeded_bytes,
 )
 from infra.lab.vcenter import LabVCenter, session
@@ -43,6 +44,8 @@ class LabDiskSpec:
     unit: int
     image: DiskImageSpec
     boot: bool = False
+    # a prebuilt raw image (a lab guest's disk, infra/lab/guest.py) to upload instead of building ``image``
+    source: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -515,11 +518,11 @@ def seed_vm(
             # keeping unchanged content keeps earlier manifests (and tests holding them) valid.
             records.append(prior)
             continue
-        image = build_image(
-            disk_spec.image,
-            workdir / "images" / f"{spec.name}-{disk_spec.label}.raw",
-            workdir / "scratch" / f"{spec.name}-{disk_spec.label}",
-        )
+        out = workdir / "images" / f"{spec.name}-{disk_spec.label}.raw"
+        if disk_spec.source is not None:
+            image = copy_image(disk_spec.source, out)
+        else:
+            image = build_image(disk_spec.image, out, workdir / "scratch" / f"{spec.name}-{disk_spec.label}")
         flat = _upload_image(lab, device.backing.fileName, image, cookie)
         image.path.unlink()
         records.append(

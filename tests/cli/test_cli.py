@@ -217,6 +217,7 @@ def test_unknown_names_exit_3(vmferry, lab_home, configured_catalog, tmp_path):
         (["cleanup", "no-such-vm"], "no-such-vm"),
         (["status", "no-such-vm"], "no-such-vm"),
         (["restore", "999999", "--to", tmp_path / "out"], "999999"),
+        (["verify", "999999", "--boot"], "999999"),
         (["backup", "pgtest1", "--vcenter", "no-such-block", "--agent", "no-such-block"], "no-such-block"),
     ]:
         result = vmferry(*args)

@@ -152,7 +152,9 @@ def test_deploy_script_creates_pool_limits_and_per_vm_deployments(prefect_backen
                 stored = client.read_deployment_by_name(f"{load_flow(deployment).name}/{deployment['name']}")
                 assert stored.parameters == (deployment.get("parameters") or {})
         per_vm = [d for d in DEPLOYMENTS if "per-vm" in (d.get("tags") or [])]
-        assert {load_flow(d).name for d in per_vm} == {"backup-vm", "prune-restore-points", "replicate-vm"}
+        assert {load_flow(d).name for d in per_vm} == {
+            *("backup-vm", "prune-restore-points", "replicate-vm", "verify-restore-point")
+        }
         for template in per_vm:  # every VM asked for got its own copy of every per-VM deployment
             for vm in ("web1", "pgtest1"):
                 stored = client.read_deployment_by_name(f"{load_flow(template).name}/{vm}")

@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--hub-vm-id", default=None, help="uuid of the hub VM (default: generated)")
     parser.add_argument("--no-admin", action="store_true", help="do not serve the /_sim admin API")
+    parser.add_argument(
+        "--boot-vms", action="store_true", help="really run started VMs in qemu (console at /_sim/vms/ID/console)"
+    )
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
 
@@ -64,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         admin=not args.no_admin,
         default_page_size=args.page_size,
         hub_disk_bus=args.hub_disk_bus,
+        boot_vms=args.boot_vms,
     ).start()
 
     done = threading.Event()

@@ -17,7 +17,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from infra.lab.cloudstack.hypervisor import QemuHypervisor
 
 GIB = 1024**3
 # Hard-coded in VolumeApiServiceImpl.getDeviceId on every hypervisor: data disks never get device id 3.
@@ -532,6 +535,8 @@ class Cloud:
         self.data_volume_high_water: dict[str, int] = {}
         # VMs whose attached volumes show up under dev/disk/by-id: the hub(s) the lab's workers run on
         self.hub_vm_ids: list[str] = []
+        # set (lab option) to really run started VMs in qemu; the hub below is never run
+        self.hypervisor: QemuHypervisor | None = None
 
         self.zones: dict[str, Zone] = {}
         self.clusters: dict[str, Cluster] = {}
@@ -1039,12 +1044,30 @@ class Cloud:
             if volume.state == "Allocated":
                 self._materialize(volume, self._pool_for_new_volume(vm, host))
         vm.host = host
+        self._power_on(vm)
         vm.state = "Running"
         self.sync_hub_links()
         return vm
 
+    def _power_on(self, vm: VirtualMachine) -> None:
+        if self.hypervisor is None or vm.id in self.hub_vm_ids:
+            return
+        from clients.qemu_boot import BootError
+        from infra.lab.cloudstack.hypervisor import VMDisk
+
+        disks = [VMDisk(v.device_id or 0, self.volume_file(v), self.serial_of(v.id)) for v in self.volumes_of(vm)]
+        try:
+            self.hypervisor.start(vm.id, disks)
+        except BootError as exc:
+            raise cloud_runtime_error(f"Unable to start VM {vm.id}: {exc}") from exc  # [U]
+
+    def _power_off(self, vm: VirtualMachine) -> None:
+        if self.hypervisor is not None:
+            self.hypervisor.stop(vm.id)
+
     def stop_vm(self, vm: VirtualMachine) -> VirtualMachine:
         if vm.state in ("Running", "Stopped"):
+            self._power_off(vm)
             vm.state = "Stopped"
             self.sync_hub_links()
             return vm
@@ -1057,6 +1080,7 @@ class Cloud:
         for volume in listed:
             if volume.vm is not vm:
                 raise invalid_value(f"Volume {volume.id} is not attached to VM {vm.id}")  # [U]
+        self._power_off(vm)
         vm.state = "Destroyed"
         for volume in listed:
             self._detach(volume)
@@ -1077,6 +1101,7 @@ class Cloud:
         return vm
 
     def mark_vm_error(self, vm: VirtualMachine) -> None:
+        self._power_off(vm)
         vm.state = "Error"
         self.sync_hub_links()
 

@@ -48,6 +48,7 @@ def start_simulator_process(
     max_data_disks: int = 6,
     hub_vm_id: str | None = None,
     timeout: float = 20,
+    boot_vms: bool = False,
 ) -> SimulatorProcess:
     """Start ``python -m infra.lab.cloudstack`` and wait until its admin endpoint answers."""
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -62,6 +63,8 @@ def start_simulator_process(
     ]  # fmt: skip
     if hub_vm_id is not None:
         argv += ["--hub-vm-id", hub_vm_id]
+    if boot_vms:
+        argv.append("--boot-vms")
     log_path = state_dir / "simulator.log"
     with open(log_path, "ab") as log:
         process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)

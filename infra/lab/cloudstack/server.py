@@ -270,6 +270,7 @@ class CloudStackSimulator:
         admin: bool = True,
         default_page_size: int = 500,
         hub_disk_bus: str = "virtio-blk",
+        boot_vms: bool = False,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.host = host
@@ -284,6 +285,10 @@ class CloudStackSimulator:
         self.cloud = Cloud(
             self.state_dir, max_data_disks=max_data_disks, hub_vm_id=hub_vm_id, hub_disk_bus=hub_disk_bus
         )
+        if boot_vms:
+            from infra.lab.cloudstack.hypervisor import QemuHypervisor
+
+            self.cloud.hypervisor = QemuHypervisor(self.state_dir / "vms")
         self.calls: Counter[str] = Counter()  # verified API calls per command, e.g. to count a client's retries
         self._lock = threading.RLock()
         self._jobs_changed = threading.Condition(self._lock)
@@ -323,6 +328,8 @@ class CloudStackSimulator:
         for thread in self._threads:
             thread.join(timeout=5)
         self._threads = []
+        if self.cloud.hypervisor is not None:
+            self.cloud.hypervisor.stop_all()
 
     def __enter__(self) -> CloudStackSimulator:
         return self.start() if self._httpd is None else self
@@ -557,6 +564,18 @@ class CloudStackSimulator:
 
     # ---- admin API (not CloudStack's) ------------------------------------------------------------------------
 
+    def vm_console(self, vm_id: str) -> str:
+        """The serial console of a VM the lab hypervisor ran ("" without the boot_vms option)."""
+        hypervisor = self.cloud.hypervisor
+        return hypervisor.console(vm_id) if hypervisor is not None else ""
+
+    def _vm_console(self, vm_id: str) -> tuple[int, dict[str, Any]]:
+        hypervisor = self.cloud.hypervisor
+        if hypervisor is None:
+            return 404, {"error": "this simulator does not run VMs: start it with --boot-vms"}
+        running = hypervisor.vm(vm_id)
+        return 200, {"console": hypervisor.console(vm_id), "running": bool(running and running.running())}
+
     def _serve_admin(self, method: str, path: str, query: str, body: bytes) -> tuple[int, dict[str, Any]]:
         try:
             if path == "/info" and method == "GET":
@@ -579,6 +598,8 @@ class CloudStackSimulator:
                 if "job_delay" in spec:
                     self.job_delay = float(spec["job_delay"])
                 return 200, {"job_delay": self.job_delay}
+            if path.startswith("/vms/") and path.endswith("/console") and method == "GET":
+                return self._vm_console(path[len("/vms/") : -len("/console")])
             if path.startswith("/volumes/") and method == "GET":
                 file = self.volume_file(path[len("/volumes/") :])
                 return 200, {"file": str(file), "exists": file.exists()}
