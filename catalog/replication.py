@@ -213,6 +213,12 @@ def record_sync(catalog: Catalog, volume_id: str, change_id: str | None) -> Volu
     return _update(catalog, volume_id, last_change_id=change_id, last_synced_at=utcnow(), content_state=COMPLETE)
 
 
+def forget_change_id(catalog: Catalog, volume_id: str) -> VolumeView:
+    """The volume was written by something else (a failover VM ran on it, guest preparation changed it): changes
+    since its last change id no longer describe what differs, so the next sync compares every block instead."""
+    return _update(catalog, volume_id, last_change_id=None)
+
+
 def recorded_volume_contexts(catalog: Catalog) -> dict[str, int]:
     """Every CloudStack volume id the catalog owns (one per replicated disk), with its VM context."""
     with catalog.session() as session:

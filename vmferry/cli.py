@@ -949,11 +949,11 @@ def cleanup(
         if as_json:
             _emit_json(_dump(result))
         elif not result.did_anything:
-            cli.out.print(f"{vm}: nothing to clean up (no test VM, every volume on the hub)")
+            cli.out.print(f"{vm}: nothing to clean up (no test VM, every volume detached)")
         else:
             cli.out.print(
-                f"{vm}: removed test VM(s) {', '.join(result.removed_vms) or 'none'}; moved "
-                f"{len(result.volumes_returned)} volume(s) back onto the hub"
+                f"{vm}: removed test VM(s) {', '.join(result.removed_vms) or 'none'}; took "
+                f"{len(result.volumes_returned)} volume(s) off the test VM (left detached, ready to sync)"
             )
 
 
