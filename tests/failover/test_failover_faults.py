@@ -23,7 +23,7 @@ from flows.failover import failover_vm
 from flows.reconcile import reconcile
 from infra.lab.seed import require_vm
 from infra.lab.vcenter import session
-from tests.failover.test_failover import assert_back_on_hub, source_shas
+from tests.failover.test_failover import assert_left_detached, source_shas
 
 pytestmark = pytest.mark.usefixtures("prefect_backend", "nbd_port_range")
 
@@ -56,7 +56,7 @@ def test_a_failed_deploy_job_leaves_no_vm_in_error(
         assert record.state == "rolled-back"
     assert cloudstack_sim.faults() == []
     assert _destination_vms(cloudstack_block, vm) == []
-    assert_back_on_hub(cloudstack_sim, cloudstack_block, configured_catalog, name, expected)
+    assert_left_detached(cloudstack_sim, cloudstack_block, configured_catalog, name, expected)
 
 
 def _kill_between_root_and_data_attach(arguments: dict, catalog, cloudstack_block, vm) -> None:
@@ -71,11 +71,11 @@ def _kill_between_root_and_data_attach(arguments: dict, catalog, cloudstack_bloc
         while True:
             with cloudstack_block.client() as client:
                 holder = client.get_volume(root.volume_id).virtual_machine_id
-                data_on_hub = all(
-                    client.get_volume(v.volume_id).virtual_machine_id in (None, cloudstack_block.hub_vm_id)
+                data_not_on_it = all(
+                    client.get_volume(v.volume_id).virtual_machine_id in (None, *cloudstack_block.hub_ids())
                     for v in data
                 )
-            if holder not in (None, cloudstack_block.hub_vm_id) and data_on_hub:
+            if holder not in (None, *cloudstack_block.hub_ids()) and data_not_on_it:
                 break
             assert process.poll() is None and time.monotonic() < deadline, "the failover never attached its root"
             time.sleep(0.05)
@@ -129,7 +129,7 @@ def test_a_failover_killed_between_root_and_data_attach(
     expected = source_shas(lab, name, configured_catalog)
     with cloudstack_block.client() as client:
         for volume in volumes_of_vm(configured_catalog, vm.vm_context_id):
-            assert client.get_volume(volume.volume_id).virtual_machine_id == cloudstack_block.hub_vm_id
+            assert client.get_volume(volume.volume_id).virtual_machine_id is None  # volumes rest detached
     if mode == "live":
         with session(lab.vcenter) as si:
             assert str(require_vm(si, name).runtime.powerState) == "poweredOff"
@@ -141,4 +141,4 @@ def test_a_failover_killed_between_root_and_data_attach(
     assert [v.id for v in _destination_vms(cloudstack_block, vm)] == [result.destination_vm_id]
     if mode == "test":
         cleanup_failover(name, cloudstack_block)
-        assert_back_on_hub(cloudstack_sim, cloudstack_block, configured_catalog, name, expected)
+        assert_left_detached(cloudstack_sim, cloudstack_block, configured_catalog, name, expected)

@@ -21,7 +21,7 @@ from flows.failover import LiveFailoverRefused, failover_vm
 from flows.replicate import ReplicationRefused, replicate_vm
 from infra.lab.seed import require_vm
 from infra.lab.vcenter import session
-from tests.failover.test_failover import assert_back_on_hub, source_shas
+from tests.failover.test_failover import assert_left_detached, source_shas
 from vmferry.errors import EXIT_REFUSED
 from vmferry.protection import vm_protection
 
@@ -88,7 +88,7 @@ def test_live_failover_asks_first_and_powers_the_source_on_when_it_fails(
     cloudstack_sim.clear_faults()
     assert power_state(lab, name) == "poweredOn"  # it was powered off for the final sync, then on again
     expected = source_shas(lab, name, configured_catalog)
-    assert_back_on_hub(cloudstack_sim, cloudstack_block, configured_catalog, name, expected)
+    assert_left_detached(cloudstack_sim, cloudstack_block, configured_catalog, name, expected)
     protection = vm_protection(configured_catalog, vm)
     assert protection.state == READY_FOR_FAILOVER
     assert protection.failover is not None and (protection.failover.mode, protection.failover.state) == (
@@ -172,10 +172,10 @@ def test_revert_brings_the_vm_back_to_vmware(
     # the destination VM ran on the volumes: their next sync compares every block instead of trusting CBT
     assert all(v.last_change_id is None for v in volumes_of_vm(configured_catalog, vm.vm_context_id))
     expected = source_shas(lab, name, configured_catalog)
-    assert_back_on_hub(cloudstack_sim, cloudstack_block, configured_catalog, name, expected)
+    assert_left_detached(cloudstack_sim, cloudstack_block, configured_catalog, name, expected)
 
     # back to replication: a sync succeeds and every volume reads as its source disk
     replicate_vm(name, cloudstack_block, agent_block, lab_vcenter_block)
-    assert_back_on_hub(cloudstack_sim, cloudstack_block, configured_catalog, name, expected)
+    assert_left_detached(cloudstack_sim, cloudstack_block, configured_catalog, name, expected)
     result = vmferry("revert", name, "--yes", use=("cloudstack", "vcenter"))  # nothing left to revert
     assert result.exit_code == EXIT_REFUSED and "no active live failover" in result.stderr
