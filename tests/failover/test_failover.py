@@ -151,7 +151,8 @@ def test_cleanup_after_a_failover_process_was_killed(
         if process.poll() is None:
             process.kill()
     cloudstack_sim.job_delay = 0.02
-    free_vm_slot(vm.instance_uuid)  # the killed failover held the VM's slot; the harness repossesses no lease
+    # the killed failover held the VM's slots; the harness repossesses no lease
+    free_vm_slot(vm.instance_uuid, vm.vm_context_id)
     cleanup_failover(name, cloudstack_block)
     assert_left_detached(cloudstack_sim, cloudstack_block, configured_catalog, name, expected)
 

@@ -24,6 +24,7 @@ from flows.reconcile import reconcile
 from infra.lab.seed import require_vm
 from infra.lab.vcenter import session
 from tests.failover.test_failover import assert_left_detached, source_shas
+from tests.slots import free_vm_slot
 
 pytestmark = pytest.mark.usefixtures("prefect_backend", "nbd_port_range")
 
@@ -105,6 +106,7 @@ def test_a_failover_killed_between_root_and_data_attach(
     cloudstack_sim.job_delay = 0.5  # slow jobs, so the kill lands between the attachments
     _kill_between_root_and_data_attach(arguments, configured_catalog, cloudstack_block, vm)
     cloudstack_sim.job_delay = 0.02
+    free_vm_slot(vm.instance_uuid, vm.vm_context_id)  # the killed run's slots; the harness repossesses no lease
 
     (killed,) = failovers_of(configured_catalog, vm.vm_context_id)
     assert killed.state == "in-progress" and killed.destination_vm_id is not None  # recorded before it existed
