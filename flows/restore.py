@@ -188,9 +188,10 @@ def restore_vm(
         overwrite: Replace files that exist at the destination; off: an existing file is refused and left alone.
     """
     repo = load_block(BackupRepository, repository).repository()
-    directory = writable_directory(Path(destination_dir))
+    directory = Path(destination_dir)
 
     def work(point: PointView, job_id: str) -> list[RestoredDisk]:
+        writable_directory(directory)  # refused before any copy, once the point is known to be readable here
         return [
             restore_disk_file(repo, d, directory / f"{d.disk_id}.{image_format}", image_format, overwrite, job_id)
             for d in point.disks
@@ -271,9 +272,10 @@ def restore_files(
         overwrite: Replace files that exist at the destination; off: an existing file is refused and left alone.
     """
     repo = load_block(BackupRepository, repository).repository()
-    destination = writable_directory(Path(destination_dir))
+    destination = Path(destination_dir)
 
     def work(point: PointView, job_id: str) -> list[Path]:
+        writable_directory(destination)  # refused before any extraction, once the point is known to be readable here
         entry = point.disk(disk)
         ledger = JobLedger(default_catalog(), job_id)
         with open_image(repo.absolute(entry.file_path), ledger=ledger) as image:

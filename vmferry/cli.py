@@ -884,7 +884,9 @@ def failover(
                 **networking,
             }
             parameters |= {"confirm_live": True} if live else {}
-            parameters |= {"prepare_guest": prepare_guest, "virtio_win": str(virtio_win) if virtio_win else None}
+            # only what differs from the flow's defaults, so a deployment's own defaults stay in force
+            parameters |= {} if prepare_guest else {"prepare_guest": False}
+            parameters |= {"virtio_win": str(virtio_win)} if virtio_win else {}
             submit_to_deployment(cli, submit, "failover-vm", parameters, wait=wait, as_json=as_json)
             return
         cloudstack_block = blocks.cloudstack_block()

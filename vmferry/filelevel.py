@@ -230,6 +230,7 @@ def _open_directory(base: Path, parts: tuple[str, ...]) -> int:
     ``base`` is the operator's ``--to``; everything under it is walked with O_NOFOLLOW, so a link planted there
     (by a guest's file name or by somebody else) cannot send a write elsewhere.
     """
+    base.mkdir(parents=True, exist_ok=True)  # the operator's own directory, as named
     fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for part in parts:
