@@ -17,7 +17,7 @@ from catalog import default_catalog
 from catalog.failovers import context_after_rollback, failovers_of, finish_failover, set_context_state
 from catalog.inventory import find_vm
 from catalog.replication import volumes_of_vm
-from tasks.failover import leave_volumes_detached, remove_destination_vm
+from tasks.failover import leave_volumes_detached, remove_destination_vm, volumes_held_elsewhere
 from tasks.jobs import close_job, open_job
 from vmferry.errors import Refused, describe
 from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
@@ -77,8 +77,10 @@ def cleanup_failover(vm: str, cloudstack: CloudStack | str) -> CleanupResult:
         candidates = {
             f.destination_vm_id for f in history if (f.mode == "test" or f in unfinished) and f.destination_vm_id
         }
+        held = volumes_held_elsewhere(cloud, ours)  # before the test VM goes: removing it takes them off too
         removed = [vm_id for vm_id in sorted(candidates) if remove_destination_vm(cloud, vm_id, ours)]
-        detached, returned = leave_volumes_detached(cloud, volumes)
+        detached, moved = leave_volumes_detached(cloud, volumes)
+        returned = sorted(set(held) | set(moved))
         # a live failover that powered the source off and never finished leaves the VM running nowhere
         after = context_after_rollback(catalog, recorded.vm_context_id)
         for failover in history:

@@ -255,8 +255,10 @@ def _fail_over(
             volumes = {v.vm_disk_id: v for v in volumes_of_vm(catalog, recorded.vm_context_id)}
             plan = plan_attachments(recorded, volumes, data_volume_limit)
             ours = [item.volume_id for item in plan]
-            prepare_os_volume(cloud, recorded, plan, volumes, enabled=prepare_guest, virtio_win=virtio_win)
             with ExitStack() as undo:
+                # guest preparation puts the OS volume on a hub for a while: whatever fails, it is left detached
+                undo.callback(quietly(leave_volume_detached, cloud, plan[0].volume_id))
+                prepare_os_volume(cloud, recorded, plan, volumes, enabled=prepare_guest, virtio_win=virtio_win)
                 # before the deploy: a deploy job that fails leaves a VM in Error, recorded but never returned
                 undo.callback(quietly(_remove_recorded_destination, cloud, failover_id, ours))
                 destination = deploy_destination_vm(cloud, recorded, mode, failover_id, nics, placement.cluster_id)

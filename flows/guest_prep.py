@@ -42,14 +42,17 @@ def prepare_os_volume(
     forget_change_id(default_catalog(), volume.volume_id)
     hubs = {hub_limit_name(hub): hub for hub in cloud.hub_ids()}
     with first_free(list(hubs), 1, logger) as limit_name:
+        attached = attach_to_hub(cloud, hubs[limit_name], volume, capacity)
         try:
-            attached = attach_to_hub(cloud, hubs[limit_name], volume, capacity)
-            return prepare_guest_for_kvm(
+            prepared = prepare_guest_for_kvm(
                 recorded.name,
                 recorded.vm_context_id,
                 volume.volume_id,
                 Path(attached.device_path or ""),
                 Path(virtio_win) if virtio_win else None,
             )
-        finally:
+        except BaseException:
             quietly(detach_from_hub, cloud, volume.volume_id)()
+            raise
+        detach_from_hub(cloud, volume.volume_id)  # a failure here fails the failover before anything is deployed
+    return prepared

@@ -212,6 +212,16 @@ def remove_destination_vm(cloudstack: CloudStack, vm_id: str, our_volume_ids: li
     return True
 
 
+def volumes_held_elsewhere(cloudstack: CloudStack, volume_ids: list[str]) -> list[str]:
+    """Those of ``volume_ids`` a VM other than a hub holds now (a test VM ran on them)."""
+    with cloudstack.client() as client:
+        return [
+            volume_id
+            for volume_id in volume_ids
+            if client.get_volume(volume_id).virtual_machine_id not in (None, *cloudstack.hub_ids())
+        ]
+
+
 def leave_volumes_detached(
     cloudstack: CloudStack, volumes: dict[int, VolumeView]
 ) -> tuple[list[str], list[str]]:

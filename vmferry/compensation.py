@@ -16,8 +16,10 @@ def quietly(action: Callable[..., Any], *args: Any, **kwargs: Any) -> Callable[[
         try:
             action(*args, **kwargs)
         except Exception:
+            # plain ids only: a block among the arguments would print its endpoint and keys into the log
+            shown = tuple(a if isinstance(a, str | int) else type(a).__name__ for a in args)
             log.exception(
-                "compensation %s%s failed; the reconciler will retry it", getattr(action, "__name__", action), args
+                "compensation %s%s failed; the reconciler will retry it", getattr(action, "__name__", action), shown
             )
 
     return run

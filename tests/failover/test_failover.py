@@ -90,11 +90,13 @@ def test_test_failover_then_cleanup(
 
 
 STEPS = [
+    ("attachVolume", 1),  # the OS volume onto a hub for guest preparation
+    ("detachVolume", 1),  # ... and off it again
     ("deployVirtualMachine", 1),
-    ("detachVolume", 1),  # the template's root volume
-    ("attachVolume", 1),  # our OS volume as root
-    ("attachVolume", 2),  # first data volume
-    ("attachVolume", 3),  # second data volume
+    ("detachVolume", 2),  # the template's root volume
+    ("attachVolume", 2),  # our OS volume as root
+    ("attachVolume", 3),  # first data volume
+    ("attachVolume", 4),  # second data volume
     ("startVirtualMachine", 1),
 ]
 
