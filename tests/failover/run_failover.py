@@ -19,4 +19,5 @@ if __name__ == "__main__":
         mode=mode,
         vcenter=VCenter(**arguments["vcenter"]) if "vcenter" in arguments else None,
         agent=Agent(**arguments["agent"]) if "agent" in arguments else None,
+        confirm_live=arguments.get("confirm_live", False),
     )

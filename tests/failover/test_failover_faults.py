@@ -99,6 +99,7 @@ def test_a_failover_killed_between_root_and_data_attach(
     arguments: dict = {"vm": name, "mode": mode, "cloudstack": json.loads(cloudstack_block.model_dump_json())}
     arguments["cloudstack"]["secret_key"] = cloudstack_block.secret_key.get_secret_value()
     if mode == "live":
+        arguments["confirm_live"] = True
         arguments["vcenter"] = json.loads(lab_vcenter_block.model_dump_json())
         arguments["vcenter"]["password"] = lab_vcenter_block.password.get_secret_value()
         arguments["agent"] = json.loads(agent_block.model_dump_json())
@@ -137,7 +138,7 @@ def test_a_failover_killed_between_root_and_data_attach(
             assert str(require_vm(si, name).runtime.powerState) == "poweredOff"
 
     # the next failover works, and reuses nothing
-    live = {"vcenter": lab_vcenter_block, "agent": agent_block} if mode == "live" else {}
+    live = {"vcenter": lab_vcenter_block, "agent": agent_block, "confirm_live": True} if mode == "live" else {}
     result = failover_vm(name, cloudstack_block, mode=mode, **live)
     assert result.destination_vm_id != killed.destination_vm_id
     assert [v.id for v in _destination_vms(cloudstack_block, vm)] == [result.destination_vm_id]
