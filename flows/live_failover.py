@@ -30,7 +30,7 @@ from tasks.jobs import close_job, open_job
 from vmferry.errors import Refused, describe
 from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
 from vmferry.outcome import PUBLISH_OUTCOME
-from vmferry.runs import one_job_per_vm
+from vmferry.runs import artifact_key, one_job_per_vm
 
 
 class LiveFailoverStateRefused(Refused):
@@ -89,7 +89,7 @@ def pause_replication_schedules(recorded: RecordedVM) -> list[str]:
 
 def _state_artifact(recorded: RecordedVM, title: str, lines: list[str]) -> None:
     create_markdown_artifact(
-        key=f"live-failover-vm-{recorded.vm_context_id}",
+        key=artifact_key("live-failover", recorded.name),
         markdown=f"## {title}\n\n" + "\n".join(f"- {line}" for line in lines),
         description=f"Live failover state of {recorded.name}",
     )

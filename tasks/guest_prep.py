@@ -14,6 +14,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from clients.v2v import EXPECTED_STAGES, prepare_for_kvm
+from vmferry.runs import artifact_key
 
 
 class GuestPreparation(BaseModel):
@@ -30,7 +31,7 @@ def prepare_guest_for_kvm(
 ) -> GuestPreparation:
     """Retrying is safe: virt-v2v-in-place on an already converted guest converts it again to the same end."""
     logger = get_run_logger()
-    key = f"guest-prep-vm{vm_context_id}"
+    key = artifact_key("guest-prep", vm_name)
     progress_id = create_progress_artifact(
         0.0, key=key, description=f"virt-v2v-in-place on the OS volume {volume_id} of {vm_name}"
     )

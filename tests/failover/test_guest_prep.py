@@ -17,6 +17,7 @@ from flows.replicate import replicate_vm
 from infra.lab.cloudstack import CloudStackSimulator
 from infra.lab.guest import seed_guest_vm
 from tests.failover.test_guest_boot import wait_for_guest
+from vmferry.runs import artifact_key
 
 pytestmark = pytest.mark.usefixtures("prefect_backend", "nbd_port_range")
 
@@ -46,7 +47,7 @@ def test_a_guest_without_virtio_drivers_does_not_boot_and_preparation_says_why(
 
     result = failover_vm(name, cloudstack_block)  # preparation on (the default)
 
-    log = artifact(f"guest-prep-vm{vm.vm_context_id}-log")
+    log = artifact(artifact_key("guest-prep", name) + "-log")
     assert "skipped" in log and "found no operating system it can convert" in log
     assert "virt-v2v-in-place: error: inspection could not detect the source guest" in log  # its own words
     report = wait_for_guest(cloudstack_sim, result.destination_vm_id)
