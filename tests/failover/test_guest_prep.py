@@ -43,7 +43,7 @@ def test_a_guest_without_virtio_drivers_does_not_boot_and_preparation_says_why(
     name = f"plain-{uuid.uuid4().hex[:8]}"
     seed_guest_vm(lab.vcenter, lab.workdir, name, data_disks=1, virtio=False)
     replicate_vm(name, cloudstack_block, agent_block, lab_vcenter_block)
-    vm = find_vm(configured_catalog, name)
+    find_vm(configured_catalog, name)  # discovered and recorded by the replication
 
     result = failover_vm(name, cloudstack_block)  # preparation on (the default)
 
