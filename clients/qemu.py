@@ -342,6 +342,16 @@ class ImageScan:
 _SCAN_CHUNK = 4 * 1024 * 1024
 
 
+def stop_child(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    """Stop a qemu-nbd this process started itself: SIGTERM, wait up to ``grace``, then SIGKILL."""
+    process.terminate()
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @contextmanager
 def read_only_client(
     path: Path, *, image_format: str = "qcow2", block_status: bool = False, timeout: float = 15
@@ -377,12 +387,7 @@ def read_only_client(
             with client:
                 yield client
         finally:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_child(process)
 
 
 def scan_image(

@@ -22,6 +22,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from agent.dataplane.nbd import NBDClient, NBDError
+from clients.qemu import stop_child
 from vmferry.errors import NotFoundError, VmferryError
 from vmferry.ledger import JobLedger
 
@@ -89,12 +90,7 @@ def open_image(path: Path, image_format: str = "qcow2", ledger: JobLedger | None
         finally:
             client.close()
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_child(process)
         if ledger is not None and process_id is not None and directory_id is not None:
             ledger.removed(process_id)
             ledger.remove_directory(directory_id, workdir)
