@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from blocks import load_block
 from blocks.vcenter import VCenter
-from tasks.discovery import read_vcenter_inventory, read_vm_folders
+from tasks.discovery import read_tagged_vms, read_vcenter_inventory, read_vm_folders
 from vmferry.inventory import ObservedVM
 from vmferry.outcome import PUBLISH_OUTCOME
 from vmferry.policies import PER_VM_FLOWS, VMSelector, select_vms
@@ -90,7 +90,8 @@ def protect_policy(
     Args:
         policy: The policy's name (deployments/policies.yaml); it tags every per-VM run ``policy:<name>``.
         action: backup, replicate or prune: the per-VM deployment started for each VM.
-        vms: Which VMs: names (or instance UUIDs), name patterns (db*), vCenter folders (/DC0/vm/prod).
+        vms: Which VMs: names (or instance UUIDs), name patterns (db*), vCenter folders (/DC0/vm/prod), vSphere
+            tags (category and tag name).
         vcenter: Saved VCenter block name (or a VCenter block) the VMs are selected from.
         kind: The per-VM runs' kind (backup: full, incremental or auto; replicate: initial, incremental or auto);
             empty: the per-VM deployment's own.
@@ -103,7 +104,8 @@ def protect_policy(
     vcenter_block = load_block(VCenter, vcenter)
     inventory = read_vcenter_inventory(vcenter_block)
     folders = read_vm_folders(vcenter_block) if vms.folders else {}
-    selected = select_vms(vms, inventory, folders)
+    tagged = read_tagged_vms(vcenter_block, vms.tags) if vms.tags else []
+    selected = select_vms(vms, inventory, folders, tagged)
     if not selected:
         logger.warning("policy %s selects no VM of vCenter %s: nothing to %s", policy, vcenter_block.host, action)
         return []

@@ -11,8 +11,10 @@ from catalog.errors import UnknownRecord
 from catalog.inventory import RecordedVM, mark_vms_missing, record_vm
 from catalog.inventory import find_vm as find_recorded_vm
 from clients.vsphere import VSphereClient, VSphereError
+from clients.vsphere_tags import TagName, VSphereTags
 from vmferry.errors import retry_unless_permanent
 from vmferry.inventory import ObservedVM
+from vmferry.policies import VMTag
 
 
 @task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, retry_condition_fn=retry_unless_permanent)
@@ -63,3 +65,10 @@ def read_vm_folders(vcenter: VCenter) -> dict[str, str]:
     """Every VM's inventory folder path (``/DC0/vm/prod``), keyed on its moref."""
     with VSphereClient(vcenter.endpoint()) as client:
         return client.vm_folders()
+
+
+@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, retry_condition_fn=retry_unless_permanent)
+def read_tagged_vms(vcenter: VCenter, tags: list[VMTag]) -> list[str]:
+    """The morefs of the VMs carrying any of ``tags`` (vCenter's vAPI tagging service)."""
+    with VSphereTags(vcenter.endpoint()) as client:
+        return sorted(client.vms_tagged([TagName(t.category, t.tag) for t in tags]))

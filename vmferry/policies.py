@@ -1,4 +1,4 @@
-"""Protection policies: which VMs (names, name patterns, vCenter folders), on which schedules, kept how long.
+"""Protection policies: which VMs (names, name patterns, vCenter folders or tags), on which schedules, kept how long.
 
 A policy is one deployment per action (backup, replication, pruning) whatever the number of its VMs: its run
 selects the VMs from vCenter at run time (a VM added to a folder is protected from its next run) and starts one
@@ -25,8 +25,17 @@ PER_VM_FLOWS: dict[str, str] = {"backup": "backup-vm", "replicate": "replicate-v
 _UNSAFE_NAME_CHARACTERS = set("/%&><")
 
 
+class VMTag(BaseModel):
+    """A vSphere tag by its category's name and its own (a tag's name is unique only in its category)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    category: str = Field(description="The tag category's name (backup-tier)")
+    tag: str = Field(description="The tag's name in that category (gold)")
+
+
 class VMSelector(BaseModel):
-    """The VMs of a policy: any VM matching any of the lists (names, patterns, folders)."""
+    """The VMs of a policy: any VM matching any of the lists (names, patterns, folders, tags)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -36,15 +45,16 @@ class VMSelector(BaseModel):
         default=[],
         description="vCenter inventory folders as paths (/DC0/vm/prod): the VMs in them and in their subfolders",
     )
+    tags: list[VMTag] = Field(default=[], description="vSphere tags (category and tag name): the VMs carrying any")
 
     @model_validator(mode="after")
     def _not_empty(self) -> VMSelector:
-        if not (self.names or self.patterns or self.folders):
-            raise ValueError("a policy selects no VM: give names, patterns or folders")
+        if not (self.names or self.patterns or self.folders or self.tags):
+            raise ValueError("a policy selects no VM: give names, patterns, folders or tags")
         return self
 
-    def matches(self, vm: ObservedVM, folder: str | None) -> bool:
-        if {vm.name, vm.instance_uuid, vm.moref} & set(self.names):
+    def matches(self, vm: ObservedVM, folder: str | None, tagged: bool = False) -> bool:
+        if tagged or {vm.name, vm.instance_uuid, vm.moref} & set(self.names):
             return True
         if any(fnmatch.fnmatchcase(vm.name, pattern) for pattern in self.patterns):
             return True
@@ -53,9 +63,15 @@ class VMSelector(BaseModel):
         return any(folder == f.rstrip("/") or folder.startswith(f.rstrip("/") + "/") for f in self.folders)
 
 
-def select_vms(selector: VMSelector, vms: Iterable[ObservedVM], folders: dict[str, str]) -> list[ObservedVM]:
-    """The VMs ``selector`` names, by name; ``folders`` maps a VM's moref to its folder path."""
-    return sorted((vm for vm in vms if selector.matches(vm, folders.get(vm.moref))), key=lambda vm: vm.name)
+def select_vms(
+    selector: VMSelector, vms: Iterable[ObservedVM], folders: dict[str, str], tagged: Iterable[str] = ()
+) -> list[ObservedVM]:
+    """The VMs ``selector`` names, by name; ``folders`` maps a VM's moref to its folder path, ``tagged`` holds
+    the morefs of the VMs carrying one of the selector's tags (vCenter attaches tags to morefs)."""
+    tagged = set(tagged)
+    return sorted(
+        (vm for vm in vms if selector.matches(vm, folders.get(vm.moref), vm.moref in tagged)), key=lambda vm: vm.name
+    )
 
 
 class PolicySchedule(BaseModel):

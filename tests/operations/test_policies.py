@@ -10,7 +10,7 @@ import yaml
 from deployments.deploy import POLICY_ENTRYPOINT, load_config, render_per_vm, render_policies
 from flows.policy import protect_policy
 from vmferry.inventory import ObservedVM
-from vmferry.policies import VMSelector, load_policies, select_vms
+from vmferry.policies import VMSelector, VMTag, load_policies, select_vms
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -115,3 +115,55 @@ def test_the_example_in_the_policies_file_is_a_valid_policy(tmp_path):
     (tmp_path / "example.yaml").write_text("\n".join(example))
     (policy,) = load_policies(tmp_path / "example.yaml")
     assert sorted(policy.actions()) == ["backup", "prune", "replicate"] and policy.vms.folders
+
+
+def test_a_policy_selects_the_vms_a_tag_is_attached_to():
+    selector = VMSelector(tags=[VMTag(category="tier", tag="gold")], patterns=["mail"])
+    assert [v.name for v in select_vms(selector, VMS, {}, tagged=["vm-3", "vm-9"])] == ["mail", "web1"]
+    assert [v.name for v in select_vms(selector, VMS, {})] == ["mail"]
+
+
+def test_a_policy_over_lab_vms_selects_exactly_those_carrying_its_tag(lab, lab_vcenter_block):
+    """Tags live in vCenter's vAPI (REST), not in the SOAP inventory: attached there, read there, by moref."""
+    from uuid import uuid4
+
+    from clients.vsphere_tags import TagNotFound
+    from infra.lab.vcenter import tag_vms
+    from tasks.discovery import read_tagged_vms, read_vcenter_inventory
+
+    inventory = read_vcenter_inventory.fn(lab_vcenter_block)
+    lab_names = sorted(v.name for v in inventory)
+    assert len(lab_names) >= 4, lab_names
+    # categories of their own: the lab is shared by the session's tests
+    tier, owner = f"tier-{uuid4().hex[:8]}", f"owner-{uuid4().hex[:8]}"
+    gold = lab_names[:2]
+    morefs = tag_vms(lab.vcenter, tier, "gold", gold)
+    tag_vms(lab.vcenter, tier, "silver", [lab_names[2]])
+    tag_vms(lab.vcenter, owner, "gold", [lab_names[3]])  # the same tag name in another category
+    assert sorted(morefs) == sorted(v.moref for v in inventory if v.name in gold)
+
+    selector = VMSelector(tags=[VMTag(category=tier, tag="gold")])
+    tagged = read_tagged_vms.fn(lab_vcenter_block, selector.tags)
+    assert sorted(tagged) == sorted(morefs)
+    assert [v.name for v in select_vms(selector, inventory, {}, tagged)] == gold
+
+    both = VMSelector(tags=[VMTag(category=tier, tag="gold"), VMTag(category=tier, tag="silver")])
+    selected = select_vms(both, inventory, {}, read_tagged_vms.fn(lab_vcenter_block, both.tags))
+    assert [v.name for v in selected] == lab_names[:3]
+
+    # a tag that does not exist is an error naming it, not a policy that silently protects nothing
+    with pytest.raises(TagNotFound, match=f"no tag 'bronze' in category '{tier}'"):
+        read_tagged_vms.fn(lab_vcenter_block, [VMTag(category=tier, tag="bronze")])
+
+
+def test_the_tagging_login_refuses_a_wrong_password(lab_vcenter_block):
+    from pydantic import SecretStr
+
+    from clients.vsphere import VSphereError
+    from clients.vsphere_tags import VSphereTags
+
+    with VSphereTags(lab_vcenter_block.endpoint()) as tags:
+        assert isinstance(tags.categories(), dict)
+    wrong = lab_vcenter_block.model_copy(update={"password": SecretStr("not-the-password")})
+    with pytest.raises(VSphereError, match="refused the tagging login"), VSphereTags(wrong.endpoint()):
+        pass

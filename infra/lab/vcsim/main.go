@@ -12,6 +12,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha1"
+	"crypto/subtle"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -22,6 +23,7 @@ import (
 	"log"
 	"math/big"
 	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"os/signal"
@@ -32,7 +34,29 @@ import (
 	"time"
 
 	"github.com/vmware/govmomi/simulator"
+	// The vAPI REST endpoints (/rest/com/vmware/cis/...): sessions and tagging, as upstream vcsim registers
+	// them. Its init adds itself to the endpoints NewServer runs when RegisterEndpoints is set.
+	_ "github.com/vmware/govmomi/vapi/simulator"
 )
+
+// sessionPath is where a vAPI client logs in (POST with basic auth) on vCenter 6.5 and later.
+const sessionPath = "/rest/com/vmware/cis/session"
+
+// requireCredentials refuses a vAPI login whose basic-auth credentials are not the lab's: the vapi simulator
+// takes any non-empty user and password, a vCenter answers 401.
+func requireCredentials(next http.Handler, user, password string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost && r.URL.Query().Get("~action") == "" {
+			u, p, ok := r.BasicAuth()
+			if !ok || subtle.ConstantTimeCompare([]byte(u), []byte(user)) != 1 ||
+				subtle.ConstantTimeCompare([]byte(p), []byte(password)) != 1 {
+				w.WriteHeader(http.StatusUnauthorized)
+				return
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
+}
 
 type info struct {
 	URL        string `json:"url"`
@@ -114,6 +138,18 @@ func main() {
 		Host: net.JoinHostPort(*host, strconv.Itoa(*port)),
 		User: url.UserPassword("vmferry-lab", fmt.Sprintf("%x", secret)),
 	}
+
+	model.Service.RegisterEndpoints = true
+	// Runs after the vapi simulator's endpoint (registered at init): the exact session path takes precedence
+	// over its /rest/ subtree, so every login passes the credential check first.
+	simulator.RegisterEndpoint(func(s *simulator.Service, _ *simulator.Registry) {
+		vapi, pattern := s.ServeMux.Handler(&http.Request{Method: http.MethodPost, URL: &url.URL{Path: sessionPath}})
+		if pattern == "" {
+			log.Fatalf("the vAPI simulator serves no %s", sessionPath)
+		}
+		password, _ := s.Listen.User.Password()
+		s.ServeMux.Handle(sessionPath, requireCredentials(vapi, s.Listen.User.Username(), password))
+	})
 
 	server := model.Service.NewServer()
 
