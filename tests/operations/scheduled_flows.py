@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+
 from prefect import flow
 
 
@@ -13,3 +16,10 @@ def tick() -> str:
 @flow(name="ops-fail")
 def fail() -> None:
     raise RuntimeError("this run fails on purpose: the alert must say so")
+
+
+@flow(name="ops-crash")
+def crash() -> None:
+    """Dies the way an out-of-memory kill ends a run: no exception, no final state from the run itself; the
+    worker sees its process gone and reports the run Crashed."""
+    os.kill(os.getpid(), signal.SIGKILL)

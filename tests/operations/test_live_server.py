@@ -1,5 +1,5 @@
 """On a real Prefect server with its services on: schedules create runs that a worker completes, and the
-alerts deploy.py creates notify a webhook when a vmferry run fails or is late.
+alerts deploy.py creates notify a webhook when a vmferry run fails, crashes or is late.
 
 One server for the module (PostgreSQL, scheduler, late-runs, triggers and actions services on), one worker.
 The scheduler test is the one that fails with SQLAlchemy 2.1 (constraints.txt pins 2.0.x).
@@ -122,7 +122,7 @@ def test_a_scheduled_deployment_gets_runs_that_a_worker_completes(worker, talkin
     assert "Can't evaluate bulk DML" not in worker.log()
 
 
-def test_failed_and_late_vmferry_runs_notify_the_operators_webhook(worker, talking_to_live_server, webhook):
+def test_failed_crashed_and_late_vmferry_runs_notify_the_operators_webhook(worker, talking_to_live_server, webhook):
     from prefect.blocks.notifications import CustomWebhookNotificationBlock
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
@@ -140,10 +140,12 @@ def test_failed_and_late_vmferry_runs_notify_the_operators_webhook(worker, talki
 
     # tagged like every deployment deploy.py renders; an untagged one (another project's) stays quiet
     failing = deploy_test_flow("fails", "fail", POOL, tags=["vmferry"])
+    crashing = deploy_test_flow("crashes", "crash", POOL, tags=["vmferry"])
     quiet = deploy_test_flow("not-ours", "fail", POOL)
     late = deploy_test_flow("waits", "tick", IDLE_POOL, tags=["vmferry"])
 
     failed_run = run_deployment(failing, timeout=0)
+    crashed_run = run_deployment(crashing, timeout=0)
     quiet_run = run_deployment(quiet, timeout=0)
     late_run = run_deployment(late, timeout=0, scheduled_time=datetime.now(UTC) - timedelta(minutes=2))
 
@@ -154,6 +156,10 @@ def test_failed_and_late_vmferry_runs_notify_the_operators_webhook(worker, talki
     assert "ops-tick/fails" not in message["body"] and "ops-fail/fails" in message["body"], message
     assert "this run fails on purpose" in message["body"], message
     wait_for("the late notification", lambda: notified(late_run.name, "late"))
+    message = wait_for("the crash notification", lambda: notified(crashed_run.name, "crashed"))
+    assert "ops-crash/crashes" in message["body"] and "process died or was killed" in message["body"], message
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(crashed_run.id).state.is_crashed()
     with get_client(sync_client=True) as client:
         wait_for("the untagged run to fail", lambda: client.read_flow_run(quiet_run.id).state.is_failed())
     time.sleep(3)  # the failure of the untagged run had as long as the tagged one to notify
