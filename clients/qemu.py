@@ -16,7 +16,7 @@ import ssl
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -352,42 +352,88 @@ def stop_child(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:
         process.wait()
 
 
+def connect_when_served(
+    process: subprocess.Popen[bytes],
+    socket_path: Path,
+    path: Path,
+    *,
+    errors: Callable[[], str],
+    block_status: bool = False,
+    timeout: float = 15,
+    error: Callable[[str], Exception] = QemuError,
+) -> NBDClient:
+    """Connect to the qemu-nbd ``process`` serving ``path`` on ``socket_path`` once it accepts.
+
+    Its socket file appears at bind(), a moment before listen(): a connection in between is refused, so
+    the file's existence proves nothing and only a completed handshake ends the wait. ``errors`` gives
+    qemu-nbd's error output should it exit; ``error`` makes the exception raised (the caller's kind).
+    """
+    from agent.dataplane.nbd import NBDAddress, NBDClient, NBDError
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise error(f"qemu-nbd could not open {path}: {errors().strip()}")
+        if socket_path.exists():
+            try:
+                return NBDClient(NBDAddress(socket_path=str(socket_path)), block_status=block_status, timeout=60)
+            except NBDError as exc:
+                if time.monotonic() > deadline:
+                    raise error(f"qemu-nbd serving {path} did not answer: {exc}") from exc
+        if time.monotonic() > deadline:
+            raise error(f"qemu-nbd did not serve {path} within {timeout:.0f} s")
+        time.sleep(0.01)
+
+
+@contextmanager
+def serve_read_only(
+    path: Path,
+    socket_path: Path,
+    *,
+    image_format: str = "qcow2",
+    block_status: bool = False,
+    timeout: float = 15,
+    on_started: Callable[[int], None] | None = None,
+    error: Callable[[str], Exception] = QemuError,
+) -> Iterator[NBDClient]:
+    """A private ``qemu-nbd --read-only`` serving the image (its backing chain) on ``socket_path``, connected.
+
+    ``on_started`` gets qemu-nbd's pid as soon as it runs (a job ledger records it there, so a killed job's
+    qemu-nbd is found and stopped); qemu-nbd is stopped, whatever happened, before this returns.
+    """
+    with tempfile.TemporaryFile() as output:
+        argv = ["qemu-nbd", "--read-only", "--persistent", "--format", image_format, "--socket", str(socket_path)]
+        try:
+            process = subprocess.Popen([*argv, "--", str(path)], stdin=subprocess.DEVNULL, stdout=output, stderr=output)
+        except FileNotFoundError as exc:
+            raise error("qemu-nbd is not installed (Debian package qemu-utils)") from exc
+
+        def errors() -> str:
+            output.seek(0)
+            return output.read().decode(errors="replace")
+
+        try:
+            if on_started is not None:
+                on_started(process.pid)
+            client = connect_when_served(
+                process, socket_path, path, errors=errors, block_status=block_status, timeout=timeout, error=error
+            )
+            with client:
+                yield client
+        finally:
+            stop_child(process)
+
+
 @contextmanager
 def read_only_client(
     path: Path, *, image_format: str = "qcow2", block_status: bool = False, timeout: float = 15
 ) -> Iterator[NBDClient]:
     """An NBD client of a private ``qemu-nbd --read-only`` serving the image (its backing chain) on a Unix socket."""
-    from agent.dataplane.nbd import NBDAddress, NBDClient, NBDError
-
-    with tempfile.TemporaryDirectory(prefix="vmferry-ro-") as tmp, tempfile.TemporaryFile() as errors:
-        sock = Path(tmp) / "nbd.sock"
-        argv = ["qemu-nbd", "--read-only", "--persistent", "--format", image_format, "--socket", str(sock)]
-        try:
-            process = subprocess.Popen([*argv, "--", str(path)], stdin=subprocess.DEVNULL, stdout=errors, stderr=errors)
-        except FileNotFoundError as exc:
-            raise QemuError("qemu-nbd is not installed (Debian package qemu-utils)") from exc
-        try:
-            deadline = time.monotonic() + timeout
-            client = None
-            while client is None:
-                if process.poll() is not None:
-                    errors.seek(0)
-                    raise QemuError(f"qemu-nbd could not open {path}: {errors.read().decode(errors='replace').strip()}")
-                try:
-                    # The socket file appears when qemu-nbd binds, a moment before it listens: try until it answers.
-                    if sock.exists():
-                        client = NBDClient(NBDAddress(socket_path=str(sock)), block_status=block_status, timeout=60)
-                except NBDError as exc:
-                    if time.monotonic() > deadline:
-                        raise QemuError(f"qemu-nbd serving {path} did not answer: {exc}") from exc
-                if client is None:
-                    if time.monotonic() > deadline:
-                        raise QemuError(f"qemu-nbd did not serve {path} within {timeout:.0f} s")
-                    time.sleep(0.01)
-            with client:
-                yield client
-        finally:
-            stop_child(process)
+    with tempfile.TemporaryDirectory(prefix="vmferry-ro-") as tmp:
+        with serve_read_only(
+            path, Path(tmp) / "nbd.sock", image_format=image_format, block_status=block_status, timeout=timeout
+        ) as client:
+            yield client
 
 
 def scan_image(

@@ -7,13 +7,12 @@ Paths inside a backup are untrusted data: extracted files are placed strictly un
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import shutil
 import stat
-import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
@@ -21,8 +20,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from agent.dataplane.nbd import NBDClient, NBDError
-from clients.qemu import stop_child
+from agent.dataplane.nbd import NBDClient
+from clients.qemu import serve_read_only
 from vmferry.errors import NotFoundError, VmferryError
 from vmferry.ledger import JobLedger
 
@@ -79,40 +78,20 @@ def open_image(path: Path, image_format: str = "qcow2", ledger: JobLedger | None
         directory_id, workdir = None, Path(tempfile.mkdtemp(prefix="vmferry-flr-"))
     socket_path = workdir / "nbd.sock"
     process_id = ledger.planned_process(image=path, socket_path=socket_path) if ledger is not None else None
-    argv = ["qemu-nbd", "--read-only", "--persistent", "--format", image_format, "--socket", str(socket_path)]
-    process = subprocess.Popen([*argv, "--", str(path)], stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    on_started = None
+    if ledger is not None and process_id is not None:
+        on_started = functools.partial(ledger.started, process_id)
     try:
-        if ledger is not None and process_id is not None:
-            ledger.started(process_id, process.pid)
-        client = _connect_when_served(process, path, socket_path)
-        try:
+        with serve_read_only(
+            path, socket_path, image_format=image_format, on_started=on_started, error=FileRestoreError
+        ) as client:
             yield NBDFile(client)
-        finally:
-            client.close()
     finally:
-        stop_child(process)
         if ledger is not None and process_id is not None and directory_id is not None:
             ledger.removed(process_id)
             ledger.remove_directory(directory_id, workdir)
         else:
             shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _connect_when_served(process: subprocess.Popen[bytes], path: Path, socket_path: Path) -> NBDClient:
-    """Connect once qemu-nbd listens: its socket file appears at bind(), a moment before it accepts."""
-    deadline = time.monotonic() + 15
-    while True:
-        if process.poll() is not None:
-            error = process.stderr.read().decode(errors="replace") if process.stderr else ""
-            raise FileRestoreError(f"qemu-nbd could not open {path}: {error.strip()}")
-        if socket_path.exists():
-            try:
-                return NBDClient(f"nbd+unix:///?socket={socket_path}")
-            except NBDError:
-                pass  # bound, not listening yet
-        if time.monotonic() > deadline:
-            raise FileRestoreError(f"qemu-nbd did not serve {path} within 15 s")
-        time.sleep(0.02)
 
 
 class PartitionInfo(BaseModel):
