@@ -10,9 +10,9 @@ from catalog import default_catalog
 from catalog.errors import UnknownRecord
 from catalog.inventory import RecordedVM, mark_vms_missing, record_vm
 from catalog.inventory import find_vm as find_recorded_vm
-from clients.vsphere import VSphereClient, VSphereError
+from common.inventory import ObservedVM
+from common.vsphere import VSphereClient, VSphereError
 from vmferry.errors import retry_unless_permanent
-from vmferry.inventory import ObservedVM
 
 
 @task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, retry_condition_fn=retry_unless_permanent)

@@ -21,8 +21,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from agent.dataplane.nbd import NBDClient, NBDError
 from clients.qemu import stop_child
+from common.nbd import NBDClient, NBDError
 from vmferry.errors import NotFoundError, VmferryError
 from vmferry.ledger import JobLedger
 

@@ -18,7 +18,7 @@ from typing import Any
 from pyVim.connect import Disconnect, SmartConnect
 from pyVmomi import vim
 
-from clients.vsphere import CertificateNotTrusted, certificate_thumbprint, pinned_ssl_context
+from common.vsphere import CertificateNotTrusted, certificate_thumbprint, pinned_ssl_context
 from infra.lab.build import BINARY_NAME, ensure_vcsim_binary
 
 # The lab verifies its vCenter exactly as production does; these names stay for the lab's callers.

@@ -7,11 +7,11 @@ import os
 
 import pytest
 
-from agent.contract import DiskProgress
 from catalog.inventory import find_vm
 from catalog.restore_points import committed_points
 from clients.agent import AgentJobFailed
-from clients.vsphere import VSphereClient
+from common.contract import DiskProgress
+from common.vsphere import VSphereClient
 from flows.backup import backup_vm
 from infra.lab.mutate import make_cbt_omit_changes, reset_change_tracking, write_disk_bytes
 from infra.lab.vcenter import session

@@ -11,7 +11,7 @@ from blocks.repository import BackupRepository
 from catalog.inventory import find_vm
 from clients.agent import AgentJobFailed
 from clients.qemu import content_sha256
-from clients.vsphere import VSphereClient
+from common.vsphere import VSphereClient
 from flows.backup import backup_vm
 from flows.cleanup import cleanup_failover
 from flows.failover import failover_vm

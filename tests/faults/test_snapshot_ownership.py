@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from agent.contract import JobRequest
 from blocks.agent import Agent
 from catalog.inventory import find_vm
 from clients.qemu import stop_qemu_nbd
+from common.contract import JobRequest
 from flows.discover import discover
 from infra.lab.agent import start_agent
 from infra.lab.mutate import read_disk_bytes

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from common.inventory import ObservedVM
 from deployments.deploy import POLICY_ENTRYPOINT, load_config, render_per_vm, render_policies
 from flows.policy import protect_policy
-from vmferry.inventory import ObservedVM
 from vmferry.policies import VMSelector, load_policies, select_vms
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from clients.vsphere import VSphereClient
+from common.vsphere import VSphereClient
 from flows.replicate import replicate_vm
 from infra.lab.mutate import reset_change_tracking, write_disk_bytes
 from infra.lab.vcenter import session

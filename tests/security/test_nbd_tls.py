@@ -19,8 +19,8 @@ from pydantic import ValidationError
 
 from agent.config import AgentConfig, NbdTlsSettings
 from agent.dataplane.copy import copy_disk
-from agent.dataplane.nbd import NBDClient, NBDError
 from clients.qemu import NbdServer, create_qcow2, start_qemu_nbd, stop_qemu_nbd
+from common.nbd import NBDClient, NBDError
 from infra.lab.pki import NbdPKI, make_test_pki
 from vmferry.settings import PortRange, Settings
 
