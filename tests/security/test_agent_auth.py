@@ -14,7 +14,7 @@ import pytest
 from clients.qemu import create_qcow2, start_qemu_nbd, stop_qemu_nbd
 from common.contract import JobRequest, Target
 from flows.discover import discover
-from tests.agent.helpers import vm_snapshot_names
+from tests.copy.helpers import vm_snapshot_names
 from vmferry.settings import PortRange
 
 pytestmark = pytest.mark.usefixtures("prefect_backend", "nbd_port_range")

@@ -359,7 +359,7 @@ def test_backup_over_mutual_tls(
     from flows.backup import backup_vm
     from infra.lab.agent import start_agent
     from infra.lab.mutate import read_disk_bytes
-    from tests.agent.helpers import assert_nothing_left
+    from tests.copy.helpers import assert_nothing_left
 
     monkeypatch.setenv("VMFERRY_NBD_TLS_DIR", str(pki.hub_dir))
     monkeypatch.setenv("VMFERRY_NBD_TLS_ALLOWED_CLIENTS", '["CN=vmferry-agent"]')  # the agent's certificate only

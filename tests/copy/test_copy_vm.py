@@ -21,7 +21,7 @@ from flows.copy import copy_vm_disks
 from flows.discover import discover
 from infra.lab.agent import start_agent
 from infra.lab.mutate import read_disk_bytes, write_disk_bytes
-from tests.agent.helpers import (
+from tests.copy.helpers import (
     assert_nothing_left,
     our_qemu_nbd_pids,
     qcow2_targets,
