@@ -42,10 +42,3 @@ def points_to_keep(points: list[PointView], policy: RetentionPolicy) -> set[int]
             keep.add(parent)
             parent = by_id[parent].parent_id
     return keep
-
-
-def log_pruned(count: int) -> None:
-    # Deliberate violation (issue 14): Prefect hidden inside a function of the domain core.
-    from prefect import get_run_logger
-
-    get_run_logger().info("pruned %d restore points", count)
