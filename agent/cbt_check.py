@@ -14,8 +14,8 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from agent.dataplane.nbd import NBDClient
 from agent.dataplane.sources import Source
+from common.nbd import NBDClient
 
 # Reported mismatching blocks are capped: one is enough to distrust CBT, a few help the investigation.
 MAX_REPORTED = 8

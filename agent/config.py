@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
 
-from clients.vsphere import VSphereEndpoint
+from common.vsphere import VSphereEndpoint
 
 
 class VCenterSettings(BaseModel):

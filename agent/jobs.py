@@ -10,8 +10,6 @@ from dataclasses import dataclass, field
 
 from agent.cbt_check import CbtMismatch, check_unchanged_sample, unchanged_sample
 from agent.config import AgentConfig
-from agent.contract import SNAPSHOT_PREFIX, CbtCheckReport, DiskProgress, JobRequest, JobStatus, Target
-from agent.dataplane import digests
 from agent.dataplane.copy import (
     DEFAULT_BLOCK_SIZE,
     DEFAULT_ZERO_GRANULARITY,
@@ -21,7 +19,6 @@ from agent.dataplane.copy import (
     DiskCopyError,
     copy_disks,
 )
-from agent.dataplane.nbd import NBDClient, NBDError
 from agent.dataplane.sources import (
     HTTPRangeSource,
     Source,
@@ -30,7 +27,10 @@ from agent.dataplane.sources import (
 )
 from agent.throttle import ThrottledSource, TokenBucket
 from agent.vddk import VddkDisk, open_vddk_source
-from clients.vsphere import (
+from common import digests
+from common.contract import SNAPSHOT_PREFIX, CbtCheckReport, DiskProgress, JobRequest, JobStatus, Target
+from common.nbd import NBDClient, NBDError
+from common.vsphere import (
     CbtUnavailable,
     SnapshotDisk,
     VSphereClient,

@@ -10,8 +10,8 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from agent.config import AgentConfig
-from agent.contract import API_PREFIX, JobRequest, JobStatus
 from agent.jobs import JobManager, JobNotFound, JobRejected
+from common.contract import API_PREFIX, JobRequest, JobStatus
 
 _bearer = HTTPBearer(auto_error=False)
 # A long poll holds one of the server's worker threads; half a minute keeps it well inside client timeouts.

@@ -30,9 +30,9 @@ if __package__ in (None, ""):
 
 from agent.cbt_check import check_unchanged_sample, unchanged_sample
 from agent.dataplane import copy_disk
-from agent.dataplane.nbd import NBDClient
 from agent.dataplane.sources import FileSource
 from bench.copy import GRANULE, make_source, parse_size, start_target
+from common.nbd import NBDClient
 
 
 def _changed_blocks(path: Path, size: int, fraction: float, rng: random.Random) -> list[tuple[int, int]]:

@@ -48,7 +48,7 @@ from urllib.parse import quote
 
 from agent.config import NbdTlsSettings
 from agent.dataplane import CopyJob, CopyResult, copy_disk, copy_disks
-from agent.dataplane.nbd import NBDClient
+from common.nbd import NBDClient
 from infra.lab.pki import make_test_pki
 
 MiB = 1024 * 1024

@@ -27,8 +27,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from clients.vsphere import _VM_PROPERTIES as VM_PROPERTIES
-from clients.vsphere import VSphereClient, VSphereEndpoint
+from common.vsphere import _VM_PROPERTIES as VM_PROPERTIES
+from common.vsphere import VSphereClient, VSphereEndpoint
 from infra.lab.vcenter import LabVCenter, start_vcsim, stop_vcsim
 
 

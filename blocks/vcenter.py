@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
-from clients.vsphere import VSphereEndpoint
+from common.vsphere import VSphereEndpoint
 
 
 class VCenter(Block):

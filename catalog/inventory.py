@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from catalog.db import Catalog
 from catalog.errors import UnknownRecord
 from catalog.models import VmContext, VmDisk, VmNic, utcnow
-from vmferry.inventory import ObservedDisk, ObservedVM
+from common.inventory import ObservedDisk, ObservedVM
 
 DiskChange = Literal["new", "unchanged", "updated", "resized", "returned", "replaced", "removed"]
 

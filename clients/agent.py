@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import httpx
 
-from agent.contract import API_PREFIX, JobRequest, JobStatus
+from common.contract import API_PREFIX, JobRequest, JobStatus
 from vmferry.errors import VmferryError
 
 

@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING
 
 from cryptography import x509
 
-from agent.dataplane.digests import TargetDigests, zero_digest
+from common.digests import TargetDigests, zero_digest
 from vmferry.errors import VmferryError
 from vmferry.nbd_tls import CA_CERT, CLIENT_CERT, CLIENT_KEY
 
 if TYPE_CHECKING:
-    from agent.dataplane.nbd import NBDClient
+    from common.nbd import NBDClient
 
 EXPORT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -49,7 +49,7 @@ class NbdServer:
 
     @property
     def url(self) -> str:
-        from agent.dataplane.nbd import NBDAddress
+        from common.nbd import NBDAddress
 
         return NBDAddress(export=self.export_name, host=self.bind_address, port=self.port, tls=self.tls).url
 
@@ -121,7 +121,7 @@ def _port_open(address: str, port: int) -> bool:
 
 def _serves_export(address: str, port: int, export_name: str, tls: ssl.SSLContext | None = None) -> bool:
     """A full NBD handshake for the export: an open port alone may belong to somebody else's listener."""
-    from agent.dataplane.nbd import NBDAddress, NBDClient, NBDError
+    from common.nbd import NBDAddress, NBDClient, NBDError
 
     target = NBDAddress(export=export_name, host=address, port=port, tls=tls is not None)
     try:
@@ -368,7 +368,7 @@ def connect_when_served(
     the file's existence proves nothing and only a completed handshake ends the wait. ``errors`` gives
     qemu-nbd's error output should it exit; ``error`` makes the exception raised (the caller's kind).
     """
-    from agent.dataplane.nbd import NBDAddress, NBDClient, NBDError
+    from common.nbd import NBDAddress, NBDClient, NBDError
 
     deadline = time.monotonic() + timeout
     while True:
@@ -449,9 +449,9 @@ def scan_image(
     A private read-only qemu-nbd serves it (`read_only_client`); areas its block status reports as zeros
     are not read (their bytes still count in the sha256, from a zero buffer, and their blocks get the zero
     digest), so the cost follows the data, not the disk's size. Per-block digests are what the agent compares
-    source blocks against (``agent.dataplane.digests``).
+    source blocks against (``common.digests``).
     """
-    from agent.dataplane.nbd import NBDError
+    from common.nbd import NBDError
 
     if digest_block_size is not None and digest_block_size % 4096:
         raise ValueError(f"digest block size {digest_block_size} is not a multiple of 4096")
@@ -466,7 +466,7 @@ def scan_image(
 
 def _zero_extents(client: NBDClient, size: int) -> list[tuple[int, int]]:
     """(start, end) of the areas the server reports as reading zeros, merged."""
-    from agent.dataplane.nbd import STATE_ZERO
+    from common.nbd import STATE_ZERO
 
     if not client.can_block_status:
         return []

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from clients.vsphere import VSphereEndpoint, VSphereError
+from common.vsphere import VSphereEndpoint, VSphereError
 from vmferry.errors import NotFoundError
 
 SESSION_HEADER = "vmware-api-session-id"

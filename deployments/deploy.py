@@ -13,7 +13,7 @@ Every deployment is tagged ``vmferry`` (the alerts match on it). See docs/operat
 Against the server of PREFECT_API_URL (the active profile's). Safe to run again: the pool is created only when
 missing, limits are upserted, deployments are updated in place.
 
-Global concurrency limits (vmferry/limits.py; the flows hold them with ``strict=True``):
+Global concurrency limits (orchestration/limits.py; the flows hold them with ``strict=True``):
 ``repo-backup-<repository name>`` for every repository the deployments write to and
 ``vcenter-snapshots-<vCenter host>`` for every vCenter they snapshot, read from the saved blocks the
 deployments name. A block saved later gets its limit from its first run, with the default of
@@ -168,7 +168,7 @@ def parameter_values(deployments: Iterable[dict[str, Any]], name: str) -> list[s
 def repository_limit_of(block_name: str) -> str | None:
     """The limit of a saved BackupRepository block: it is keyed on the repository's ``name`` field."""
     from blocks import BackupRepository
-    from vmferry.limits import repository_limit_name
+    from orchestration.limits import repository_limit_name
 
     try:
         return repository_limit_name(BackupRepository.load(block_name).name)
@@ -180,7 +180,7 @@ def repository_limit_of(block_name: str) -> str | None:
 def vcenter_limit_of(block_name: str) -> str | None:
     """The limit of a saved VCenter block: it is keyed on the vCenter's host, shared by every block naming it."""
     from blocks import VCenter
-    from vmferry.limits import vcenter_limit_name
+    from orchestration.limits import vcenter_limit_name
 
     try:
         vcenter = VCenter.load(block_name)

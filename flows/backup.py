@@ -13,6 +13,10 @@ from blocks.repository import BackupRepository
 from blocks.vcenter import VCenter
 from catalog.restore_points import DiskOutcome, PointView
 from flows.copy import run_copy
+from orchestration.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
+from orchestration.limits import holding, repository_limit_name
+from orchestration.outcome import PUBLISH_OUTCOME
+from orchestration.runs import artifact_key, one_job_per_vm
 from tasks.backup import (
     checksum_target,
     commit_restore_point,
@@ -24,10 +28,6 @@ from tasks.backup import (
 from tasks.discovery import read_vcenter_inventory, record_vm_inventory
 from tasks.jobs import close_job, open_job
 from vmferry.errors import describe
-from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
-from vmferry.limits import holding, repository_limit_name
-from vmferry.outcome import PUBLISH_OUTCOME
-from vmferry.runs import artifact_key, one_job_per_vm
 from vmferry.settings import get_settings
 
 

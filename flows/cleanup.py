@@ -17,12 +17,12 @@ from catalog import default_catalog
 from catalog.failovers import context_after_rollback, failovers_of, finish_failover, set_context_state
 from catalog.inventory import find_vm
 from catalog.replication import volumes_of_vm
+from orchestration.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
+from orchestration.outcome import PUBLISH_OUTCOME
+from orchestration.runs import artifact_key, one_job_per_vm
 from tasks.failover import leave_volumes_detached, remove_destination_vm, volumes_held_elsewhere
 from tasks.jobs import close_job, open_job
 from vmferry.errors import Refused, describe
-from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
-from vmferry.outcome import PUBLISH_OUTCOME
-from vmferry.runs import artifact_key, one_job_per_vm
 
 
 class CleanupResult(BaseModel):

@@ -17,7 +17,6 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.events import emit_event
 
-from agent.contract import CbtCheckPolicy, JobRequest, JobStatus, Target
 from blocks import load_block
 from blocks.agent import Agent
 from blocks.vcenter import VCenter
@@ -25,6 +24,10 @@ from catalog import default_catalog
 from catalog.inventory import RecordedVM, find_vm
 from catalog.ports import release_port
 from clients.agent import AgentError, AgentJobFailed
+from common.contract import CbtCheckPolicy, JobRequest, JobStatus, Target
+from orchestration.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
+from orchestration.limits import holding, vcenter_limit_name
+from orchestration.runs import one_job_per_vm
 from tasks.agent import follow_agent_job, submit_agent_job
 from tasks.jobs import close_job, open_job
 from tasks.nbd import check_target_file, lease_nbd_port, start_nbd_export, target_digests
@@ -32,10 +35,7 @@ from tasks.vsphere import remove_job_snapshots
 from vmferry.compensation import quietly
 from vmferry.errors import describe
 from vmferry.exports import export_url, stop_export
-from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
 from vmferry.ledger import JobLedger
-from vmferry.limits import holding, vcenter_limit_name
-from vmferry.runs import one_job_per_vm
 from vmferry.settings import get_settings
 from vmferry.targets import DiskTarget, check_plan
 

@@ -41,6 +41,10 @@ from catalog.inventory import RecordedVM, find_vm
 from catalog.replication import forget_change_id, volumes_of_vm
 from flows.guest_prep import prepare_os_volume
 from flows.replicate import replicate_vm
+from orchestration.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
+from orchestration.limits import holding, vm_volumes_limit_name
+from orchestration.outcome import PUBLISH_OUTCOME
+from orchestration.runs import artifact_key, one_job_per_vm, table_rows
 from tasks.destination import check_destination
 from tasks.failover import (
     attach_to_destination,
@@ -58,11 +62,7 @@ from tasks.jobs import close_job, open_job
 from vmferry.compensation import quietly
 from vmferry.errors import Refused, describe
 from vmferry.failover_plan import check_attached, plan_attachments
-from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
-from vmferry.limits import holding, vm_volumes_limit_name
 from vmferry.network_plan import plan_nics
-from vmferry.outcome import PUBLISH_OUTCOME
-from vmferry.runs import artifact_key, one_job_per_vm, table_rows
 
 
 def _remove_recorded_destination(cloud: CloudStack, failover_id: int, ours: list[str]) -> None:

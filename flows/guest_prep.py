@@ -10,11 +10,11 @@ from blocks.cloudstack import CloudStack
 from catalog import default_catalog
 from catalog.inventory import RecordedVM
 from catalog.replication import VolumeView, forget_change_id
+from orchestration.limits import first_free, hub_limit_name
 from tasks.cloudstack import attach_to_hub, detach_from_hub
 from tasks.guest_prep import GuestPreparation, prepare_guest_for_kvm
 from vmferry.compensation import quietly
 from vmferry.failover_plan import PlannedAttachment
-from vmferry.limits import first_free, hub_limit_name
 
 
 def prepare_os_volume(

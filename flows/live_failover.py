@@ -25,12 +25,12 @@ from catalog import default_catalog
 from catalog.failovers import MIGRATED, READY_FOR_FAILOVER, FailoverView, finish_failover, latest_failover
 from catalog.inventory import RecordedVM, find_vm
 from catalog.replication import record_attachment, volumes_of_vm
+from orchestration.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
+from orchestration.outcome import PUBLISH_OUTCOME
+from orchestration.runs import artifact_key, one_job_per_vm
 from tasks.failover import leave_volumes_detached, power_on_source, remove_destination_vm
 from tasks.jobs import close_job, open_job
 from vmferry.errors import Refused, describe
-from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
-from vmferry.outcome import PUBLISH_OUTCOME
-from vmferry.runs import artifact_key, one_job_per_vm
 
 
 class LiveFailoverStateRefused(Refused):

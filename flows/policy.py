@@ -18,12 +18,12 @@ from pydantic import BaseModel
 
 from blocks import load_block
 from blocks.vcenter import VCenter
+from common.inventory import ObservedVM
+from orchestration.outcome import PUBLISH_OUTCOME
+from orchestration.runs import artifact_key, table_rows
 from tasks.discovery import read_tagged_vms, read_vcenter_inventory, read_vm_folders
-from vmferry.inventory import ObservedVM
-from vmferry.outcome import PUBLISH_OUTCOME
 from vmferry.policies import PER_VM_FLOWS, VMSelector, select_vms
 from vmferry.retention import RetentionPolicy
-from vmferry.runs import artifact_key, table_rows
 
 
 class PolicyVMRun(BaseModel):

@@ -17,6 +17,8 @@ from blocks.cloudstack import CloudStack
 from blocks.repository import BackupRepository
 from blocks.vcenter import VCenter
 from catalog import default_catalog
+from orchestration.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
+from orchestration.outcome import PUBLISH_OUTCOME
 from tasks.jobs import close_job, open_job
 from tasks.reconcile import (
     read_flow_run_facts,
@@ -30,8 +32,6 @@ from tasks.reconcile import (
     sweep_snapshots,
 )
 from vmferry.errors import VmferryError, describe
-from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
-from vmferry.outcome import PUBLISH_OUTCOME
 from vmferry.reconcile import Finding, FindingKind, OwnerJudge, Reconciler, ReconcileReport
 
 

@@ -28,6 +28,10 @@ from catalog.installation import installation_id
 from catalog.inventory import RecordedDisk, RecordedVM
 from catalog.replication import UNKNOWN, VolumeView, mark_content, record_sync, retire_volumes_of_absent_disks
 from flows.copy import run_copy
+from orchestration.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
+from orchestration.limits import first_free, holding, hub_limit_name, set_limit, vm_volumes_limit_name
+from orchestration.outcome import PUBLISH_OUTCOME
+from orchestration.runs import artifact_key, one_job_per_vm, table_rows
 from tasks.cloudstack import (
     ReplicationRefused,
     attach_to_hub,
@@ -40,10 +44,6 @@ from tasks.discovery import read_vcenter_inventory, record_vm_inventory
 from tasks.jobs import close_job, open_job
 from vmferry.compensation import quietly
 from vmferry.errors import describe
-from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
-from vmferry.limits import first_free, holding, hub_limit_name, set_limit, vm_volumes_limit_name
-from vmferry.outcome import PUBLISH_OUTCOME
-from vmferry.runs import artifact_key, one_job_per_vm, table_rows
 from vmferry.targets import DiskTarget
 
 

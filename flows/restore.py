@@ -25,6 +25,9 @@ from catalog import default_catalog
 from catalog.inventory import get_vm
 from catalog.restore_points import PointDiskView, PointView, get_point
 from clients.qemu import convert_image
+from orchestration.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
+from orchestration.outcome import PUBLISH_OUTCOME
+from orchestration.runs import artifact_key
 from tasks.jobs import close_job, open_job
 from vmferry.errors import Refused, describe
 from vmferry.filelevel import (
@@ -36,11 +39,8 @@ from vmferry.filelevel import (
     list_partitions,
     open_image,
 )
-from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
 from vmferry.ledger import JobLedger
-from vmferry.outcome import PUBLISH_OUTCOME
 from vmferry.repository import Repository
-from vmferry.runs import artifact_key
 
 T = TypeVar("T")
 

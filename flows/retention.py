@@ -10,10 +10,10 @@ from blocks.repository import BackupRepository
 from catalog import default_catalog
 from catalog.inventory import find_vm
 from catalog.restore_points import PointView, committed_points, mark_point
-from vmferry.outcome import PUBLISH_OUTCOME
+from orchestration.outcome import PUBLISH_OUTCOME
+from orchestration.runs import one_job_per_vm
 from vmferry.repository import Repository
 from vmferry.retention import RetentionPolicy, points_to_keep
-from vmferry.runs import one_job_per_vm
 
 
 @task(retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE, task_run_name="prune-point-{point.id}")

@@ -17,10 +17,10 @@ from catalog.inventory import RecordedVM, find_vm, get_vm
 from catalog.restore_points import PointDiskView, PointView, committed_points, get_point
 from clients.qemu import QemuError, check_image, content_sha256
 from flows.verify_boot import DEFAULT_BOOT_MARKER, DEFAULT_BOOT_TIMEOUT_S, boot_point, record_boot_verdict
+from orchestration.outcome import PUBLISH_OUTCOME
+from orchestration.runs import artifact_key, one_job_per_vm, table_rows
 from vmferry.errors import VmferryError
-from vmferry.outcome import PUBLISH_OUTCOME
 from vmferry.repository import Repository
-from vmferry.runs import artifact_key, one_job_per_vm, table_rows
 
 
 class DiskVerdict(BaseModel):

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One entry point for a fresh Debian machine: installs what vmferry needs, then runs the lab demo or the tests.
 #   bash infra/bootstrap.sh demo    # start the built-in lab and run the main job on it
-#   bash infra/bootstrap.sh test    # lint and run the whole test suite
+#   bash infra/bootstrap.sh test    # lint (ruff, import contracts) and run the whole test suite
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,6 +39,8 @@ case "$mode" in
   demo) PREFECT_SERVER_ANALYTICS_ENABLED=false exec .venv/bin/python -m vmferry.demo ;;
   test)
     .venv/bin/ruff check .
+    # The layers of docs/architecture.md ("Dependency rules"); the contracts are in pyproject.toml.
+    .venv/bin/lint-imports --no-cache
     exec .venv/bin/python -m pytest -q
     ;;
 esac

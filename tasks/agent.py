@@ -8,11 +8,11 @@ from prefect import task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
-from agent.contract import JobRequest, JobStatus
 from blocks.agent import Agent
 from catalog import default_catalog
 from catalog.resources import mark_snapshot_removed, record_snapshot
-from vmferry.runs import describe_progress
+from common.contract import JobRequest, JobStatus
+from orchestration.runs import describe_progress
 
 
 @task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, task_run_name="agent-submit-{request.job_id}")

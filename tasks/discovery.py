@@ -10,10 +10,10 @@ from catalog import default_catalog
 from catalog.errors import UnknownRecord
 from catalog.inventory import RecordedVM, mark_vms_missing, record_vm
 from catalog.inventory import find_vm as find_recorded_vm
-from clients.vsphere import VSphereClient, VSphereError
 from clients.vsphere_tags import TagName, VSphereTags
+from common.inventory import ObservedVM
+from common.vsphere import VSphereClient, VSphereError
 from vmferry.errors import retry_unless_permanent
-from vmferry.inventory import ObservedVM
 from vmferry.policies import VMTag
 
 

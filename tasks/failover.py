@@ -12,7 +12,7 @@ from catalog.failovers import FailoverView, context_after_rollback, finish_failo
 from catalog.inventory import RecordedVM
 from catalog.replication import VolumeView, forget_change_id, record_attachment, volumes_of_vm
 from clients.cloudstack import CloudStackError, VirtualMachine
-from clients.vsphere import VSphereClient, VSphereError, VSphereSnapshots
+from common.vsphere import VSphereClient, VSphereError, VSphereSnapshots
 from tasks.cloudstack import VolumeRefused, destination_limit
 from vmferry.errors import retry_unless_permanent
 from vmferry.failover_plan import FailoverRefused, PlannedAttachment

@@ -14,7 +14,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from clients.v2v import EXPECTED_STAGES, prepare_for_kvm
-from vmferry.runs import artifact_key
+from orchestration.runs import artifact_key
 
 
 class GuestPreparation(BaseModel):

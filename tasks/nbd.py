@@ -9,12 +9,12 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from agent.contract import BlockDigests
-from agent.dataplane import digests
 from catalog import default_catalog
 from catalog.exports import ExportView
 from catalog.ports import lease_port
 from clients.qemu import image_info, scan_image
+from common import digests
+from common.contract import BlockDigests
 from vmferry.exports import export_name_for, start_export, stop_export
 from vmferry.settings import get_settings
 from vmferry.targets import DiskTarget, check_target_size

@@ -6,7 +6,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from blocks.vcenter import VCenter
-from clients.vsphere import VSphereClient, VSphereSnapshots
+from common.vsphere import VSphereClient, VSphereSnapshots
 from vmferry.errors import retry_unless_permanent
 
 

@@ -1,4 +1,8 @@
-"""Shared fixtures: catalogs on SQLite and on the real MariaDB, and one Prefect test backend per session."""
+"""Shared fixtures: catalogs on SQLite and on the real MariaDB, and one Prefect test backend per session.
+
+Each fixture imports the hub inside itself: the agent's tests load this file in a venv that has the agent alone
+(tests/packaging/test_agent_alone.py).
+"""
 
 from __future__ import annotations
 

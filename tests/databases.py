@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pymysql
 import pytest
 
 CATALOG_BACKENDS = ["sqlite", pytest.param("mariadb", marks=pytest.mark.mariadb)]
@@ -25,6 +24,10 @@ def running_in_ci() -> bool:
 
 def require_mariadb(host: str = MARIADB_HOST, port: int = MARIADB_PORT) -> None:
     """Skip when MariaDB is missing on a developer's machine; in CI a missing MariaDB fails the test."""
+    # Imported here, like every hub fixture's imports in tests/conftest.py: the agent's tests load this module
+    # in a venv that has only the agent (tests/packaging/test_agent_alone.py).
+    import pymysql
+
     try:
         pymysql.connect(host=host, port=port, user=MARIADB_USER, password=MARIADB_PASSWORD, connect_timeout=3).close()
     except pymysql.err.OperationalError as exc:
@@ -40,6 +43,8 @@ def fresh_catalog_url(backend: str, tmp_path: Path) -> Iterator[str]:
         yield f"sqlite:///{tmp_path / 'catalog.db'}"
         return
     require_mariadb()
+    import pymysql
+
     name = f"vmferry_t_{secrets.token_hex(6)}"
     admin = pymysql.connect(host=MARIADB_HOST, port=MARIADB_PORT, user=MARIADB_USER, password=MARIADB_PASSWORD)
     try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vmferry.inventory import ObservedDisk, ObservedVM
+from common.inventory import ObservedDisk, ObservedVM
 
 
 def disk(

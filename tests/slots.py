@@ -1,4 +1,4 @@
-"""The VM slots (vmferry/runs.py, vmferry/limits.py) in tests whose flow process is SIGKILLed."""
+"""The VM slots (orchestration/runs.py, orchestration/limits.py) in tests whose flow process is SIGKILLed."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def free_vm_slot(instance_uuid: str, vm_context_id: int | None = None) -> None:
 
     from catalog import default_catalog
     from catalog.installation import installation_id
-    from vmferry.limits import vm_limit_name, vm_volumes_limit_name
+    from orchestration.limits import vm_limit_name, vm_volumes_limit_name
 
     names = [vm_limit_name(instance_uuid)]
     if vm_context_id is not None:

@@ -354,7 +354,7 @@ def _require_in_vcenter(vcenter: VCenter, names: list[str]) -> None:
     from catalog import default_catalog
     from catalog.errors import UnknownRecord
     from catalog.inventory import find_vm
-    from clients.vsphere import VSphereClient
+    from common.vsphere import VSphereClient
 
     unknown = []
     for name in names:
@@ -489,13 +489,13 @@ def submit_to_deployment(
     """``run_deployment`` of ``<flow>/<deployment>`` (a bare name is the flow's deployment of that name).
 
     Without ``wait`` it returns once the run is created (a worker runs it); with it, the run's outcome (what
-    the flow published, vmferry/outcome.py) decides the exit code, the same one an in-process run would end
+    the flow published, orchestration/outcome.py) decides the exit code, the same one an in-process run would end
     with, and ``--json`` prints the flow's result.
     """
     from prefect.deployments import run_deployment
     from prefect.exceptions import ObjectNotFound
 
-    from vmferry.outcome import Outcome, outcome_from_message, read_outcome
+    from orchestration.outcome import Outcome, outcome_from_message, read_outcome
 
     name = deployment if "/" in deployment else f"{flow_name}/{deployment}"
     try:

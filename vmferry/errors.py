@@ -1,22 +1,29 @@
 """The error model: a few domain errors, each with the exit code the ``vmferry`` command gives it.
 
 The same code comes back whether the flow ran in the command's process or on a worker (``--submit --wait``):
-a failing flow publishes its outcome (words and exit code) for the command to read (vmferry/outcome.py).
+a failing flow publishes its outcome (words and exit code) for the command to read (orchestration/outcome.py).
 Messages are sentences naming the VM, disk or point and the fix; a class name is never what an operator
 reads. An error that cannot pass on a retry (something does not exist, a precondition is not met) is not
 retried: tasks pass ``retry_condition_fn=retry_unless_permanent``.
 
-Plain Python on purpose: the catalog and the clients raise these without knowing Prefect.
+Plain Python on purpose: the catalog and the clients raise these without knowing Prefect. The base classes
+live in ``common/errors.py`` because the vSphere client, which the agent shares, raises them too.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_NOT_FOUND = 3
-EXIT_REFUSED = 4
+# Re-exported: the hub imports every error from here; the base classes sit below the agent and the hub.
+from common.errors import (  # noqa: F401
+    EXIT_FAILED,
+    EXIT_NOT_FOUND,
+    EXIT_REFUSED,
+    EXIT_USAGE,
+    NotFoundError,
+    Refused,
+    VmferryError,
+)
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 success; 1 the operation failed (reason on stderr); 2 usage error; "
@@ -24,27 +31,6 @@ EXIT_CODES_HELP = (
     "4 refused (a precondition is not met, e.g. live failover without --yes, or a target that cannot be "
     "written; nothing was changed). The same codes with --submit --wait."
 )
-
-
-class VmferryError(Exception):
-    """Something went wrong while working: exit 1. Retrying may help."""
-
-    exit_code = EXIT_FAILED
-    label = "failed"
-
-
-class NotFoundError(VmferryError):
-    """Something named does not exist (a VM, a restore point, a disk, a block): exit 3, never retried."""
-
-    exit_code = EXIT_NOT_FOUND
-    label = "not found"
-
-
-class Refused(VmferryError):
-    """A precondition is not met and nothing was changed: exit 4, never retried (the operator must act)."""
-
-    exit_code = EXIT_REFUSED
-    label = "refused"
 
 
 def is_permanent(exc: BaseException | None) -> bool:

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.dataplane.nbd import NBDAddress
 from catalog.db import Catalog
 from catalog.exports import ExportView, mark_export_running, mark_export_stopped, record_export
 from catalog.ports import release_port
 from clients.qemu import QemuError, start_qemu_nbd, stop_qemu_nbd
+from common.nbd import NBDAddress
 
 
 def export_name_for(vm_context_id: int, disk_id: str) -> str:

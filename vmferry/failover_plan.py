@@ -11,8 +11,8 @@ from pydantic import BaseModel
 
 from catalog.inventory import RecordedDisk, RecordedVM
 from catalog.replication import VolumeView
+from common.inventory import BUS_BOOT_RANK
 from vmferry.errors import Refused
-from vmferry.inventory import BUS_BOOT_RANK
 
 ROOT_DEVICE_ID = 0
 CDROM_DEVICE_ID = 3

@@ -20,8 +20,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from agent.dataplane.nbd import NBDClient
 from clients.qemu import serve_read_only
+from common.nbd import NBDClient
 from vmferry.errors import NotFoundError, VmferryError
 from vmferry.ledger import JobLedger
 

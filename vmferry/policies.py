@@ -16,7 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from vmferry.inventory import ObservedVM
+from common.inventory import ObservedVM
 from vmferry.retention import RetentionPolicy
 
 Action = Literal["backup", "replicate", "prune"]

@@ -12,7 +12,7 @@ Whose is it - the rule (``OwnerJudge``):
 - a job row ``running`` is *crashed* when its flow run (``jobs.flow_run_id``) is in a final state
   (Completed, Failed, Crashed, Cancelled) - a flow closes its job before its run ends, so a final run with a
   running job never closed it - or when the flow run's recorded hub process is gone. Every flow records its
-  process as ``<host>:<pid>:<start ticks>`` in the flow run's ``infrastructure_pid`` (``vmferry.hooks``); the
+  process as ``<host>:<pid>:<start ticks>`` in the flow run's ``infrastructure_pid`` (``orchestration.hooks``); the
   process is gone when no process of that pid with that start time exists on this host. SIGKILL, OOM or a
   reboot leave the flow run "Running" in Prefect for ever; this catches them;
 - a job row ``running`` that cannot be checked - no flow run recorded, a flow run the Prefect API does not
@@ -38,7 +38,6 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from agent.contract import SNAPSHOT_PREFIX
 from catalog.db import Catalog
 from catalog.errors import UnknownRecord
 from catalog.exports import ExportView, live_exports, mark_export_stopped
@@ -51,7 +50,8 @@ from catalog.resources import ResourceView, live_resources, mark_resource_remove
 from catalog.restore_points import fail_pending_point, find_point, points_in_state
 from clients.cloudstack import CloudStackClient
 from clients.qemu import cmdline_of, is_our_qemu_nbd, stop_qemu_nbd
-from clients.vsphere import VSphereClient, VSphereEndpoint, VSphereSnapshots
+from common.contract import SNAPSHOT_PREFIX
+from common.vsphere import VSphereClient, VSphereEndpoint, VSphereSnapshots
 from vmferry.errors import describe
 from vmferry.repository import PARTIAL_SUFFIX, Repository
 

@@ -1,4 +1,4 @@
-"""The agent's data path: NBD client, source readers and the disk copy engine.
+"""The agent's data path: source readers and the disk copy engine (the NBD client is ``common.nbd``).
 
 Plain Python (no Prefect, no third-party dependency except httpx for the HTTP reader) so that it can run
 inside the agent service, a CLI, or a test without an orchestrator.
@@ -13,7 +13,6 @@ from agent.dataplane.copy import (
     copy_disk,
     copy_disks,
 )
-from agent.dataplane.nbd import NBDAddress, NBDClient, NBDError, parse_nbd_url
 from agent.dataplane.sources import (
     ConcatSource,
     Extent,
@@ -37,9 +36,6 @@ __all__ = [
     "Extent",
     "FileSource",
     "HTTPRangeSource",
-    "NBDAddress",
-    "NBDClient",
-    "NBDError",
     "NBDSource",
     "Source",
     "SourceError",
@@ -47,6 +43,5 @@ __all__ = [
     "copy_disk",
     "copy_disks",
     "open_source",
-    "parse_nbd_url",
     "parse_vmdk_descriptor",
 ]

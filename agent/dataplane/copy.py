@@ -30,9 +30,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from agent.dataplane.digests import TargetDigests, zero_digest
-from agent.dataplane.nbd import NBDAddress, NBDClient, parse_nbd_url
 from agent.dataplane.sources import Source, open_source
+from common.digests import TargetDigests, zero_digest
+from common.nbd import NBDAddress, NBDClient, parse_nbd_url
 
 __all__ = [
     "DEFAULT_BLOCK_SIZE",

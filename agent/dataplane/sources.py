@@ -28,7 +28,7 @@ from typing import Any
 import httpcore
 import httpx
 
-from agent.dataplane.nbd import STATE_ZERO, NBDAddress, NBDClient, NBDError
+from common.nbd import STATE_ZERO, NBDAddress, NBDClient, NBDError
 
 __all__ = [
     "ConcatSource",

@@ -18,7 +18,7 @@ from typing import Any
 from pyVim.connect import Disconnect, SmartConnect
 from pyVmomi import vim
 
-from clients.vsphere import CertificateNotTrusted, certificate_thumbprint, pinned_ssl_context
+from common.vsphere import CertificateNotTrusted, certificate_thumbprint, pinned_ssl_context
 from infra.lab.build import BINARY_NAME, ensure_vcsim_binary
 
 # The lab verifies its vCenter exactly as production does; these names stay for the lab's callers.
@@ -258,8 +258,8 @@ def stop_vcsim(lab: LabVCenter, *, timeout: float = 10.0) -> None:
 def tag_vms(lab: LabVCenter, category: str, tag: str, vm_names: Sequence[str]) -> list[str]:
     """Tag the lab VMs ``vm_names`` with ``category``/``tag`` (both made when missing) through vCenter's vAPI
     tagging REST API, as an operator's tooling would; returns the tagged VMs' morefs."""
-    from clients.vsphere import VSphereEndpoint
     from clients.vsphere_tags import VSphereTags
+    from common.vsphere import VSphereEndpoint
 
     with session(lab) as si:
         view = si.content.viewManager.CreateContainerView(si.content.rootFolder, [vim.VirtualMachine], True)

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from agent.vddk import VddkDisk, vddk_argv
-from clients.vsphere import CbtUnavailable, VSphereSnapshots, validated_changed_areas
+from common.vsphere import CbtUnavailable, VSphereSnapshots, validated_changed_areas
 
 MiB = 2**20
 
@@ -75,7 +75,7 @@ def test_changed_areas_are_read_page_by_page(monkeypatch):
     snapshots = VSphereSnapshots.__new__(VSphereSnapshots)
     snapshots.vm = paged
     snapshots.client = SimpleNamespace(service_instance=SimpleNamespace(_stub=None), endpoint=None)
-    monkeypatch.setattr("clients.vsphere.vim.vm.Snapshot", lambda moref, stub: moref)
+    monkeypatch.setattr("common.vsphere.vim.vm.Snapshot", lambda moref, stub: moref)
     areas = snapshots.changed_areas("snapshot-1", 2000, "52 aa/7", 9 * MiB)
     assert paged.calls == [0, 3 * MiB, 6 * MiB]
     assert areas == [(0, 4096), (4 * MiB, 65536), (7 * MiB, 4096)]

@@ -11,7 +11,7 @@ from catalog.restore_points import committed_points
 from clients.qemu import content_sha256, image_info
 from flows.backup import backup_vm
 from infra.lab.mutate import read_disk_bytes, write_disk_bytes
-from tests.agent.helpers import assert_nothing_left, source_facts, target_facts
+from tests.copy.helpers import assert_nothing_left, source_facts, target_facts
 from tests.databases import CATALOG_BACKENDS
 
 pytestmark = pytest.mark.usefixtures("prefect_backend", "nbd_port_range")

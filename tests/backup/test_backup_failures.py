@@ -19,7 +19,7 @@ from clients.qemu import QemuError
 from flows.backup import backup_vm
 from flows.verify import verify_restore_point
 from infra.lab.agent import start_agent
-from tests.agent.helpers import assert_nothing_left, our_qemu_nbd_pids, running_agent_jobs
+from tests.copy.helpers import assert_nothing_left, our_qemu_nbd_pids, running_agent_jobs
 from vmferry.repository import RepositoryError
 
 pytestmark = pytest.mark.usefixtures("prefect_backend", "nbd_port_range")

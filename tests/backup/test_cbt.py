@@ -7,15 +7,15 @@ import os
 
 import pytest
 
-from agent.contract import DiskProgress
 from catalog.inventory import find_vm
 from catalog.restore_points import committed_points
 from clients.agent import AgentJobFailed
-from clients.vsphere import VSphereClient
+from common.contract import DiskProgress
+from common.vsphere import VSphereClient
 from flows.backup import backup_vm
 from infra.lab.mutate import make_cbt_omit_changes, reset_change_tracking, write_disk_bytes
 from infra.lab.vcenter import session
-from tests.agent.helpers import assert_nothing_left, source_facts, target_facts
+from tests.copy.helpers import assert_nothing_left, source_facts, target_facts
 
 pytestmark = pytest.mark.usefixtures("prefect_backend", "nbd_port_range")
 

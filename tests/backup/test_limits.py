@@ -20,8 +20,8 @@ from catalog.ports import held_leases
 from catalog.restore_points import PointView
 from flows.backup import backup_vm
 from infra.lab.mutate import read_disk_bytes
-from tests.agent.helpers import assert_nothing_left
-from vmferry.limits import repository_limit_name, vcenter_limit_name
+from orchestration.limits import repository_limit_name, vcenter_limit_name
+from tests.copy.helpers import assert_nothing_left
 
 pytestmark = pytest.mark.usefixtures("prefect_backend", "nbd_port_range")
 

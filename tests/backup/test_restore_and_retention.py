@@ -21,7 +21,7 @@ from flows.verify import VerificationFailed, verify_restore_point
 from infra.lab.mutate import read_disk_bytes
 from infra.lab.seed import require_vm
 from infra.lab.vcenter import session
-from tests.agent.helpers import assert_nothing_left
+from tests.copy.helpers import assert_nothing_left
 from vmferry.filelevel import FileRestoreError, safe_destination
 from vmferry.retention import RetentionPolicy, points_to_keep
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from catalog.inventory import record_vm
+from common.inventory import ObservedNic
 from tests.factories import disk, vm
-from vmferry.inventory import ObservedNic
 
 
 def with_nics(*nics: ObservedNic):

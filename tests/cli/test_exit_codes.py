@@ -94,7 +94,7 @@ def test_a_vm_that_does_not_exist_is_not_looked_up_again(
     prefect_backend, lab_vcenter_block, configured_catalog, monkeypatch
 ):
     """The read task retries passing errors; "no such VM" is not one of them."""
-    from clients.vsphere import VMNotFound, VSphereClient
+    from common.vsphere import VMNotFound, VSphereClient
     from flows.discover import discover
 
     lookups = []

@@ -17,13 +17,12 @@ from agent.dataplane import (
     CopyJob,
     DiskCopyError,
     FileSource,
-    NBDClient,
-    NBDError,
     copy_disk,
     copy_disks,
-    digests,
 )
 from clients.qemu import scan_image
+from common import digests
+from common.nbd import NBDClient, NBDError
 
 from .conftest import (
     GRANULE,

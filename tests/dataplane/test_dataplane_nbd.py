@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.dataplane.nbd import STATE_ZERO, NBDAddress, NBDClient, NBDError, parse_nbd_url
+from common.nbd import STATE_ZERO, NBDAddress, NBDClient, NBDError, parse_nbd_url
 
 from .conftest import NBDServers, create_qcow2, free_port
 
@@ -128,7 +128,7 @@ def test_write_zeroes_fallback_without_server_support(tmp_path: Path):
         stderr=subprocess.PIPE,
     )
     try:
-        from agent.dataplane.nbd import wait_for_server
+        from common.nbd import wait_for_server
 
         wait_for_server(f"nbd://127.0.0.1:{port}/", timeout=10)
         with NBDClient(f"nbd://127.0.0.1:{port}/") as client:

@@ -11,7 +11,7 @@ from blocks.repository import BackupRepository
 from catalog.inventory import find_vm
 from clients.agent import AgentJobFailed
 from clients.qemu import content_sha256
-from clients.vsphere import VSphereClient
+from common.vsphere import VSphereClient
 from flows.backup import backup_vm
 from flows.cleanup import cleanup_failover
 from flows.failover import failover_vm
@@ -19,7 +19,7 @@ from flows.replicate import replicate_vm
 from infra.lab.mutate import add_disk, create_user_snapshot, put_disk_on_delta, read_disk_bytes, write_disk_bytes
 from infra.lab.seed import require_vm, virtual_disks
 from infra.lab.vcenter import session
-from tests.agent.helpers import vm_snapshot_names
+from tests.copy.helpers import vm_snapshot_names
 from tests.failover.test_failover import source_shas, volume_sha
 
 pytestmark = pytest.mark.usefixtures("prefect_backend", "nbd_port_range")

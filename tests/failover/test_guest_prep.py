@@ -16,8 +16,8 @@ from flows.failover import failover_vm
 from flows.replicate import replicate_vm
 from infra.lab.cloudstack import CloudStackSimulator
 from infra.lab.guest import seed_guest_vm
+from orchestration.runs import artifact_key
 from tests.failover.test_guest_boot import wait_for_guest
-from vmferry.runs import artifact_key
 
 pytestmark = pytest.mark.usefixtures("prefect_backend", "nbd_port_range")
 

@@ -7,7 +7,7 @@ import time
 
 from prefect import flow
 
-from vmferry.limits import holding
+from orchestration.limits import holding
 
 
 @flow(name="hold-slot")

@@ -21,7 +21,7 @@ from catalog.ports import held_leases
 from catalog.resources import live_resources
 from catalog.restore_points import points_in_state
 from flows.reconcile import reconcile
-from tests.agent.helpers import our_qemu_nbd_pids, vm_snapshot_names
+from tests.copy.helpers import our_qemu_nbd_pids, vm_snapshot_names
 from tests.databases import fresh_catalog_url
 from tests.faults.conftest import ROOT, subprocess_env
 from tests.faults.tcp_proxy import FreezableProxy

@@ -14,7 +14,7 @@ import pytest
 from catalog.jobs import get_job, list_jobs
 from catalog.resources import live_resources, resources_of_job
 from flows.reconcile import reconcile
-from tests.agent.helpers import our_qemu_nbd_pids
+from tests.copy.helpers import our_qemu_nbd_pids
 from tests.faults.conftest import ROOT, subprocess_env
 
 pytestmark = pytest.mark.usefixtures("prefect_backend", "nbd_port_range")

@@ -8,15 +8,15 @@ import time
 
 import pytest
 
-from agent.contract import JobRequest
 from blocks.agent import Agent
 from catalog.inventory import find_vm
 from clients.qemu import stop_qemu_nbd
+from common.contract import JobRequest
 from flows.discover import discover
 from infra.lab.agent import start_agent
 from infra.lab.mutate import read_disk_bytes
-from tests.agent.helpers import raw_of, vm_snapshot_names
-from tests.agent.test_copy_vm import _served_targets
+from tests.copy.helpers import raw_of, vm_snapshot_names
+from tests.copy.test_copy_vm import _served_targets
 
 pytestmark = pytest.mark.usefixtures("prefect_backend", "nbd_port_range")
 

@@ -9,7 +9,7 @@ from prefect.client.orchestration import get_client
 
 from blocks.vcenter import VCenter
 from catalog.jobs import list_jobs
-from clients.vsphere import CertificateNotTrusted, VSphereClient, VSphereError
+from common.vsphere import CertificateNotTrusted, VSphereClient, VSphereError
 from flows.discover import discover
 from infra.lab.mutate import add_disk, remove_disk
 from infra.lab.vcenter import session

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from clients.vsphere import VSphereClient, VSphereSnapshots
+from common.vsphere import VSphereClient, VSphereSnapshots
 from flows.discover import discover
 from vmferry.demo import disks_table
 

@@ -9,7 +9,7 @@ import pytest
 from pyVmomi import vim, vmodl
 
 from agent.cbt_check import unchanged_sample
-from clients.vsphere import CbtUnavailable, VSphereClient, VSphereError, VSphereSnapshots
+from common.vsphere import CbtUnavailable, VSphereClient, VSphereError, VSphereSnapshots
 from infra.lab.mutate import (
     make_cbt_omit_changes,
     reset_change_tracking,

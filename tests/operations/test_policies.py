@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from common.inventory import ObservedVM
 from deployments.deploy import POLICY_ENTRYPOINT, load_config, render_per_vm, render_policies
 from flows.policy import protect_policy
-from vmferry.inventory import ObservedVM
 from vmferry.policies import VMSelector, VMTag, load_policies, select_vms
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -159,8 +159,8 @@ def test_a_policy_over_lab_vms_selects_exactly_those_carrying_its_tag(lab, lab_v
 def test_the_tagging_login_refuses_a_wrong_password(lab_vcenter_block):
     from pydantic import SecretStr
 
-    from clients.vsphere import VSphereError
     from clients.vsphere_tags import VSphereTags
+    from common.vsphere import VSphereError
 
     with VSphereTags(lab_vcenter_block.endpoint()) as tags:
         assert isinstance(tags.categories(), dict)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from deployments.deploy import load_config
-from vmferry.runs import describe_progress, table_rows
+from orchestration.runs import describe_progress, table_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOYMENTS = load_config(ROOT / "deployments" / "prefect.yaml")["deployments"]

@@ -6,8 +6,8 @@ import time
 
 from prefect import flow
 
+from orchestration.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
 from tasks.jobs import open_job
-from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
 
 
 class Meltdown(BaseException):

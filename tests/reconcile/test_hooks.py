@@ -26,8 +26,8 @@ from flows.discover import discover
 from flows.failover import failover_vm
 from flows.reconcile import reconcile
 from flows.replicate import replicate_vm
+from orchestration.hooks import mark_jobs_cancelled, mark_jobs_crashed, record_flow_run_process
 from tests.reconcile.hook_flows import Meltdown, crashing_job
-from vmferry.hooks import mark_jobs_cancelled, mark_jobs_crashed, record_flow_run_process
 from vmferry.reconcile import process_identity
 
 pytestmark = pytest.mark.usefixtures("prefect_backend")

@@ -34,7 +34,7 @@ from infra.lab.agent import start_agent
 from infra.lab.seed import require_vm
 from infra.lab.vcenter import session
 from tests import factories
-from tests.agent.helpers import assert_nothing_left, our_qemu_nbd_pids, vm_snapshot_names
+from tests.copy.helpers import assert_nothing_left, our_qemu_nbd_pids, vm_snapshot_names
 from tests.reconcile.run_backup import backup_arguments
 from vmferry.settings import PortRange
 

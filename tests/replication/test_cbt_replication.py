@@ -6,11 +6,11 @@ import os
 
 import pytest
 
-from clients.vsphere import VSphereClient
+from common.vsphere import VSphereClient
 from flows.replicate import replicate_vm
 from infra.lab.mutate import reset_change_tracking, write_disk_bytes
 from infra.lab.vcenter import session
-from tests.agent.helpers import assert_nothing_left
+from tests.copy.helpers import assert_nothing_left
 from tests.replication.test_replicate import assert_volumes_equal_sources
 
 pytestmark = pytest.mark.usefixtures("prefect_backend", "nbd_port_range")

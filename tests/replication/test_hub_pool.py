@@ -17,9 +17,9 @@ from catalog.replication import volumes_of_vm
 from flows.failover import failover_vm
 from flows.replicate import replicate_vm
 from infra.lab.mutate import read_disk_bytes
+from orchestration.limits import hub_limit_name, set_limit, vm_volumes_limit_name
 from tasks.cloudstack import ReplicationRefused
 from tests.replication.test_replicate import assert_volumes_equal_sources
-from vmferry.limits import hub_limit_name, set_limit, vm_volumes_limit_name
 
 pytestmark = pytest.mark.usefixtures("prefect_backend", "nbd_port_range")
 

@@ -24,7 +24,7 @@ from infra.lab.agent import start_agent
 from infra.lab.mutate import add_readable_disk, read_disk_bytes, remove_disk, write_disk_bytes
 from infra.lab.vcenter import session
 from tasks.cloudstack import TAG_INSTALLATION, VolumeOwnershipError, volume_name
-from tests.agent.helpers import running_agent_jobs
+from tests.copy.helpers import running_agent_jobs
 from tests.replication.test_replicate import assert_volumes_equal_sources, never_written
 
 pytestmark = pytest.mark.usefixtures("prefect_backend", "nbd_port_range")

@@ -15,7 +15,7 @@ from catalog.replication import volumes_of_vm
 from clients.cloudstack import CloudStackError
 from flows.replicate import replicate_vm
 from infra.lab.mutate import read_disk_bytes, write_disk_bytes
-from tests.agent.helpers import assert_nothing_left
+from tests.copy.helpers import assert_nothing_left
 from tests.databases import CATALOG_BACKENDS
 
 pytestmark = pytest.mark.usefixtures("prefect_backend", "nbd_port_range")

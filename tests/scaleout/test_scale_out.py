@@ -25,7 +25,7 @@ from catalog.ports import held_leases
 from catalog.restore_points import points_in_state
 from infra.lab.mutate import read_disk_bytes
 from infra.prefect_server import PrefectServer, start_worker, wait_for_workers
-from tests.agent.helpers import our_qemu_nbd_pids, vm_snapshot_names
+from tests.copy.helpers import our_qemu_nbd_pids, vm_snapshot_names
 
 pytestmark = pytest.mark.usefixtures("nbd_port_range")
 

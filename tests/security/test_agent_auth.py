@@ -11,10 +11,10 @@ import uuid
 import httpx
 import pytest
 
-from agent.contract import JobRequest, Target
 from clients.qemu import create_qcow2, start_qemu_nbd, stop_qemu_nbd
+from common.contract import JobRequest, Target
 from flows.discover import discover
-from tests.agent.helpers import vm_snapshot_names
+from tests.copy.helpers import vm_snapshot_names
 from vmferry.settings import PortRange
 
 pytestmark = pytest.mark.usefixtures("prefect_backend", "nbd_port_range")

@@ -19,8 +19,8 @@ from pydantic import ValidationError
 
 from agent.config import AgentConfig, NbdTlsSettings
 from agent.dataplane.copy import copy_disk
-from agent.dataplane.nbd import NBDClient, NBDError
 from clients.qemu import NbdServer, create_qcow2, start_qemu_nbd, stop_qemu_nbd
+from common.nbd import NBDClient, NBDError
 from infra.lab.pki import NbdPKI, make_test_pki
 from vmferry.settings import PortRange, Settings
 
@@ -359,7 +359,7 @@ def test_backup_over_mutual_tls(
     from flows.backup import backup_vm
     from infra.lab.agent import start_agent
     from infra.lab.mutate import read_disk_bytes
-    from tests.agent.helpers import assert_nothing_left
+    from tests.copy.helpers import assert_nothing_left
 
     monkeypatch.setenv("VMFERRY_NBD_TLS_DIR", str(pki.hub_dir))
     monkeypatch.setenv("VMFERRY_NBD_TLS_ALLOWED_CLIENTS", '["CN=vmferry-agent"]')  # the agent's certificate only

@@ -4,7 +4,7 @@
   of one backup target are shared by every VM backed up into it).
 - ``vcenter-snapshots-<vCenter host>[-<port>]``: VMs of one vCenter with a vmferry snapshot open at once,
   keyed on the vCenter itself rather than on a block, so two blocks naming the same vCenter share one limit.
-- ``vm-<instance uuid>``: one job per VM at a time (one slot; vmferry/runs.py ``vm_job``), keyed on the
+- ``vm-<instance uuid>``: one job per VM at a time (one slot; orchestration/runs.py ``vm_job``), keyed on the
   instance UUID because a VM's name can change between two jobs.
 - ``hub-volumes-<hub VM uuid>``: volumes attached to one hub at once. Sized from CloudStack (the hub's
   data-volume limit), set by the run that finds it different, never by the operator; a sync takes one slot per

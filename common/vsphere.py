@@ -15,8 +15,8 @@ from pyVim.connect import Disconnect, SmartConnect
 from pyVmomi import vim, vmodl
 from pyVmomi.Security import CertificateMismatchException, ThumbprintMismatchException
 
-from vmferry.errors import NotFoundError, VmferryError
-from vmferry.inventory import ObservedDisk, ObservedNic, ObservedVM, base_disk_file
+from common.errors import NotFoundError, VmferryError
+from common.inventory import ObservedDisk, ObservedNic, ObservedVM, base_disk_file
 
 
 class VSphereError(VmferryError):

@@ -20,7 +20,7 @@ FINISHED: tuple[str, ...] = ("succeeded", "failed", "cancelled")
 
 
 class BlockDigests(BaseModel):
-    """Per-block sha256 of a target as the hub holds it now (``agent.dataplane.digests`` has the wire form)."""
+    """Per-block sha256 of a target as the hub holds it now (``common.digests`` has the wire form)."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, Protocol, TypeVar
 
-from vmferry.limits import ensure_limit, slot, vm_limit_name
+from orchestration.limits import ensure_limit, slot, vm_limit_name
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])

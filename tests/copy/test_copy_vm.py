@@ -10,18 +10,18 @@ import time
 import httpx
 import pytest
 
-from agent.contract import BlockDigests, JobRequest, Target
-from agent.dataplane import digests
 from blocks.agent import Agent
 from catalog.exports import exports_for_job
 from catalog.jobs import list_jobs
 from clients.agent import AgentError, AgentJobFailed, AgentUnreachable
 from clients.qemu import create_qcow2, start_qemu_nbd, stop_qemu_nbd
+from common import digests
+from common.contract import BlockDigests, JobRequest, Target
 from flows.copy import copy_vm_disks
 from flows.discover import discover
 from infra.lab.agent import start_agent
 from infra.lab.mutate import read_disk_bytes, write_disk_bytes
-from tests.agent.helpers import (
+from tests.copy.helpers import (
     assert_nothing_left,
     our_qemu_nbd_pids,
     qcow2_targets,
