@@ -7,8 +7,9 @@ conversion then wants installed kernel packages with /lib/modules, a grub boot l
 distribution's own initramfs tool (update-initramfs on Debian) to run inside the guest.
 
 So this guest is a real Debian root: ``mmdebstrap --variant=minbase`` with linux-image-amd64, initramfs-tools and
-grub-pc, packed into an ext4 image with ``mke2fs -d`` (no mount), then finished inside libguestfs's appliance by
-virt-customize (grub-install, update-grub, update-initramfs). Like a VMware guest's host-only initramfs, its
+grub-pc, packed into an ext4 image with ``mke2fs -d`` (no mount) with GRUB's modules and a grub.cfg, GRUB's boot
+code written into the image from the host (infra/lab/grub_bios.py), then finished inside libguestfs's appliance by
+virt-customize (update-initramfs). Like a VMware guest's host-only initramfs, its
 initramfs is built with ``MODULES=list`` and no virtio drivers, so on virtio disks it does not find its root; once
 virt-v2v-in-place has added the virtio modules and rebuilt the initramfs, it boots. Its init is a script that
 prints the same report as the busybox guest (VMFERRY-DISK / VMFERRY-GUEST-BOOTED lines).
@@ -26,10 +27,11 @@ import subprocess
 from pathlib import Path
 
 from infra.lab.disks import MIB, DiskImageSpec, PartitionSpec, build_image
+from infra.lab.grub_bios import embed, make_core_image
 from infra.lab.guest import GuestBuildError, cache_lock
 from infra.lab.paths import cache_dir
 
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
 PACKAGES = ("linux-image-amd64", "initramfs-tools", "grub-pc")
@@ -132,8 +134,9 @@ def debian_guest_image() -> Path:
             partitions=(PartitionSpec(size_mib=None, type="83", content="zero", bootable=True),),
         )
         built = build_image(spec, root / "debian-os.partial.raw", root / "scratch")
-        _fill_root_partition(built.path, tarball, root / "scratch")
+        boot_img, core_img = _fill_root_partition(built.path, tarball, root / "scratch")
         _finish_inside(built.path, root, log)
+        embed(built.path, boot_img, core_img)
         built.path.replace(image)
         shutil.rmtree(root / "scratch", ignore_errors=True)
         tarball.unlink()
@@ -141,9 +144,11 @@ def debian_guest_image() -> Path:
     return image
 
 
-def _fill_root_partition(disk: Path, tarball: Path, scratch: Path) -> None:
-    """The tarball unpacked (owners kept: needs root, as mmdebstrap's root mode does), packed by mke2fs -d
-    (e2fsprogs 1.47.0 cannot read a tarball itself) and copied in at the partition's offset."""
+def _fill_root_partition(disk: Path, tarball: Path, scratch: Path) -> tuple[bytes, bytes]:
+    """The tarball unpacked (owners kept: needs root, as mmdebstrap's root mode does), with GRUB's modules and
+    grub.cfg in /boot/grub as grub-install and update-grub would leave them, packed by mke2fs -d (e2fsprogs 1.47.0
+    cannot read a tarball itself) and copied in at the partition's offset. Returns boot.img and core.img, made from
+    the guest's own GRUB, for :func:`infra.lab.grub_bios.embed`."""
     table = json.loads(_run(["sfdisk", "--json", str(disk)]))
     part = table["partitiontable"]["partitions"][0]
     offset, size = int(part["start"]) * 512, int(part["size"]) * 512
@@ -154,12 +159,39 @@ def _fill_root_partition(disk: Path, tarball: Path, scratch: Path) -> None:
     shutil.rmtree(tree, ignore_errors=True)
     tree.mkdir(parents=True)
     _run(["tar", "-x", "-p", "--numeric-owner", "-f", str(tarball), "-C", str(tree)])
+    modules = tree / "usr/lib/grub/i386-pc"
+    grub_dir = tree / "boot/grub"
+    shutil.copytree(modules, grub_dir / "i386-pc", ignore=shutil.ignore_patterns("*.img", "*.image", "*.exec"))
+    (grub_dir / "grub.cfg").write_text(_grub_config(tree / "boot"))
+    boot_img = (modules / "boot.img").read_bytes()
+    core_img = make_core_image(modules, scratch / "core.img", "(hd0,msdos1)/boot/grub")
     _run(["mke2fs", "-q", "-F", "-t", "ext4", "-L", ROOT_LABEL, "-d", str(tree), str(fs)])
     shutil.rmtree(tree)
     with disk.open("r+b") as dst, fs.open("rb") as src:
         dst.seek(offset)
         shutil.copyfileobj(src, dst, 4 * MIB)
     fs.unlink()
+    return boot_img, core_img
+
+
+def _grub_config(boot: Path) -> str:
+    """What update-grub makes of GRUB_DEFAULTS for the one installed kernel; virt-v2v-in-place regenerates it with
+    the guest's own update-grub when it converts the guest."""
+    kernels = sorted(p.name.removeprefix("vmlinuz-") for p in boot.glob("vmlinuz-*"))
+    if len(kernels) != 1:
+        raise GuestBuildError(f"expected one kernel in the Debian guest, found {kernels or 'none'}")
+    version = kernels[0]
+    return (
+        "serial --unit=0 --speed=115200\nterminal_input serial\nterminal_output serial\n"
+        "set default=0\nset timeout=0\n"
+        "menuentry 'Debian GNU/Linux' {\n"
+        "  insmod part_msdos\n  insmod ext2\n"
+        f"  search --no-floppy --label --set=root {ROOT_LABEL}\n"
+        f"  linux /boot/vmlinuz-{version} root=LABEL={ROOT_LABEL} ro console=ttyS0,115200 rootdelay=8"
+        " init=/usr/local/sbin/vmferry-init\n"
+        f"  initrd /boot/initrd.img-{version}\n"
+        "}\n"
+    )
 
 
 def _finish_inside(disk: Path, root: Path, log: Path) -> None:
@@ -179,13 +211,3 @@ def _finish_inside(disk: Path, root: Path, log: Path) -> None:
         "--run-command", "update-initramfs -u -k all",
     ]  # fmt: skip
     _run(argv, env=LIBGUESTFS_ENV, log=log)
-    # grub in an appliance launch of its own, with a sysfs of its own mounted in the chroot: without it grub cannot
-    # tell /dev/sda1 lies on /dev/sda ("cannot find a GRUB drive for /dev/sda1", then "embedding is not possible,
-    # but this is required for cross-disk install"); in the same launch as the steps above it failed that way even
-    # with /sys mounted, run alone it works
-    grub = "mount -t sysfs sysfs /sys; grub-install --target=i386-pc /dev/sda && update-grub"
-    _run(
-        ["virt-customize", "--no-network", "--format", "raw", "-a", str(disk), "--run-command", grub],
-        env=LIBGUESTFS_ENV,
-        log=log,
-    )
