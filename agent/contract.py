@@ -11,7 +11,6 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 API_PREFIX = "/api/v1"
-SNAPSHOT_PREFIX = "vmferry-"
 JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]

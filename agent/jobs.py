@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from agent.cbt_check import CbtMismatch, check_unchanged_sample, unchanged_sample
 from agent.config import AgentConfig
-from agent.contract import SNAPSHOT_PREFIX, CbtCheckReport, DiskProgress, JobRequest, JobStatus, Target
+from agent.contract import CbtCheckReport, DiskProgress, JobRequest, JobStatus, Target
 from agent.dataplane import digests
 from agent.dataplane.copy import (
     DEFAULT_BLOCK_SIZE,
@@ -40,6 +40,7 @@ from clients.vsphere import (
     observed_disks,
     session_cookie,
 )
+from vmferry.names import job_snapshot_description, job_snapshot_name
 
 
 class JobRejected(Exception):
@@ -61,10 +62,6 @@ class _Job:
     cancel: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
     target_sizes: dict[int, int] = field(default_factory=dict)
-
-
-def snapshot_name(job_id: str) -> str:
-    return f"{SNAPSHOT_PREFIX}{job_id}"
 
 
 class JobManager:
@@ -222,8 +219,9 @@ class JobManager:
                 # Another job's snapshot (a second agent on this VM, or a crashed one) is never ours to remove:
                 # each job removes only the snapshot it created, by moref; the hub's reconciler removes those of
                 # jobs its catalog knows are dead.
-                name = snapshot_name(request.job_id)
-                moref = vm.create_snapshot(name, f"vmferry job={request.job_id}", quiesce=request.quiesce)
+                name = job_snapshot_name(request.job_id)
+                description = job_snapshot_description(request.job_id)
+                moref = vm.create_snapshot(name, description, quiesce=request.quiesce)
                 self._update(job, lambda s: s.__dict__.update(snapshot_name=name, snapshot_moref=moref))
                 try:
                     self._copy_from_snapshot(job, client, vm, moref)
@@ -258,7 +256,8 @@ class JobManager:
                 return
             except VSphereError as exc:
                 last = exc
-        raise VSphereError(f"snapshot {snapshot_name(job.request.job_id)} of VM {vm.name!r} was not removed: {last}")
+        name = job_snapshot_name(job.request.job_id)
+        raise VSphereError(f"snapshot {name} of VM {vm.name!r} was not removed: {last}")
 
     def _copy_from_snapshot(self, job: _Job, client: VSphereClient, vm: VSphereSnapshots, moref: str) -> None:
         request = job.request

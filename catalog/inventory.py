@@ -24,6 +24,7 @@ from catalog.db import Catalog
 from catalog.errors import UnknownRecord
 from catalog.models import VmContext, VmDisk, VmNic, utcnow
 from vmferry.inventory import ObservedDisk, ObservedVM
+from vmferry.names import retired_disk_id
 
 DiskChange = Literal["new", "unchanged", "updated", "resized", "returned", "replaced", "removed"]
 
@@ -145,7 +146,7 @@ def _sync_disks(session: Session, context_id: int, vm: ObservedVM) -> dict[int, 
         row = rows.get(seen.disk_id)
         if row is not None and not _same_physical_disk(row, seen):
             # The key was recycled by another disk: retire the old row under a name no key can take.
-            row.disk_id = f"{row.disk_id}~{row.id}"
+            row.disk_id = retired_disk_id(row.disk_id, row.id)
             row.present = False
             row.removed_at = row.removed_at or now
             changes[row.id] = "replaced"
@@ -337,6 +338,13 @@ def find_vm(catalog: Catalog, name_or_uuid: str, vcenter: str | None = None) -> 
             ids = ", ".join(f"{m.name} ({m.instance_uuid})" for m in matches)
             raise UnknownRecord(f"{name_or_uuid!r} matches several VMs: {ids}; name one by instance UUID")
         return _recorded(session, matches[0].id, {})
+
+
+def context_of_disk(catalog: Catalog, vm_disk_id: int) -> int | None:
+    """The VM context a disk row belongs to; None when the catalog has no such row."""
+    with catalog.session() as session:
+        row = session.get(VmDisk, vm_disk_id)
+        return row.vm_context_id if row is not None else None
 
 
 def set_boot_disk(catalog: Catalog, vm_context_id: int, disk_id: str) -> None:

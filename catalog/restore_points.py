@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, selectinload
 from catalog.db import Catalog
 from catalog.errors import CatalogError, UnknownRecord
 from catalog.models import RestorePoint, RestorePointDisk, VmDisk, utcnow
+from vmferry.names import original_disk_id
 
 
 class PointDiskView(BaseModel):
@@ -71,7 +72,7 @@ def _view(session: Session, point: RestorePoint) -> PointView:
                 id=d.id,
                 vm_disk_id=d.vm_disk_id,
                 # a retired disk keeps its original id in restore listings
-                disk_id=disk_rows[d.vm_disk_id].disk_id.split("~", 1)[0],
+                disk_id=original_disk_id(disk_rows[d.vm_disk_id].disk_id),
                 device_key=disk_rows[d.vm_disk_id].device_key,
                 disk_generation=d.disk_generation,
                 file_path=d.file_path,

@@ -23,17 +23,19 @@ from tasks.backup import (
 )
 from tasks.discovery import read_vcenter_inventory, record_vm_inventory
 from tasks.jobs import close_job, open_job
+from vmferry import names
 from vmferry.errors import describe
 from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
-from vmferry.limits import holding, repository_limit_name
+from vmferry.limits import holding
+from vmferry.names import artifact_key, repository_limit_name
 from vmferry.outcome import PUBLISH_OUTCOME
-from vmferry.runs import artifact_key, one_job_per_vm
+from vmferry.runs import one_job_per_vm
 from vmferry.settings import get_settings
 
 
 @flow(
     name="backup-vm",
-    flow_run_name="backup-{vm}-{kind}",
+    flow_run_name=names.BACKUP_RUN,
     on_running=ON_RUNNING,
     on_crashed=ON_CRASHED,
     on_cancellation=ON_CANCELLATION,

@@ -19,10 +19,12 @@ from catalog.inventory import find_vm
 from catalog.replication import volumes_of_vm
 from tasks.failover import leave_volumes_detached, remove_destination_vm, volumes_held_elsewhere
 from tasks.jobs import close_job, open_job
+from vmferry import names
 from vmferry.errors import Refused, describe
 from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
+from vmferry.names import artifact_key
 from vmferry.outcome import PUBLISH_OUTCOME
-from vmferry.runs import artifact_key, one_job_per_vm
+from vmferry.runs import one_job_per_vm
 
 
 class CleanupResult(BaseModel):
@@ -42,7 +44,7 @@ class CleanupRefused(Refused):
 
 @flow(
     name="cleanup-failover",
-    flow_run_name="cleanup-{vm}",
+    flow_run_name=names.CLEANUP_RUN,
     on_running=ON_RUNNING,
     on_crashed=ON_CRASHED,
     on_cancellation=ON_CANCELLATION,

@@ -29,12 +29,14 @@ from tasks.agent import follow_agent_job, submit_agent_job
 from tasks.jobs import close_job, open_job
 from tasks.nbd import check_target_file, lease_nbd_port, start_nbd_export, target_digests
 from tasks.vsphere import remove_job_snapshots
+from vmferry import names
 from vmferry.compensation import quietly
 from vmferry.errors import describe
 from vmferry.exports import export_url, stop_export
 from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
 from vmferry.ledger import JobLedger
-from vmferry.limits import holding, vcenter_limit_name
+from vmferry.limits import holding
+from vmferry.names import disk_event_resource, job_snapshot_name, vcenter_limit_name
 from vmferry.runs import one_job_per_vm
 from vmferry.settings import get_settings
 from vmferry.targets import DiskTarget, check_plan
@@ -60,9 +62,9 @@ def _stop_agent_job(agent: Agent, vcenter: VCenter | None, vm: RecordedVM, job_i
     if removed_by_agent or vcenter is None:
         return
     try:
-        remove_job_snapshots.fn(vcenter, vm.instance_uuid, f"vmferry-{job_id}")
+        remove_job_snapshots.fn(vcenter, vm.instance_uuid, job_id)
     except Exception:
-        log.exception("could not remove snapshot vmferry-%s of VM %s", job_id, vm.name)
+        log.exception("could not remove snapshot %s of VM %s", job_snapshot_name(job_id), vm.name)
 
 
 def run_copy(
@@ -165,7 +167,7 @@ def alert_cbt_mismatches(vm: RecordedVM, status: JobStatus, labels: dict[int, st
         emit_event(
             event="vmferry.cbt.mismatch",
             resource={
-                "prefect.resource.id": f"vmferry.vm.{vm.instance_uuid}.disk.{disk.disk_key}",
+                "prefect.resource.id": disk_event_resource(vm.instance_uuid, disk.disk_key),
                 "prefect.resource.name": label,
             },
             payload={"vm": vm.name, "disk_key": disk.disk_key, **report.model_dump()},
@@ -174,7 +176,7 @@ def alert_cbt_mismatches(vm: RecordedVM, status: JobStatus, labels: dict[int, st
 
 @flow(
     name="copy-vm-disks",
-    flow_run_name="copy-{vm}-{kind}",
+    flow_run_name=names.COPY_RUN,
     on_running=ON_RUNNING,
     on_crashed=ON_CRASHED,
     on_cancellation=ON_CANCELLATION,

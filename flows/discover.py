@@ -12,8 +12,8 @@ from tasks.discovery import enable_change_tracking, mark_missing_vms, read_vcent
 from tasks.jobs import close_job, open_job
 from vmferry.errors import describe
 from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
+from vmferry.names import artifact_key
 from vmferry.outcome import PUBLISH_OUTCOME
-from vmferry.runs import artifact_key
 
 
 def disk_table(vm: RecordedVM) -> list[dict[str, object]]:

@@ -55,14 +55,16 @@ from tasks.failover import (
     start_destination_vm,
 )
 from tasks.jobs import close_job, open_job
+from vmferry import names
 from vmferry.compensation import quietly
 from vmferry.errors import Refused, describe
 from vmferry.failover_plan import check_attached, plan_attachments
 from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
-from vmferry.limits import holding, vm_volumes_limit_name
+from vmferry.limits import holding
+from vmferry.names import artifact_key, vm_volumes_limit_name
 from vmferry.network_plan import plan_nics
 from vmferry.outcome import PUBLISH_OUTCOME
-from vmferry.runs import artifact_key, one_job_per_vm, table_rows
+from vmferry.runs import one_job_per_vm, table_rows
 
 
 def _remove_recorded_destination(cloud: CloudStack, failover_id: int, ours: list[str]) -> None:
@@ -153,7 +155,7 @@ def refuse_unless_ready(vm: RecordedVM, mode: str, confirm_live: bool) -> None:
 
 @flow(
     name="failover-vm",
-    flow_run_name="failover-{vm}-{mode}",
+    flow_run_name=names.FAILOVER_RUN,
     on_running=ON_RUNNING,
     on_crashed=ON_CRASHED,
     on_cancellation=ON_CANCELLATION,

@@ -14,7 +14,8 @@ from tasks.cloudstack import attach_to_hub, detach_from_hub
 from tasks.guest_prep import GuestPreparation, prepare_guest_for_kvm
 from vmferry.compensation import quietly
 from vmferry.failover_plan import PlannedAttachment
-from vmferry.limits import first_free, hub_limit_name
+from vmferry.limits import first_free
+from vmferry.names import hub_limit_name
 
 
 def prepare_os_volume(

@@ -27,10 +27,12 @@ from catalog.inventory import RecordedVM, find_vm
 from catalog.replication import record_attachment, volumes_of_vm
 from tasks.failover import leave_volumes_detached, power_on_source, remove_destination_vm
 from tasks.jobs import close_job, open_job
+from vmferry import names
 from vmferry.errors import Refused, describe
 from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
+from vmferry.names import artifact_key
 from vmferry.outcome import PUBLISH_OUTCOME
-from vmferry.runs import artifact_key, one_job_per_vm
+from vmferry.runs import one_job_per_vm
 
 
 class LiveFailoverStateRefused(Refused):
@@ -97,7 +99,7 @@ def _state_artifact(recorded: RecordedVM, title: str, lines: list[str]) -> None:
 
 @flow(
     name="commit-failover",
-    flow_run_name="commit-{vm}",
+    flow_run_name=names.COMMIT_RUN,
     on_running=ON_RUNNING,
     on_crashed=ON_CRASHED,
     on_cancellation=ON_CANCELLATION,
@@ -169,7 +171,7 @@ def commit_failover(vm: str, cloudstack: CloudStack | str) -> CommitResult:
 
 @flow(
     name="revert-failover",
-    flow_run_name="revert-{vm}",
+    flow_run_name=names.REVERT_RUN,
     on_running=ON_RUNNING,
     on_crashed=ON_CRASHED,
     on_cancellation=ON_CANCELLATION,

@@ -38,12 +38,14 @@ from tasks.cloudstack import (
 )
 from tasks.discovery import read_vcenter_inventory, record_vm_inventory
 from tasks.jobs import close_job, open_job
+from vmferry import names
 from vmferry.compensation import quietly
 from vmferry.errors import describe
 from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
-from vmferry.limits import first_free, holding, hub_limit_name, set_limit, vm_volumes_limit_name
+from vmferry.limits import first_free, holding, set_limit
+from vmferry.names import artifact_key, hub_limit_name, vm_volumes_limit_name
 from vmferry.outcome import PUBLISH_OUTCOME
-from vmferry.runs import artifact_key, one_job_per_vm, table_rows
+from vmferry.runs import one_job_per_vm, table_rows
 from vmferry.targets import DiskTarget
 
 
@@ -83,7 +85,7 @@ def refuse_while_failed_over(recorded: RecordedVM) -> None:
 
 @flow(
     name="replicate-vm",
-    flow_run_name="replicate-{vm}-{kind}",
+    flow_run_name=names.REPLICATE_RUN,
     on_running=ON_RUNNING,
     on_crashed=ON_CRASHED,
     on_cancellation=ON_CANCELLATION,

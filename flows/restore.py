@@ -38,9 +38,9 @@ from vmferry.filelevel import (
 )
 from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
 from vmferry.ledger import JobLedger
+from vmferry.names import artifact_key
 from vmferry.outcome import PUBLISH_OUTCOME
 from vmferry.repository import Repository
-from vmferry.runs import artifact_key
 
 T = TypeVar("T")
 

@@ -21,7 +21,7 @@ from catalog.restore_points import PointView
 from flows.backup import backup_vm
 from infra.lab.mutate import read_disk_bytes
 from tests.agent.helpers import assert_nothing_left
-from vmferry.limits import repository_limit_name, vcenter_limit_name
+from vmferry.names import repository_limit_name, vcenter_limit_name
 
 pytestmark = pytest.mark.usefixtures("prefect_backend", "nbd_port_range")
 

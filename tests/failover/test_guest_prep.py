@@ -17,7 +17,7 @@ from flows.replicate import replicate_vm
 from infra.lab.cloudstack import CloudStackSimulator
 from infra.lab.guest import seed_guest_vm
 from tests.failover.test_guest_boot import wait_for_guest
-from vmferry.runs import artifact_key
+from vmferry.names import artifact_key
 
 pytestmark = pytest.mark.usefixtures("prefect_backend", "nbd_port_range")
 

@@ -18,8 +18,8 @@ from catalog.inventory import find_vm
 from catalog.models import Job
 from flows.backup import backup_vm
 from flows.replicate import replicate_vm
-from vmferry.limits import vm_limit_name
-from vmferry.runs import artifact_key, one_job_per_vm, slug
+from vmferry.names import artifact_key, slug, vm_limit_name
+from vmferry.runs import one_job_per_vm
 
 pytestmark = pytest.mark.usefixtures("prefect_backend")
 

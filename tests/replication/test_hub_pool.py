@@ -19,7 +19,8 @@ from flows.replicate import replicate_vm
 from infra.lab.mutate import read_disk_bytes
 from tasks.cloudstack import ReplicationRefused
 from tests.replication.test_replicate import assert_volumes_equal_sources
-from vmferry.limits import hub_limit_name, set_limit, vm_volumes_limit_name
+from vmferry.limits import set_limit
+from vmferry.names import hub_limit_name, vm_volumes_limit_name
 
 pytestmark = pytest.mark.usefixtures("prefect_backend", "nbd_port_range")
 

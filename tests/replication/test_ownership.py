@@ -23,9 +23,10 @@ from flows.replicate import replicate_vm
 from infra.lab.agent import start_agent
 from infra.lab.mutate import add_readable_disk, read_disk_bytes, remove_disk, write_disk_bytes
 from infra.lab.vcenter import session
-from tasks.cloudstack import TAG_INSTALLATION, VolumeOwnershipError, volume_name
+from tasks.cloudstack import VolumeOwnershipError
 from tests.agent.helpers import running_agent_jobs
 from tests.replication.test_replicate import assert_volumes_equal_sources, never_written
+from vmferry.names import TAG_INSTALLATION, volume_name
 
 pytestmark = pytest.mark.usefixtures("prefect_backend", "nbd_port_range")
 
@@ -86,7 +87,7 @@ def test_a_volume_matching_only_by_name_is_refused_and_left_untouched(
     discover(lab_vcenter_block, [name])
     vm = find_vm(configured_catalog, name)
     disk = vm.present_disks()[0]
-    squatted = volume_name(installation_id(configured_catalog), vm, disk)
+    squatted = volume_name(installation_id(configured_catalog), vm.vm_context_id, disk.disk_id, disk.id)
     info = cloudstack_sim.info()
     with cloudstack_block.client() as client:
         impostor = client.create_volume(squatted, 1, info.zone_id, info.custom_disk_offering_id)

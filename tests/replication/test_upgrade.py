@@ -13,8 +13,8 @@ from catalog.db import Catalog, alembic_config
 from catalog.models import ReplicatedVolume
 from flows.replicate import replicate_vm
 from infra.lab.mutate import write_disk_bytes
-from tasks.cloudstack import OWNER_TAG_KEYS, TAG_DISK, TAG_INSTALLATION
 from tests.replication.test_replicate import assert_volumes_equal_sources
+from vmferry.names import OWNER_TAG_KEYS, TAG_DISK, TAG_INSTALLATION
 
 pytestmark = pytest.mark.usefixtures("prefect_backend", "nbd_port_range")
 

@@ -23,7 +23,7 @@ from clients.agent import AgentError
 from flows.backup import backup_vm
 from flows.discover import discover
 from flows.reconcile import reconcile
-from vmferry.runs import artifact_key
+from vmferry.names import artifact_key
 
 pytestmark = pytest.mark.usefixtures("prefect_backend", "nbd_port_range")
 
