@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from catalog.db import Catalog
 from catalog.errors import UnknownRecord
 from catalog.models import VmContext, VmDisk, VmNic, utcnow
+from catalog.views import view
 from vmferry.inventory import ObservedDisk, ObservedVM
 from vmferry.names import retired_disk_id
 
@@ -233,41 +234,20 @@ def _recorded(session: Session, context_id: int, changes: dict[int, DiskChange])
     nics = session.scalars(
         select(VmNic).where(VmNic.vm_context_id == context_id, VmNic.present.is_(True)).order_by(VmNic.device_key)
     )
-    return RecordedVM(
+    return view(
+        RecordedVM,
+        context,
         vm_context_id=context.id,
-        name=context.name,
-        instance_uuid=context.instance_uuid,
-        moref=context.moref,
-        boot_disk_id=context.boot_disk_id,
-        boot_disk_source=context.boot_disk_source,
-        cpu_count=context.cpu_count,
-        memory_mb=context.memory_mb,
-        cbt_enabled=context.cbt_enabled,
         disks=[
-            RecordedDisk(
-                id=d.id,
-                disk_id=d.disk_id,
-                device_key=d.device_key,
-                controller_key=d.controller_key,
-                bus=d.bus,
-                bus_number=d.bus_number,
-                unit_number=d.unit_number,
-                capacity_bytes=d.capacity_bytes,
-                label=d.label,
-                file_name=d.file_name,
-                present=d.present,
-                generation=d.generation,
+            view(
+                RecordedDisk,
+                d,
                 is_boot=d.present and d.disk_id == context.boot_disk_id,
                 change=changes.get(d.id, "unchanged"),
             )
             for d in disks
         ],
-        nics=[
-            RecordedNic(
-                device_key=n.device_key, mac_address=n.mac_address, network=n.network, adapter=n.adapter, label=n.label
-            )
-            for n in nics
-        ],
+        nics=[view(RecordedNic, n) for n in nics],
     )
 
 
