@@ -97,7 +97,9 @@ class JobManager:
             with self._lock:
                 self._jobs.pop(request.job_id, None)
             raise
-        job.status.disks = [DiskProgress(disk_key=t.disk_key, bytes_total=t.capacity_bytes) for t in request.targets]
+        job.status.disks = [
+            DiskProgress(device_key=t.device_key, bytes_total=t.capacity_bytes) for t in request.targets
+        ]
         job.thread = threading.Thread(target=self._run, args=(job,), name=f"job-{request.job_id}", daemon=True)
         job.thread.start()
         return self.status(request.job_id)
@@ -166,18 +168,18 @@ class JobManager:
         check_targets(vm_name, disks, request.targets)
         sizes = {}
         for target in request.targets:
-            size = sizes[target.disk_key] = self._target_size(vm_name, target)
-            if size < disks[target.disk_key].capacity_bytes:
+            size = sizes[target.device_key] = self._target_size(vm_name, target)
+            if size < disks[target.device_key].capacity_bytes:
                 raise JobRejected(
                     422,
-                    f"VM {vm_name!r} disk {target.disk_key}: target {target.nbd_url} holds {size} bytes, "
-                    f"smaller than the disk's {disks[target.disk_key].capacity_bytes}; nothing was written",
+                    f"VM {vm_name!r} disk {target.device_key}: target {target.nbd_url} holds {size} bytes, "
+                    f"smaller than the disk's {disks[target.device_key].capacity_bytes}; nothing was written",
                 )
             try:
                 self._target_digests(target, size)
             except digests.DigestError as exc:
                 raise JobRejected(
-                    422, f"VM {vm_name!r} disk {target.disk_key}: block_digests of {target.nbd_url}: {exc}"
+                    422, f"VM {vm_name!r} disk {target.device_key}: block_digests of {target.nbd_url}: {exc}"
                 ) from exc
         return sizes
 
@@ -194,11 +196,11 @@ class JobManager:
             )
         except (NBDError, OSError) as exc:
             raise JobRejected(
-                422, f"VM {vm_name!r} disk {target.disk_key}: target {target.nbd_url} is unreachable: {exc}"
+                422, f"VM {vm_name!r} disk {target.device_key}: target {target.nbd_url} is unreachable: {exc}"
             ) from exc
         try:
             if client.read_only:
-                raise JobRejected(422, f"VM {vm_name!r} disk {target.disk_key}: target {target.nbd_url} is read-only")
+                raise JobRejected(422, f"VM {vm_name!r} disk {target.device_key}: target {target.nbd_url} is read-only")
             return client.size
         finally:
             client.close()
@@ -262,7 +264,7 @@ class JobManager:
     def _copy_from_snapshot(self, job: _Job, client: VSphereClient, vm: VSphereSnapshots, moref: str) -> None:
         request = job.request
         frozen = {disk.device_key: disk for disk in vm.snapshot_disks(moref)}
-        targets = {t.disk_key: t for t in request.targets}
+        targets = {t.device_key: t for t in request.targets}
         if set(frozen) != set(targets):
             raise VSphereError(
                 f"VM {vm.name!r} changed disks between validation and snapshot: the snapshot has "
@@ -335,7 +337,7 @@ class JobManager:
 
     @staticmethod
     def _disk_in(status: JobStatus, key: int) -> DiskProgress:
-        return next(d for d in status.disks if d.disk_key == key)
+        return next(d for d in status.disks if d.device_key == key)
 
     def _progress(self, job: _Job, key: int) -> Callable[[int, int], None]:
         def report(done: int, total: int) -> None:
@@ -456,7 +458,7 @@ class JobManager:
 
 def check_targets(vm_name: str, disks: dict[int, object], targets: list[Target]) -> None:
     """Every disk of the VM has exactly one target, and every target names a disk of the VM."""
-    keys = [t.disk_key for t in targets]
+    keys = [t.device_key for t in targets]
     twice = sorted({k for k in keys if keys.count(k) > 1})
     if twice:
         raise JobRejected(422, f"VM {vm_name!r}: disk key(s) {twice} have more than one target")

@@ -98,7 +98,7 @@ def backup_vm(
                 quiesce=quiesce,
                 bandwidth_limit_bytes_per_second=bandwidth_limit_bytes_per_second,
             )
-            copied = {d.disk_key: d for d in status.disks}
+            copied = {d.device_key: d for d in status.disks}
             # Every disk's checksum at once (each reads its own target, hashing releases the GIL): the wall
             # time is the largest disk's, not the sum.
             checksums = [future.result() for future in checksum_target.map(targets)]

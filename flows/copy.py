@@ -115,7 +115,7 @@ def run_copy(
             logger.info("disk %s (catalog id %s) -> %s", target.disk_id, target.vm_disk_id, url)
             agent_targets.append(
                 Target(
-                    disk_key=target.device_key,
+                    device_key=target.device_key,
                     nbd_url=url,
                     capacity_bytes=target.capacity_bytes,
                     previous_change_id=target.previous_change_id,
@@ -157,7 +157,7 @@ def alert_cbt_mismatches(vm: RecordedVM, status: JobStatus, labels: dict[int, st
         report = disk.cbt_check
         if report is None or not report.mismatched_offsets:
             continue
-        label = labels.get(disk.disk_key, f"{vm.name} disk {disk.disk_key}")
+        label = labels.get(disk.device_key, f"{vm.name} disk {disk.device_key}")
         log.error(
             "CBT of %s was wrong: blocks at %s called unchanged differ from the previous copy (%s)",
             label,
@@ -167,10 +167,10 @@ def alert_cbt_mismatches(vm: RecordedVM, status: JobStatus, labels: dict[int, st
         emit_event(
             event="vmferry.cbt.mismatch",
             resource={
-                "prefect.resource.id": disk_event_resource(vm.instance_uuid, disk.disk_key),
+                "prefect.resource.id": disk_event_resource(vm.instance_uuid, disk.device_key),
                 "prefect.resource.name": label,
             },
-            payload={"vm": vm.name, "disk_key": disk.disk_key, **report.model_dump()},
+            payload={"vm": vm.name, "disk_key": disk.device_key, **report.model_dump()},
         )
 
 

@@ -213,7 +213,7 @@ def _sync_through_hub(
             kind=copy_kind,
             bandwidth_limit_bytes_per_second=bandwidth_limit_bytes_per_second,
         )
-        copied = {d.disk_key: d for d in status.disks}
+        copied = {d.device_key: d for d in status.disks}
         result_disks = []
         for disk, volume in zip(disks, attached, strict=True):
             progress = copied[disk.device_key]

@@ -131,7 +131,7 @@ def test_an_interrupted_initial_sync_resumes_correctly(
         with Agent(url=doomed.url, token=doomed.token).client() as client:
             while True:  # the first disk fully written, the second one under way
                 jobs = running_agent_jobs(client, "replication")
-                disks = sorted(jobs[0].disks, key=lambda d: d.disk_key) if jobs else []
+                disks = sorted(jobs[0].disks, key=lambda d: d.device_key) if jobs else []
                 # the agent marks disks done when the whole job is: watch the bytes (one disk at a time here)
                 if len(disks) == 2 and disks[0].bytes_done == disks[0].bytes_total > disks[1].bytes_done:
                     break
