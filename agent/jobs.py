@@ -28,7 +28,8 @@ from agent.dataplane.sources import (
 from agent.throttle import ThrottledSource, TokenBucket
 from agent.vddk import VddkDisk, open_vddk_source
 from common import digests
-from common.contract import SNAPSHOT_PREFIX, CbtCheckReport, DiskProgress, JobRequest, JobStatus, Target
+from common.contract import CbtCheckReport, DiskProgress, JobRequest, JobStatus, Target
+from common.names import job_snapshot_description, job_snapshot_name
 from common.nbd import NBDClient, NBDError
 from common.vsphere import (
     CbtUnavailable,
@@ -61,10 +62,6 @@ class _Job:
     cancel: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
     target_sizes: dict[int, int] = field(default_factory=dict)
-
-
-def snapshot_name(job_id: str) -> str:
-    return f"{SNAPSHOT_PREFIX}{job_id}"
 
 
 class JobManager:
@@ -100,7 +97,9 @@ class JobManager:
             with self._lock:
                 self._jobs.pop(request.job_id, None)
             raise
-        job.status.disks = [DiskProgress(disk_key=t.disk_key, bytes_total=t.capacity_bytes) for t in request.targets]
+        job.status.disks = [
+            DiskProgress(device_key=t.device_key, bytes_total=t.capacity_bytes) for t in request.targets
+        ]
         job.thread = threading.Thread(target=self._run, args=(job,), name=f"job-{request.job_id}", daemon=True)
         job.thread.start()
         return self.status(request.job_id)
@@ -169,18 +168,18 @@ class JobManager:
         check_targets(vm_name, disks, request.targets)
         sizes = {}
         for target in request.targets:
-            size = sizes[target.disk_key] = self._target_size(vm_name, target)
-            if size < disks[target.disk_key].capacity_bytes:
+            size = sizes[target.device_key] = self._target_size(vm_name, target)
+            if size < disks[target.device_key].capacity_bytes:
                 raise JobRejected(
                     422,
-                    f"VM {vm_name!r} disk {target.disk_key}: target {target.nbd_url} holds {size} bytes, "
-                    f"smaller than the disk's {disks[target.disk_key].capacity_bytes}; nothing was written",
+                    f"VM {vm_name!r} disk {target.device_key}: target {target.nbd_url} holds {size} bytes, "
+                    f"smaller than the disk's {disks[target.device_key].capacity_bytes}; nothing was written",
                 )
             try:
                 self._target_digests(target, size)
             except digests.DigestError as exc:
                 raise JobRejected(
-                    422, f"VM {vm_name!r} disk {target.disk_key}: block_digests of {target.nbd_url}: {exc}"
+                    422, f"VM {vm_name!r} disk {target.device_key}: block_digests of {target.nbd_url}: {exc}"
                 ) from exc
         return sizes
 
@@ -197,11 +196,11 @@ class JobManager:
             )
         except (NBDError, OSError) as exc:
             raise JobRejected(
-                422, f"VM {vm_name!r} disk {target.disk_key}: target {target.nbd_url} is unreachable: {exc}"
+                422, f"VM {vm_name!r} disk {target.device_key}: target {target.nbd_url} is unreachable: {exc}"
             ) from exc
         try:
             if client.read_only:
-                raise JobRejected(422, f"VM {vm_name!r} disk {target.disk_key}: target {target.nbd_url} is read-only")
+                raise JobRejected(422, f"VM {vm_name!r} disk {target.device_key}: target {target.nbd_url} is read-only")
             return client.size
         finally:
             client.close()
@@ -222,8 +221,9 @@ class JobManager:
                 # Another job's snapshot (a second agent on this VM, or a crashed one) is never ours to remove:
                 # each job removes only the snapshot it created, by moref; the hub's reconciler removes those of
                 # jobs its catalog knows are dead.
-                name = snapshot_name(request.job_id)
-                moref = vm.create_snapshot(name, f"vmferry job={request.job_id}", quiesce=request.quiesce)
+                name = job_snapshot_name(request.job_id)
+                description = job_snapshot_description(request.job_id)
+                moref = vm.create_snapshot(name, description, quiesce=request.quiesce)
                 self._update(job, lambda s: s.__dict__.update(snapshot_name=name, snapshot_moref=moref))
                 try:
                     self._copy_from_snapshot(job, client, vm, moref)
@@ -258,12 +258,13 @@ class JobManager:
                 return
             except VSphereError as exc:
                 last = exc
-        raise VSphereError(f"snapshot {snapshot_name(job.request.job_id)} of VM {vm.name!r} was not removed: {last}")
+        name = job_snapshot_name(job.request.job_id)
+        raise VSphereError(f"snapshot {name} of VM {vm.name!r} was not removed: {last}")
 
     def _copy_from_snapshot(self, job: _Job, client: VSphereClient, vm: VSphereSnapshots, moref: str) -> None:
         request = job.request
         frozen = {disk.device_key: disk for disk in vm.snapshot_disks(moref)}
-        targets = {t.disk_key: t for t in request.targets}
+        targets = {t.device_key: t for t in request.targets}
         if set(frozen) != set(targets):
             raise VSphereError(
                 f"VM {vm.name!r} changed disks between validation and snapshot: the snapshot has "
@@ -336,7 +337,7 @@ class JobManager:
 
     @staticmethod
     def _disk_in(status: JobStatus, key: int) -> DiskProgress:
-        return next(d for d in status.disks if d.disk_key == key)
+        return next(d for d in status.disks if d.device_key == key)
 
     def _progress(self, job: _Job, key: int) -> Callable[[int, int], None]:
         def report(done: int, total: int) -> None:
@@ -457,7 +458,7 @@ class JobManager:
 
 def check_targets(vm_name: str, disks: dict[int, object], targets: list[Target]) -> None:
     """Every disk of the VM has exactly one target, and every target names a disk of the VM."""
-    keys = [t.disk_key for t in targets]
+    keys = [t.device_key for t in targets]
     twice = sorted({k for k in keys if keys.count(k) > 1})
     if twice:
         raise JobRejected(422, f"VM {vm_name!r}: disk key(s) {twice} have more than one target")

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from catalog.db import Catalog
 from catalog.errors import UnknownRecord
 from catalog.models import NbdExport, utcnow
+from catalog.views import view
 
 
 class ExportView(BaseModel):
@@ -28,19 +29,7 @@ class ExportView(BaseModel):
 
 
 def _view(row: NbdExport) -> ExportView:
-    return ExportView(
-        id=row.id,
-        vm_disk_id=row.vm_disk_id,
-        job_id=row.job_id,
-        export_name=row.export_name,
-        bind_address=row.bind_address,
-        port=row.port,
-        file_path=row.file_path,
-        pid=row.pid,
-        state=row.state,
-        created_at=row.created_at,
-        stopped_at=row.stopped_at,
-    )
+    return view(ExportView, row)
 
 
 def record_export(

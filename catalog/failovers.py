@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, selectinload
 from catalog.db import Catalog
 from catalog.errors import UnknownRecord
 from catalog.models import Failover, FailoverVolume, VmContext, utcnow
+from catalog.views import view
 
 ACTIVE_STATES = ("in-progress", "active")
 READY_FOR_FAILOVER = "ready-for-failover"
@@ -42,26 +43,8 @@ class FailoverView(BaseModel):
 
 
 def _view(row: Failover) -> FailoverView:
-    return FailoverView(
-        id=row.id,
-        vm_context_id=row.vm_context_id,
-        job_id=row.job_id,
-        mode=row.mode,
-        destination_vm_id=row.destination_vm_id,
-        state=row.state,
-        volumes=[
-            FailoverVolumeView(
-                vm_disk_id=v.vm_disk_id,
-                replicated_volume_id=v.replicated_volume_id,
-                planned_device_id=v.planned_device_id,
-                actual_device_id=v.actual_device_id,
-                is_root=v.is_root,
-            )
-            for v in sorted(row.volumes, key=lambda v: v.planned_device_id)
-        ],
-        created_at=row.created_at,
-        finished_at=row.finished_at,
-    )
+    volumes = sorted(row.volumes, key=lambda v: v.planned_device_id)
+    return view(FailoverView, row, volumes=[view(FailoverVolumeView, v) for v in volumes])
 
 
 def _load(session: Session, failover_id: int) -> Failover:

@@ -28,3 +28,10 @@ def installation_id(catalog: Catalog) -> str:
         return row.installation_id
 
     return catalog.write(work, retry_integrity=True)
+
+
+def existing_installation_id(catalog: Catalog) -> str | None:
+    """The id when one was made, without making it (a reader that must not write, like a dry run)."""
+    with catalog.session() as session:
+        row = session.get(Installation, _ROW)
+        return row.installation_id if row is not None else None

@@ -23,7 +23,9 @@ from sqlalchemy.orm import Session
 from catalog.db import Catalog
 from catalog.errors import UnknownRecord
 from catalog.models import VmContext, VmDisk, VmNic, utcnow
+from catalog.views import view
 from common.inventory import ObservedDisk, ObservedVM
+from common.names import retired_disk_id
 
 DiskChange = Literal["new", "unchanged", "updated", "resized", "returned", "replaced", "removed"]
 
@@ -145,7 +147,7 @@ def _sync_disks(session: Session, context_id: int, vm: ObservedVM) -> dict[int, 
         row = rows.get(seen.disk_id)
         if row is not None and not _same_physical_disk(row, seen):
             # The key was recycled by another disk: retire the old row under a name no key can take.
-            row.disk_id = f"{row.disk_id}~{row.id}"
+            row.disk_id = retired_disk_id(row.disk_id, row.id)
             row.present = False
             row.removed_at = row.removed_at or now
             changes[row.id] = "replaced"
@@ -232,41 +234,20 @@ def _recorded(session: Session, context_id: int, changes: dict[int, DiskChange])
     nics = session.scalars(
         select(VmNic).where(VmNic.vm_context_id == context_id, VmNic.present.is_(True)).order_by(VmNic.device_key)
     )
-    return RecordedVM(
+    return view(
+        RecordedVM,
+        context,
         vm_context_id=context.id,
-        name=context.name,
-        instance_uuid=context.instance_uuid,
-        moref=context.moref,
-        boot_disk_id=context.boot_disk_id,
-        boot_disk_source=context.boot_disk_source,
-        cpu_count=context.cpu_count,
-        memory_mb=context.memory_mb,
-        cbt_enabled=context.cbt_enabled,
         disks=[
-            RecordedDisk(
-                id=d.id,
-                disk_id=d.disk_id,
-                device_key=d.device_key,
-                controller_key=d.controller_key,
-                bus=d.bus,
-                bus_number=d.bus_number,
-                unit_number=d.unit_number,
-                capacity_bytes=d.capacity_bytes,
-                label=d.label,
-                file_name=d.file_name,
-                present=d.present,
-                generation=d.generation,
+            view(
+                RecordedDisk,
+                d,
                 is_boot=d.present and d.disk_id == context.boot_disk_id,
                 change=changes.get(d.id, "unchanged"),
             )
             for d in disks
         ],
-        nics=[
-            RecordedNic(
-                device_key=n.device_key, mac_address=n.mac_address, network=n.network, adapter=n.adapter, label=n.label
-            )
-            for n in nics
-        ],
+        nics=[view(RecordedNic, n) for n in nics],
     )
 
 
@@ -337,6 +318,13 @@ def find_vm(catalog: Catalog, name_or_uuid: str, vcenter: str | None = None) -> 
             ids = ", ".join(f"{m.name} ({m.instance_uuid})" for m in matches)
             raise UnknownRecord(f"{name_or_uuid!r} matches several VMs: {ids}; name one by instance UUID")
         return _recorded(session, matches[0].id, {})
+
+
+def context_of_disk(catalog: Catalog, vm_disk_id: int) -> int | None:
+    """The VM context a disk row belongs to; None when the catalog has no such row."""
+    with catalog.session() as session:
+        row = session.get(VmDisk, vm_disk_id)
+        return row.vm_context_id if row is not None else None
 
 
 def set_boot_disk(catalog: Catalog, vm_context_id: int, disk_id: str) -> None:

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from catalog.db import Catalog
 from catalog.errors import UnknownRecord
 from catalog.models import Job, utcnow
+from catalog.views import view
 
 JobKind = Literal[
     "discovery", "copy", "backup", "restore", "replication", "failover", "commit", "revert", "cleanup", "reconcile"
@@ -33,16 +34,7 @@ class JobView(BaseModel):
 
 
 def _view(job: Job) -> JobView:
-    return JobView(
-        id=job.id,
-        kind=job.kind,
-        vm_context_id=job.vm_context_id,
-        state=job.state,
-        error=job.error,
-        flow_run_id=job.flow_run_id,
-        created_at=job.created_at,
-        finished_at=job.finished_at,
-    )
+    return view(JobView, job)
 
 
 def create_job(

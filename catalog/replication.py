@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from catalog.db import Catalog
 from catalog.errors import UnknownRecord
 from catalog.models import ReplicatedVolume, VmContext, VmDisk, utcnow
+from catalog.views import view
 
 
 class VolumeView(BaseModel):
@@ -45,25 +46,7 @@ EMPTY, COMPLETE, UNKNOWN = "empty", "complete", "unknown"
 
 
 def _view(row: ReplicatedVolume) -> VolumeView:
-    return VolumeView(
-        id=row.id,
-        vm_disk_id=row.vm_disk_id,
-        volume_id=row.volume_id,
-        zone_id=row.zone_id,
-        size_bytes=row.size_bytes,
-        disk_generation=row.disk_generation,
-        state=row.state,
-        attached_vm_id=row.attached_vm_id,
-        device_id=row.device_id,
-        device_path=row.device_path,
-        last_change_id=row.last_change_id,
-        last_synced_at=row.last_synced_at,
-        name=row.name,
-        owner_tagged=row.owner_tagged,
-        content_state=row.content_state,
-        content_job_id=row.content_job_id,
-        retired_at=row.retired_at,
-    )
+    return view(VolumeView, row)
 
 
 def volume_for_disk(catalog: Catalog, vm_disk_id: int) -> VolumeView | None:

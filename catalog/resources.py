@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from catalog.db import Catalog
 from catalog.errors import UnknownRecord
 from catalog.models import JobResource, utcnow
+from catalog.views import view
 
 ResourceKind = Literal["file", "directory", "qemu-nbd", "snapshot"]
 
@@ -33,17 +34,7 @@ class ResourceView(BaseModel):
 
 
 def _view(row: JobResource) -> ResourceView:
-    return ResourceView(
-        id=row.id,
-        job_id=row.job_id,
-        kind=row.kind,
-        path=row.path,
-        pid=row.pid,
-        ref=row.ref,
-        owner_ref=row.owner_ref,
-        state=row.state,
-        created_at=row.created_at,
-    )
+    return view(ResourceView, row)
 
 
 def plan_resource(

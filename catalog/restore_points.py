@@ -16,6 +16,8 @@ from sqlalchemy.orm import Session, selectinload
 from catalog.db import Catalog
 from catalog.errors import CatalogError, UnknownRecord
 from catalog.models import RestorePoint, RestorePointDisk, VmDisk, utcnow
+from catalog.views import view
+from common.names import original_disk_id
 
 
 class PointDiskView(BaseModel):
@@ -56,35 +58,17 @@ class PointView(BaseModel):
 
 def _view(session: Session, point: RestorePoint) -> PointView:
     disk_rows = {d.id: d for d in session.scalars(select(VmDisk).where(VmDisk.vm_context_id == point.vm_context_id))}
-    return PointView(
-        id=point.id,
-        vm_context_id=point.vm_context_id,
-        job_id=point.job_id,
-        parent_id=point.parent_id,
-        repository=point.repository,
-        kind=point.kind,
-        state=point.state,
-        created_at=point.created_at,
-        committed_at=point.committed_at,
-        disks=[
-            PointDiskView(
-                id=d.id,
-                vm_disk_id=d.vm_disk_id,
-                # a retired disk keeps its original id in restore listings
-                disk_id=disk_rows[d.vm_disk_id].disk_id.split("~", 1)[0],
-                device_key=disk_rows[d.vm_disk_id].device_key,
-                disk_generation=d.disk_generation,
-                file_path=d.file_path,
-                backing_id=d.backing_id,
-                capacity_bytes=d.capacity_bytes,
-                bytes_written=d.bytes_written,
-                change_id=d.change_id,
-                checksum=d.checksum,
-                content_state=d.content_state,
-            )
-            for d in sorted(point.disks, key=lambda d: d.vm_disk_id)
-        ],
-    )
+    disks = [
+        view(
+            PointDiskView,
+            d,
+            # a retired disk keeps its original id in restore listings
+            disk_id=original_disk_id(disk_rows[d.vm_disk_id].disk_id),
+            device_key=disk_rows[d.vm_disk_id].device_key,
+        )
+        for d in sorted(point.disks, key=lambda d: d.vm_disk_id)
+    ]
+    return view(PointView, point, disks=disks)
 
 
 def _load(session: Session, point_id: int) -> RestorePoint:

@@ -24,7 +24,7 @@ class AgentUnreachable(AgentError):
 
 class AgentJobFailed(AgentError):
     def __init__(self, status: JobStatus) -> None:
-        failed = [f"disk {d.disk_key}: {d.error}" for d in status.disks if d.error]
+        failed = [f"disk {d.device_key}: {d.error}" for d in status.disks if d.error]
         detail = "; ".join(failed) or status.error or status.state
         super().__init__(f"agent job {status.job_id} for VM {status.vm} ended {status.state}: {detail}")
         self.status = status

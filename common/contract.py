@@ -11,7 +11,6 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 API_PREFIX = "/api/v1"
-SNAPSHOT_PREFIX = "vmferry-"
 JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -41,9 +40,9 @@ class BlockDigests(BaseModel):
 class Target(BaseModel):
     """Where one source disk goes. ``disk_key`` is the vSphere device key, never a position."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(validate_by_name=True, serialize_by_alias=True, extra="forbid")
 
-    disk_key: int
+    device_key: int = Field(alias="disk_key", description="The vSphere device key (JSON: disk_key)")
     nbd_url: str = Field(
         description="nbd://host:port/export of a qemu-nbd serving this disk's target; nbds:// when it requires TLS"
     )
@@ -123,7 +122,7 @@ class JobRequest(BaseModel):
 
     @model_validator(mode="after")
     def _one_target_per_disk(self) -> JobRequest:
-        keys = [target.disk_key for target in self.targets]
+        keys = [target.device_key for target in self.targets]
         twice = sorted({key for key in keys if keys.count(key) > 1})
         if twice:
             raise ValueError(f"disk key(s) {twice} have more than one target")
@@ -135,7 +134,9 @@ class JobRequest(BaseModel):
 
 
 class DiskProgress(BaseModel):
-    disk_key: int
+    model_config = ConfigDict(validate_by_name=True, serialize_by_alias=True)
+
+    device_key: int = Field(alias="disk_key", description="The vSphere device key (JSON: disk_key)")
     state: DiskState = "pending"
     mode: Literal["full", "changed-areas", "compare", "digest-compare"] | None = None
     bytes_total: int = 0

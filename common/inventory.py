@@ -10,15 +10,12 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from common import names
+
 # The BIOS order vSphere itself uses when no explicit boot order is set (Forklift documents the same).
 BUS_BOOT_RANK = {"sata": 0, "ide": 1, "scsi": 2, "nvme": 3}
 
 _SNAPSHOT_DELTA_SUFFIX = re.compile(r"-\d{6}(?=\.vmdk$)")
-
-
-def disk_id_for_key(device_key: int) -> str:
-    """The catalog's disk id: the real vSphere device key, never an index or ``unit + 2000``."""
-    return f"disk-{device_key}"
 
 
 def base_disk_file(file_name: str) -> str:
@@ -43,7 +40,7 @@ class ObservedDisk(BaseModel):
 
     @property
     def disk_id(self) -> str:
-        return disk_id_for_key(self.device_key)
+        return names.disk_id(self.device_key)
 
     def boot_sort_key(self) -> tuple[int, int, int, int]:
         return (BUS_BOOT_RANK.get(self.bus, 9), self.bus_number, self.unit_number or 0, self.device_key)

@@ -12,15 +12,25 @@ from typing import Any, Protocol
 
 from pydantic import SecretStr
 from pyVim.connect import Disconnect, SmartConnect
+from pyVim.task import WaitForTask
 from pyVmomi import vim, vmodl
 from pyVmomi.Security import CertificateMismatchException, ThumbprintMismatchException
 
 from common.errors import NotFoundError, VmferryError
 from common.inventory import ObservedDisk, ObservedNic, ObservedVM, base_disk_file
+from common.names import CBT_ENABLE_SNAPSHOT
 
 
 class VSphereError(VmferryError):
     """A vCenter call failed; the message names the vCenter and, where known, the VM."""
+
+
+class PowerChangeFailed(VSphereError):
+    """vCenter refused or failed to power a VM on or off; the message is vCenter's reason."""
+
+    @property
+    def reason(self) -> str:
+        return str(self)
 
 
 class VMNotFound(VSphereError, NotFoundError):
@@ -458,15 +468,26 @@ class VSphereClient:
             vm.ReconfigVM_Task(vim.vm.ConfigSpec(changeTrackingEnabled=True)), "enabling changed block tracking"
         )
         moref = snapshots.create_snapshot(
-            f"{SNAPSHOT_PREFIX}cbt-enable", "vmferry: stun/unstun so that CBT takes effect", quiesce=False
+            CBT_ENABLE_SNAPSHOT, "vmferry: stun/unstun so that CBT takes effect", quiesce=False
         )
         snapshots.remove_snapshot(moref)
         return True
 
+    def set_power(self, instance_uuid: str, on: bool) -> bool:
+        """Power a VM on or off and wait for vCenter to finish; False when it already was. A refusal is raised
+        as :class:`PowerChangeFailed` carrying vCenter's reason."""
+        vm = VSphereSnapshots(self, instance_uuid).vm
+        wanted = vim.VirtualMachinePowerState.poweredOn if on else vim.VirtualMachinePowerState.poweredOff
+        if vm.runtime.powerState == wanted:
+            return False
+        try:
+            WaitForTask(vm.PowerOnVM_Task() if on else vm.PowerOffVM_Task())
+        except vmodl.MethodFault as exc:
+            raise PowerChangeFailed(exc.msg or type(exc).__name__) from exc
+        return True
+
 
 # --- snapshots, snapshot disk layout, changed block tracking, datastore file URLs -------------------------
-
-SNAPSHOT_PREFIX = "vmferry-"
 
 
 class CbtUnavailable(VSphereError):
@@ -566,8 +587,6 @@ class VSphereSnapshots:
         return self.vm.name
 
     def wait(self, task: Any, what: str) -> Any:
-        from pyVim.task import WaitForTask
-
         try:
             WaitForTask(task)
         except vmodl.MethodFault as exc:
@@ -591,13 +610,14 @@ class VSphereSnapshots:
         snapshot = vim.vm.Snapshot(moref, self.client.service_instance._stub)
         self.wait(snapshot.RemoveSnapshot_Task(removeChildren=False, consolidate=True), "removing snapshot")
 
-    def remove_snapshots_named(self, prefix: str) -> list[str]:
-        """Remove every snapshot whose name starts with ``prefix`` (ours); returns their names."""
+    def remove_snapshots_named(self, name: str) -> list[str]:
+        """Remove every snapshot called exactly ``name``; returns the morefs removed. A prefix would take other
+        jobs' snapshots too (a second hub's, still in use)."""
         removed = []
         for info in self.snapshots():
-            if info.name.startswith(prefix):
+            if info.name == name:
                 self.remove_snapshot(info.moref)
-                removed.append(info.name)
+                removed.append(info.moref)
         return removed
 
     def snapshot_disks(self, moref: str) -> list[SnapshotDisk]:

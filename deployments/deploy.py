@@ -168,7 +168,7 @@ def parameter_values(deployments: Iterable[dict[str, Any]], name: str) -> list[s
 def repository_limit_of(block_name: str) -> str | None:
     """The limit of a saved BackupRepository block: it is keyed on the repository's ``name`` field."""
     from blocks import BackupRepository
-    from orchestration.limits import repository_limit_name
+    from common.names import repository_limit_name
 
     try:
         return repository_limit_name(BackupRepository.load(block_name).name)
@@ -180,7 +180,7 @@ def repository_limit_of(block_name: str) -> str | None:
 def vcenter_limit_of(block_name: str) -> str | None:
     """The limit of a saved VCenter block: it is keyed on the vCenter's host, shared by every block naming it."""
     from blocks import VCenter
-    from orchestration.limits import vcenter_limit_name
+    from common.names import vcenter_limit_name
 
     try:
         vcenter = VCenter.load(block_name)

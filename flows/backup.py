@@ -12,11 +12,13 @@ from blocks.agent import Agent
 from blocks.repository import BackupRepository
 from blocks.vcenter import VCenter
 from catalog.restore_points import DiskOutcome, PointView
+from common import names
+from common.names import artifact_key, repository_limit_name
 from flows.copy import run_copy
 from orchestration.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
-from orchestration.limits import holding, repository_limit_name
+from orchestration.limits import holding
 from orchestration.outcome import PUBLISH_OUTCOME
-from orchestration.runs import artifact_key, one_job_per_vm
+from orchestration.runs import one_job_per_vm
 from tasks.backup import (
     checksum_target,
     commit_restore_point,
@@ -33,7 +35,7 @@ from vmferry.settings import get_settings
 
 @flow(
     name="backup-vm",
-    flow_run_name="backup-{vm}-{kind}",
+    flow_run_name=names.BACKUP_RUN,
     on_running=ON_RUNNING,
     on_crashed=ON_CRASHED,
     on_cancellation=ON_CANCELLATION,
@@ -96,7 +98,7 @@ def backup_vm(
                 quiesce=quiesce,
                 bandwidth_limit_bytes_per_second=bandwidth_limit_bytes_per_second,
             )
-            copied = {d.disk_key: d for d in status.disks}
+            copied = {d.device_key: d for d in status.disks}
             # Every disk's checksum at once (each reads its own target, hashing releases the GIL): the wall
             # time is the largest disk's, not the sum.
             checksums = [future.result() for future in checksum_target.map(targets)]

@@ -17,9 +17,11 @@ from catalog import default_catalog
 from catalog.failovers import context_after_rollback, failovers_of, finish_failover, set_context_state
 from catalog.inventory import find_vm
 from catalog.replication import volumes_of_vm
+from common import names
+from common.names import artifact_key
 from orchestration.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
 from orchestration.outcome import PUBLISH_OUTCOME
-from orchestration.runs import artifact_key, one_job_per_vm
+from orchestration.runs import one_job_per_vm
 from tasks.failover import leave_volumes_detached, remove_destination_vm, volumes_held_elsewhere
 from tasks.jobs import close_job, open_job
 from vmferry.errors import Refused, describe
@@ -42,7 +44,7 @@ class CleanupRefused(Refused):
 
 @flow(
     name="cleanup-failover",
-    flow_run_name="cleanup-{vm}",
+    flow_run_name=names.CLEANUP_RUN,
     on_running=ON_RUNNING,
     on_crashed=ON_CRASHED,
     on_cancellation=ON_CANCELLATION,

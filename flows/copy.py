@@ -24,9 +24,11 @@ from catalog import default_catalog
 from catalog.inventory import RecordedVM, find_vm
 from catalog.ports import release_port
 from clients.agent import AgentError, AgentJobFailed
+from common import names
 from common.contract import CbtCheckPolicy, JobRequest, JobStatus, Target
+from common.names import disk_event_resource, job_snapshot_name, vcenter_limit_name
 from orchestration.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
-from orchestration.limits import holding, vcenter_limit_name
+from orchestration.limits import holding
 from orchestration.runs import one_job_per_vm
 from tasks.agent import follow_agent_job, submit_agent_job
 from tasks.jobs import close_job, open_job
@@ -60,9 +62,9 @@ def _stop_agent_job(agent: Agent, vcenter: VCenter | None, vm: RecordedVM, job_i
     if removed_by_agent or vcenter is None:
         return
     try:
-        remove_job_snapshots.fn(vcenter, vm.instance_uuid, f"vmferry-{job_id}")
+        remove_job_snapshots.fn(vcenter, vm.instance_uuid, job_id)
     except Exception:
-        log.exception("could not remove snapshot vmferry-%s of VM %s", job_id, vm.name)
+        log.exception("could not remove snapshot %s of VM %s", job_snapshot_name(job_id), vm.name)
 
 
 def run_copy(
@@ -113,7 +115,7 @@ def run_copy(
             logger.info("disk %s (catalog id %s) -> %s", target.disk_id, target.vm_disk_id, url)
             agent_targets.append(
                 Target(
-                    disk_key=target.device_key,
+                    device_key=target.device_key,
                     nbd_url=url,
                     capacity_bytes=target.capacity_bytes,
                     previous_change_id=target.previous_change_id,
@@ -155,7 +157,7 @@ def alert_cbt_mismatches(vm: RecordedVM, status: JobStatus, labels: dict[int, st
         report = disk.cbt_check
         if report is None or not report.mismatched_offsets:
             continue
-        label = labels.get(disk.disk_key, f"{vm.name} disk {disk.disk_key}")
+        label = labels.get(disk.device_key, f"{vm.name} disk {disk.device_key}")
         log.error(
             "CBT of %s was wrong: blocks at %s called unchanged differ from the previous copy (%s)",
             label,
@@ -165,16 +167,16 @@ def alert_cbt_mismatches(vm: RecordedVM, status: JobStatus, labels: dict[int, st
         emit_event(
             event="vmferry.cbt.mismatch",
             resource={
-                "prefect.resource.id": f"vmferry.vm.{vm.instance_uuid}.disk.{disk.disk_key}",
+                "prefect.resource.id": disk_event_resource(vm.instance_uuid, disk.device_key),
                 "prefect.resource.name": label,
             },
-            payload={"vm": vm.name, "disk_key": disk.disk_key, **report.model_dump()},
+            payload={"vm": vm.name, "disk_key": disk.device_key, **report.model_dump()},
         )
 
 
 @flow(
     name="copy-vm-disks",
-    flow_run_name="copy-{vm}-{kind}",
+    flow_run_name=names.COPY_RUN,
     on_running=ON_RUNNING,
     on_crashed=ON_CRASHED,
     on_cancellation=ON_CANCELLATION,

@@ -8,9 +8,9 @@ from prefect.artifacts import create_table_artifact
 from blocks import load_block
 from blocks.vcenter import VCenter
 from catalog.inventory import RecordedVM
+from common.names import artifact_key
 from orchestration.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
 from orchestration.outcome import PUBLISH_OUTCOME
-from orchestration.runs import artifact_key
 from tasks.discovery import enable_change_tracking, mark_missing_vms, read_vcenter_inventory, record_vm_inventory
 from tasks.jobs import close_job, open_job
 from vmferry.errors import describe

@@ -39,12 +39,14 @@ from catalog.failovers import (
 from catalog.installation import installation_id
 from catalog.inventory import RecordedVM, find_vm
 from catalog.replication import forget_change_id, volumes_of_vm
+from common import names
+from common.names import artifact_key, vm_volumes_limit_name
 from flows.guest_prep import prepare_os_volume
 from flows.replicate import replicate_vm
 from orchestration.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
-from orchestration.limits import holding, vm_volumes_limit_name
+from orchestration.limits import holding
 from orchestration.outcome import PUBLISH_OUTCOME
-from orchestration.runs import artifact_key, one_job_per_vm, table_rows
+from orchestration.runs import one_job_per_vm, table_rows
 from tasks.destination import check_destination
 from tasks.failover import (
     attach_to_destination,
@@ -153,7 +155,7 @@ def refuse_unless_ready(vm: RecordedVM, mode: str, confirm_live: bool) -> None:
 
 @flow(
     name="failover-vm",
-    flow_run_name="failover-{vm}-{mode}",
+    flow_run_name=names.FAILOVER_RUN,
     on_running=ON_RUNNING,
     on_crashed=ON_CRASHED,
     on_cancellation=ON_CANCELLATION,

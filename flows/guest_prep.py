@@ -10,7 +10,8 @@ from blocks.cloudstack import CloudStack
 from catalog import default_catalog
 from catalog.inventory import RecordedVM
 from catalog.replication import VolumeView, forget_change_id
-from orchestration.limits import first_free, hub_limit_name
+from common.names import hub_limit_name
+from orchestration.limits import first_free
 from tasks.cloudstack import attach_to_hub, detach_from_hub
 from tasks.guest_prep import GuestPreparation, prepare_guest_for_kvm
 from vmferry.compensation import quietly

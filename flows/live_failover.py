@@ -25,9 +25,11 @@ from catalog import default_catalog
 from catalog.failovers import MIGRATED, READY_FOR_FAILOVER, FailoverView, finish_failover, latest_failover
 from catalog.inventory import RecordedVM, find_vm
 from catalog.replication import record_attachment, volumes_of_vm
+from common import names
+from common.names import artifact_key
 from orchestration.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
 from orchestration.outcome import PUBLISH_OUTCOME
-from orchestration.runs import artifact_key, one_job_per_vm
+from orchestration.runs import one_job_per_vm
 from tasks.failover import leave_volumes_detached, power_on_source, remove_destination_vm
 from tasks.jobs import close_job, open_job
 from vmferry.errors import Refused, describe
@@ -97,7 +99,7 @@ def _state_artifact(recorded: RecordedVM, title: str, lines: list[str]) -> None:
 
 @flow(
     name="commit-failover",
-    flow_run_name="commit-{vm}",
+    flow_run_name=names.COMMIT_RUN,
     on_running=ON_RUNNING,
     on_crashed=ON_CRASHED,
     on_cancellation=ON_CANCELLATION,
@@ -169,7 +171,7 @@ def commit_failover(vm: str, cloudstack: CloudStack | str) -> CommitResult:
 
 @flow(
     name="revert-failover",
-    flow_run_name="revert-{vm}",
+    flow_run_name=names.REVERT_RUN,
     on_running=ON_RUNNING,
     on_crashed=ON_CRASHED,
     on_cancellation=ON_CANCELLATION,

@@ -19,8 +19,9 @@ from pydantic import BaseModel
 from blocks import load_block
 from blocks.vcenter import VCenter
 from common.inventory import ObservedVM
+from common.names import POLICY_RUN, artifact_key, policy_run_key
 from orchestration.outcome import PUBLISH_OUTCOME
-from orchestration.runs import artifact_key, table_rows
+from orchestration.runs import table_rows
 from tasks.discovery import read_tagged_vms, read_vcenter_inventory, read_vm_folders
 from vmferry.policies import PER_VM_FLOWS, VMSelector, select_vms
 from vmferry.retention import RetentionPolicy
@@ -48,7 +49,7 @@ def start_vm_run(deployment: str, vm: ObservedVM, parameters: dict[str, Any], po
         parameters=parameters,
         timeout=0,
         tags=[f"policy:{policy}"],
-        idempotency_key=f"{flow_run.get_id()}-{vm.instance_uuid}",
+        idempotency_key=policy_run_key(flow_run.get_id(), vm.instance_uuid),
     )
     return PolicyVMRun(vm=vm.name, instance_uuid=vm.instance_uuid, flow_run=run.name, flow_run_id=str(run.id))
 
@@ -73,7 +74,7 @@ def wait_for_vm_runs(runs: list[PolicyVMRun], poll_seconds: float = 5) -> list[P
     return [done[run.flow_run_id] for run in runs]
 
 
-@flow(name="protect-policy", flow_run_name="policy-{policy}-{action}", **PUBLISH_OUTCOME)
+@flow(name="protect-policy", flow_run_name=POLICY_RUN, **PUBLISH_OUTCOME)
 def protect_policy(
     policy: str,
     action: Literal["backup", "replicate", "prune"],

@@ -27,11 +27,13 @@ from catalog.failovers import READY_FOR_FAILOVER, context_state, latest_failover
 from catalog.installation import installation_id
 from catalog.inventory import RecordedDisk, RecordedVM
 from catalog.replication import UNKNOWN, VolumeView, mark_content, record_sync, retire_volumes_of_absent_disks
+from common import names
+from common.names import artifact_key, hub_limit_name, vm_volumes_limit_name
 from flows.copy import run_copy
 from orchestration.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
-from orchestration.limits import first_free, holding, hub_limit_name, set_limit, vm_volumes_limit_name
+from orchestration.limits import first_free, holding, set_limit
 from orchestration.outcome import PUBLISH_OUTCOME
-from orchestration.runs import artifact_key, one_job_per_vm, table_rows
+from orchestration.runs import one_job_per_vm, table_rows
 from tasks.cloudstack import (
     ReplicationRefused,
     attach_to_hub,
@@ -83,7 +85,7 @@ def refuse_while_failed_over(recorded: RecordedVM) -> None:
 
 @flow(
     name="replicate-vm",
-    flow_run_name="replicate-{vm}-{kind}",
+    flow_run_name=names.REPLICATE_RUN,
     on_running=ON_RUNNING,
     on_crashed=ON_CRASHED,
     on_cancellation=ON_CANCELLATION,
@@ -211,7 +213,7 @@ def _sync_through_hub(
             kind=copy_kind,
             bandwidth_limit_bytes_per_second=bandwidth_limit_bytes_per_second,
         )
-        copied = {d.disk_key: d for d in status.disks}
+        copied = {d.device_key: d for d in status.disks}
         result_disks = []
         for disk, volume in zip(disks, attached, strict=True):
             progress = copied[disk.device_key]

@@ -25,9 +25,9 @@ from catalog import default_catalog
 from catalog.inventory import get_vm
 from catalog.restore_points import PointDiskView, PointView, get_point
 from clients.qemu import convert_image
+from common.names import artifact_key
 from orchestration.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
 from orchestration.outcome import PUBLISH_OUTCOME
-from orchestration.runs import artifact_key
 from tasks.jobs import close_job, open_job
 from vmferry.errors import Refused, describe
 from vmferry.filelevel import (
@@ -285,8 +285,6 @@ def restore_files(
                     for path in paths
                 ]
             except FileRestoreError as exc:
-                raise type(exc)(
-                    f"restore point {point_id} disk {entry.disk_id} partition {partition}: {exc}"
-                ) from exc
+                raise type(exc)(f"restore point {point_id} disk {entry.disk_id} partition {partition}: {exc}") from exc
 
     return _run_as_job(point_id, repo, work)

@@ -10,6 +10,7 @@ from blocks.repository import BackupRepository
 from catalog import default_catalog
 from catalog.inventory import find_vm
 from catalog.restore_points import PointView, committed_points, mark_point
+from common import names
 from orchestration.outcome import PUBLISH_OUTCOME
 from orchestration.runs import one_job_per_vm
 from vmferry.repository import Repository
@@ -26,7 +27,7 @@ def prune_point(repository: Repository, point: PointView) -> None:
     mark_point(default_catalog(), point.id, "pruned")
 
 
-@flow(name="prune-restore-points", flow_run_name="prune-{vm}", **PUBLISH_OUTCOME)
+@flow(name="prune-restore-points", flow_run_name=names.PRUNE_RUN, **PUBLISH_OUTCOME)
 @one_job_per_vm("prune")
 def prune_restore_points(
     vm: str, repository: BackupRepository | str, policy: RetentionPolicy | None = None

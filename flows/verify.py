@@ -16,9 +16,11 @@ from catalog import default_catalog
 from catalog.inventory import RecordedVM, find_vm, get_vm
 from catalog.restore_points import PointDiskView, PointView, committed_points, get_point
 from clients.qemu import QemuError, check_image, content_sha256
+from common import names
+from common.names import artifact_key
 from flows.verify_boot import DEFAULT_BOOT_MARKER, DEFAULT_BOOT_TIMEOUT_S, boot_point, record_boot_verdict
 from orchestration.outcome import PUBLISH_OUTCOME
-from orchestration.runs import artifact_key, one_job_per_vm, table_rows
+from orchestration.runs import one_job_per_vm, table_rows
 from vmferry.errors import VmferryError
 from vmferry.repository import Repository
 
@@ -46,9 +48,7 @@ def verify_run_name() -> str:
     from prefect.runtime import flow_run
 
     parameters = flow_run.parameters
-    if parameters.get("point_id") is not None:
-        return f"verify-point-{parameters['point_id']}"
-    return f"verify-{parameters.get('vm') or 'newest'}{'-boot' if parameters.get('boot') else ''}"
+    return names.verify_run_name(parameters.get("point_id"), parameters.get("vm"), bool(parameters.get("boot")))
 
 
 @task(cache_policy=NO_CACHE, task_run_name="verify-{disk.disk_id}")

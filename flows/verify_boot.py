@@ -34,6 +34,7 @@ from clients.qemu_boot import (
     png_data_uri,
     start_vm,
 )
+from common.names import boot_verify_artifact_key
 from vmferry.repository import Repository
 
 # What a Linux guest with a getty on its serial console prints; the lab guest prints it too.
@@ -149,7 +150,7 @@ def record_boot_verdict(verdict: BootVerdict) -> None:
         )
     console = verdict.console_tail.strip()[-1500:] or "(nothing)"
     create_markdown_artifact(
-        key=f"boot-verify-point-{verdict.point_id}",
+        key=boot_verify_artifact_key(verdict.point_id),
         markdown=(
             f"# Restore point {verdict.point_id}: {'boots' if verdict.booted else 'does NOT boot'}\n\n"
             f"{verdict.reason} ({verdict.accel}, {verdict.seconds} s; boot disk {verdict.boot_disk_id})\n\n"

@@ -15,34 +15,16 @@
 ``deployments/deploy.py`` creates them with the operator's values. A run that finds its limit missing creates
 it with the default from settings (VMFERRY_REPOSITORY_BACKUP_LIMIT, VMFERRY_VCENTER_SNAPSHOT_LIMIT) and says
 so: without ``strict`` a missing limit is silently not enforced, and with it a missing limit would fail every
-run of a fresh install.
+run of a fresh install. The names themselves are built in ``common.names``.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
 log = logging.getLogger(__name__)
-
-# Prefect refuses / % & > < in limit names; vCenter hosts are DNS names or addresses (IPv6 has colons).
-_UNSAFE = re.compile(r"[^a-z0-9.-]+")
-
-
-def repository_limit_name(repository_name: str) -> str:
-    return f"repo-backup-{repository_name}"
-
-
-def vcenter_limit_name(host: str, port: int = 443) -> str:
-    name = _UNSAFE.sub("-", host.strip().lower()).strip("-")
-    suffix = "" if port == 443 else f"-{port}"
-    return f"vcenter-snapshots-{name}{suffix}"
-
-
-def vm_limit_name(instance_uuid: str) -> str:
-    return f"vm-{_UNSAFE.sub('-', instance_uuid.strip().lower()).strip('-')}"
 
 
 def ensure_limit(
@@ -112,14 +94,6 @@ def holding(name: str, default: int, logger: logging.Logger | logging.LoggerAdap
     ensure_limit(name, default, logger)
     with slot(name):
         yield
-
-
-def hub_limit_name(hub_vm_id: str) -> str:
-    return f"hub-volumes-{_UNSAFE.sub('-', hub_vm_id.lower())}"
-
-
-def vm_volumes_limit_name(installation_id: str, vm_context_id: int) -> str:
-    return f"vm-volumes-{installation_id[:8]}-{vm_context_id}"
 
 
 def set_limit(name: str, size: int, logger: logging.Logger | logging.LoggerAdapter = log) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import re
 import time
 import typing
 from collections.abc import Callable, Iterator
@@ -23,12 +22,12 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, Protocol, TypeVar
 
-from orchestration.limits import ensure_limit, slot, vm_limit_name
+from common.names import vm_limit_name, vm_tag
+from orchestration.limits import ensure_limit, slot
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 
-_NOT_KEY = re.compile(r"[^a-z0-9]+")
 # Instance UUIDs of the VMs whose slot this flow (and the flows it calls in-process) holds.
 _held: ContextVar[frozenset[str]] = ContextVar("vmferry_vm_slots_held", default=frozenset())
 
@@ -39,20 +38,6 @@ class NamedVM(Protocol):
 
     @property
     def instance_uuid(self) -> str: ...
-
-
-def slug(text: str) -> str:
-    """Lowercase letters, digits and dashes: what Prefect accepts in an artifact key."""
-    return _NOT_KEY.sub("-", text.lower()).strip("-") or "unnamed"
-
-
-def artifact_key(kind: str, vm_name: str) -> str:
-    """The artifact key of a flow's result for one VM: ``backup-db3``, so the UI's artifact history is per VM."""
-    return f"{slug(kind)}-{slug(vm_name)}"
-
-
-def vm_tag(vm_name: str) -> str:
-    return f"vm:{vm_name}"
 
 
 def tag_flow_run(*tags: str) -> None:

@@ -39,12 +39,12 @@ def follow_agent_job(agent: Agent, job_id: str, disk_labels: dict[int, str], tim
         last_update = now
         for disk in status.disks:
             percent = 100.0 * disk.bytes_done / disk.bytes_total if disk.bytes_total else 0.0
-            label = f"copy of {disk_labels.get(disk.disk_key, disk.disk_key)}"
+            label = f"copy of {disk_labels.get(disk.device_key, disk.device_key)}"
             description = describe_progress(label, disk.bytes_done, disk.bytes_total, now - started)
-            if disk.disk_key not in artifacts:
-                artifacts[disk.disk_key] = create_progress_artifact(progress=percent, description=description)
+            if disk.device_key not in artifacts:
+                artifacts[disk.device_key] = create_progress_artifact(progress=percent, description=description)
             else:
-                update_progress_artifact(artifacts[disk.disk_key], progress=percent, description=description)
+                update_progress_artifact(artifacts[disk.device_key], progress=percent, description=description)
 
     with agent.client() as client:
         return client.wait(job_id, timeout=timeout, on_progress=show)

@@ -30,14 +30,10 @@ from catalog.replication import (
     volume_for_disk,
 )
 from clients.cloudstack import CloudStackClient, CloudStackError, Volume, device_candidates, find_volume_device
+from common.names import OWNER_TAG_KEYS, TAG_INSTALLATION, owner_tags, volume_name
 from vmferry.errors import Refused, retry_unless_permanent
 
 GiB = 2**30
-TAG_INSTALLATION = "vmferry-installation"
-TAG_VM = "vmferry-vm-instance-uuid"
-TAG_DISK = "vmferry-disk-row"
-TAG_GENERATION = "vmferry-disk-generation"
-OWNER_TAG_KEYS = (TAG_INSTALLATION, TAG_VM, TAG_DISK, TAG_GENERATION)
 
 
 class VolumeDeviceError(Exception):
@@ -57,15 +53,6 @@ class ReplicationRefused(Refused):
     """The VM cannot be replicated as it is (too many disks for a hub or for the destination); nothing was made."""
 
 
-def owner_tags(installation_id: str, vm: RecordedVM, disk_row_id: int, generation: int) -> dict[str, str]:
-    return {
-        TAG_INSTALLATION: installation_id,
-        TAG_VM: vm.instance_uuid,
-        TAG_DISK: str(disk_row_id),
-        TAG_GENERATION: str(generation),
-    }
-
-
 def describe_owner(tags: dict[str, str]) -> str:
     found = {k: tags[k] for k in OWNER_TAG_KEYS if k in tags}
     if not found:
@@ -77,11 +64,6 @@ def proves(volume: Volume, wanted: dict[str, str]) -> bool:
     """The volume's owner tags say exactly ``wanted`` (other tags an operator added do not matter)."""
     tags = volume.tag_map
     return {key: tags.get(key) for key in OWNER_TAG_KEYS} == wanted
-
-
-def volume_name(installation_id: str, vm: RecordedVM, disk: RecordedDisk) -> str:
-    """A label for people (ids only, no VM names): the disk's row id makes a replaced disk's volume another one."""
-    return f"vmferry-vm{vm.vm_context_id}-{disk.disk_id}-r{disk.id}-{installation_id[:8]}"
 
 
 def _create_tagged(
@@ -126,8 +108,8 @@ def ensure_volume(
                 "it; resize the volume in CloudStack (or delete it and its catalog row) before replicating again",
             )
         return recorded
-    name = volume_name(installation_id, vm, disk)
-    wanted = owner_tags(installation_id, vm, disk.id, disk.generation)
+    name = volume_name(installation_id, vm.vm_context_id, disk.disk_id, disk.id)
+    wanted = owner_tags(installation_id, vm.instance_uuid, disk.id, disk.generation)
     with cloudstack.client() as client:
         existing = [v for v in client.list_volumes(name=name) if v.name == name]
         strangers = [v for v in existing if not proves(v, wanted)]
@@ -310,12 +292,7 @@ def upgrade_recorded_volumes(cloudstack: CloudStack, installation_id: str) -> li
     with cloudstack.client() as client:
         for item in untagged_volumes(catalog):
             view = item.volume
-            wanted = {
-                TAG_INSTALLATION: installation_id,
-                TAG_VM: item.instance_uuid,
-                TAG_DISK: str(view.vm_disk_id),
-                TAG_GENERATION: str(view.disk_generation),
-            }
+            wanted = owner_tags(installation_id, item.instance_uuid, view.vm_disk_id, view.disk_generation)
             volume = client.get_volume(view.volume_id)
             if not any(key in volume.tag_map for key in OWNER_TAG_KEYS):
                 client.create_tags("Volume", [volume.id], wanted)

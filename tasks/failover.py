@@ -12,16 +12,12 @@ from catalog.failovers import FailoverView, context_after_rollback, finish_failo
 from catalog.inventory import RecordedVM
 from catalog.replication import VolumeView, forget_change_id, record_attachment, volumes_of_vm
 from clients.cloudstack import CloudStackError, VirtualMachine
-from common.vsphere import VSphereClient, VSphereError, VSphereSnapshots
+from common.names import destination_vm_name
+from common.vsphere import PowerChangeFailed, VSphereClient, VSphereError
 from tasks.cloudstack import VolumeRefused, destination_limit
 from vmferry.errors import retry_unless_permanent
-from vmferry.failover_plan import FailoverRefused, PlannedAttachment
+from vmferry.failover_plan import FailoverRefused, PlannedAttachment, plan_sizing
 from vmferry.network_plan import PlannedNic
-
-
-def destination_name(vm: RecordedVM, mode: str) -> str:
-    """Deterministic (cleanup finds a VM an interrupted failover created) and made of ids only."""
-    return f"vmferry-vm{vm.vm_context_id}-{mode}"
 
 
 @task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
@@ -41,7 +37,7 @@ def deploy_destination_vm(
     after any crash. On a retry, the VM this failover deployed is reused, or removed when its deploy job left it
     in Error; a VM of that name this failover did not deploy is not ours and is never reused.
     """
-    name = destination_name(vm, mode)
+    name = destination_vm_name(vm.vm_context_id, mode)
     catalog = default_catalog()
     with cloudstack.client() as client:
         ours = get_failover(catalog, failover_id).destination_vm_id
@@ -59,19 +55,16 @@ def deploy_destination_vm(
             # a failed deploy job leaves its VM in Error: useless, and in the way of the next attempt
             remove_destination_vm(cloudstack, existing.id, [])
         offering = client.get_service_offering(cloudstack.service_offering_id)
-        sizing: dict[str, int] = {}
-        if offering.customized:
-            sizing = {
-                "cpu_number": vm.cpu_count or 1,
-                "cpu_speed_mhz": cloudstack.cpu_speed_mhz,
-                "memory_mb": vm.memory_mb or 1024,
-            }
-        elif (offering.cpu_number or 0) < (vm.cpu_count or 0) or (offering.memory_mb or 0) < (vm.memory_mb or 0):
-            get_run_logger().warning(
-                "service offering %s (%s CPUs, %s MiB) is smaller than VM %r (%s CPUs, %s MiB); a custom offering "
-                "sizes the destination like the source",
-                offering.name, offering.cpu_number, offering.memory_mb, vm.name, vm.cpu_count, vm.memory_mb,
-            )  # fmt: skip
+        sizing = plan_sizing(
+            vm,
+            offering_name=offering.name,
+            customized=offering.customized,
+            offering_cpus=offering.cpu_number,
+            offering_memory_mb=offering.memory_mb,
+            cpu_speed_mhz=cloudstack.cpu_speed_mhz,
+        )
+        if sizing.warning:
+            get_run_logger().warning(sizing.warning)
         return client.deploy_vm(
             zone_id=cloudstack.zone_id,
             service_offering_id=cloudstack.service_offering_id,
@@ -81,7 +74,7 @@ def deploy_destination_vm(
             networks=[(nic.network_id, nic.ip_address) for nic in nics] if nics else None,
             cluster_id=cluster_id,
             on_submitted=lambda vm_id: set_destination(catalog, failover_id, vm_id),
-            **sizing,
+            **sizing.deploy_arguments(),
         )
 
 
@@ -137,22 +130,13 @@ def start_destination_vm(cloudstack: CloudStack, vm_id: str) -> VirtualMachine:
 
 def _set_power(vcenter: VCenter, vm: RecordedVM, on: bool, fix: str) -> str:
     """Power the source VM on or off (nothing when it already is); vCenter's reason and ``fix`` when it cannot."""
-    from pyVim.task import WaitForTask
-    from pyVmomi import vim, vmodl
-
-    wanted = vim.VirtualMachinePowerState.poweredOn if on else vim.VirtualMachinePowerState.poweredOff
     word = "on" if on else "off"
     with VSphereClient(vcenter.endpoint()) as client:
-        source = VSphereSnapshots(client, vm.instance_uuid).vm
-        if source.runtime.powerState == wanted:
-            return f"already {word}"
         try:
-            WaitForTask(source.PowerOnVM_Task() if on else source.PowerOffVM_Task())
-        except vmodl.MethodFault as exc:
-            raise VSphereError(
-                f"VM {vm.name!r} could not be powered {word} ({exc.msg or type(exc).__name__}); {fix}"
-            ) from exc
-        return f"powered {word}"
+            changed = client.set_power(vm.instance_uuid, on)
+        except PowerChangeFailed as exc:
+            raise VSphereError(f"VM {vm.name!r} could not be powered {word} ({exc.reason}); {fix}") from exc
+    return f"powered {word}" if changed else f"already {word}"
 
 
 @task(retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
@@ -222,9 +206,7 @@ def volumes_held_elsewhere(cloudstack: CloudStack, volume_ids: list[str]) -> lis
         ]
 
 
-def leave_volumes_detached(
-    cloudstack: CloudStack, volumes: dict[int, VolumeView]
-) -> tuple[list[str], list[str]]:
+def leave_volumes_detached(cloudstack: CloudStack, volumes: dict[int, VolumeView]) -> tuple[list[str], list[str]]:
     """Cleanup and the reconciler: every replicated volume of the VM off whatever VM holds it (volumes rest
     detached between syncs); returns (the VM's volumes, those this call took off a VM other than a hub). Those
     were written there, so their next sync compares every block rather than trusting the change id."""

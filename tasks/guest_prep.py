@@ -14,7 +14,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from clients.v2v import EXPECTED_STAGES, prepare_for_kvm
-from orchestration.runs import artifact_key
+from common.names import artifact_key, log_artifact_key
 
 
 class GuestPreparation(BaseModel):
@@ -47,7 +47,7 @@ def prepare_guest_for_kvm(
     else:
         logger.info("guest preparation of %s skipped: %s", vm_name, outcome.reason)
     create_markdown_artifact(
-        key=f"{key}-log",
+        key=log_artifact_key(key),
         markdown=(
             f"# Guest preparation of {vm_name}: {'done' if outcome.prepared else 'skipped'}\n\n{outcome.reason}"
             f" ({outcome.seconds:.0f} s)\n\n```\n{outcome.log[-20000:] or '(virt-v2v-in-place did not run)'}\n```"

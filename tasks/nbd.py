@@ -13,9 +13,10 @@ from catalog import default_catalog
 from catalog.exports import ExportView
 from catalog.ports import lease_port
 from clients.qemu import image_info, scan_image
-from common import digests
+from common import digests, names
 from common.contract import BlockDigests
-from vmferry.exports import export_name_for, start_export, stop_export
+from common.names import export_name
+from vmferry.exports import start_export, stop_export
 from vmferry.settings import get_settings
 from vmferry.targets import DiskTarget, check_target_size
 
@@ -70,12 +71,12 @@ def start_nbd_export(job_id: str, vm_context_id: int, target: DiskTarget, port: 
         default_catalog(),
         job_id=job_id,
         vm_disk_id=target.vm_disk_id,
-        export_name=export_name_for(vm_context_id, target.disk_id),
+        export_name=export_name(vm_context_id, target.disk_id),
         file_path=target.file_path,
         bind_address=settings.nbd_bind_address,
         port=port,
         image_format=target.image_format,
-        log_path=log_dir / f"qemu-nbd-{target.disk_id}.log",
+        log_path=log_dir / names.export_log_file_name(target.disk_id),
         tls_creds_dir=settings.nbd_tls_dir,
         tls_verify_client=settings.nbd_tls_verify_client,
         tls_allowed_clients=settings.nbd_tls_allowed_clients,

@@ -15,7 +15,7 @@ def free_vm_slot(instance_uuid: str, vm_context_id: int | None = None) -> None:
 
     from catalog import default_catalog
     from catalog.installation import installation_id
-    from orchestration.limits import vm_limit_name, vm_volumes_limit_name
+    from common.names import vm_limit_name, vm_volumes_limit_name
 
     names = [vm_limit_name(instance_uuid)]
     if vm_context_id is not None:

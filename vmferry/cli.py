@@ -456,9 +456,9 @@ class AgentJobProgress:
             return False  # not submitted yet (404), or a passing error: the flow reports real failures
         for disk in status.disks:
             total = disk.bytes_total or None
-            if disk.disk_key not in self._tasks:
-                self._tasks[disk.disk_key] = self.progress.add_task(f"{self.vm} disk-{disk.disk_key}", total=total)
-            self.progress.update(self._tasks[disk.disk_key], completed=disk.bytes_done, total=total)
+            if disk.device_key not in self._tasks:
+                self._tasks[disk.device_key] = self.progress.add_task(f"{self.vm} disk-{disk.device_key}", total=total)
+            self.progress.update(self._tasks[disk.device_key], completed=disk.bytes_done, total=total)
         return status.finished
 
     def _follow(self) -> None:

@@ -14,11 +14,6 @@ from clients.qemu import QemuError, start_qemu_nbd, stop_qemu_nbd
 from common.nbd import NBDAddress
 
 
-def export_name_for(vm_context_id: int, disk_id: str) -> str:
-    """Names an export after the catalog's disk identity, never after a VM or disk name."""
-    return f"vm{vm_context_id}-{disk_id}"
-
-
 def export_url(export: ExportView, tls: bool | None = None) -> str:
     """The URL the agent writes to: ``nbds://`` (TLS required) when the hub's exports use TLS.
 

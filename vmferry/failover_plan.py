@@ -96,3 +96,44 @@ def check_attached(plan: list[PlannedAttachment], actual: dict[str, tuple[int | 
         problems.append(f"{len(actual)} volumes attached for {len(plan)} source disks")
     if problems:
         raise FailoverRefused("device check failed: " + "; ".join(problems))
+
+
+class DestinationSizing(BaseModel):
+    """What deployVirtualMachine is given for CPU and memory (nothing: the fixed offering decides), and a
+    warning for the operator when a fixed offering is smaller than the source."""
+
+    cpu_number: int | None = None
+    cpu_speed_mhz: int | None = None
+    memory_mb: int | None = None
+    warning: str | None = None
+
+    def deploy_arguments(self) -> dict[str, int]:
+        values = {"cpu_number": self.cpu_number, "cpu_speed_mhz": self.cpu_speed_mhz, "memory_mb": self.memory_mb}
+        return {key: value for key, value in values.items() if value is not None}
+
+
+def plan_sizing(
+    vm: RecordedVM,
+    *,
+    offering_name: str,
+    customized: bool,
+    offering_cpus: int | None,
+    offering_memory_mb: int | None,
+    cpu_speed_mhz: int,
+) -> DestinationSizing:
+    """The destination sized like the source (CPU count, memory) when the service offering is a custom one; a
+    fixed offering decides itself, with a warning when it is smaller than the source. A source whose size the
+    catalog does not know gets 1 CPU and 1 GiB on a custom offering (CloudStack needs a value)."""
+    if customized:
+        return DestinationSizing(
+            cpu_number=vm.cpu_count or 1, cpu_speed_mhz=cpu_speed_mhz, memory_mb=vm.memory_mb or 1024
+        )
+    if (offering_cpus or 0) < (vm.cpu_count or 0) or (offering_memory_mb or 0) < (vm.memory_mb or 0):
+        return DestinationSizing(
+            warning=(
+                f"service offering {offering_name} ({offering_cpus} CPUs, {offering_memory_mb} MiB) is smaller than "
+                f"VM {vm.name!r} ({vm.cpu_count} CPUs, {vm.memory_mb} MiB); a custom offering sizes the destination "
+                "like the source"
+            )
+        )
+    return DestinationSizing()

@@ -27,7 +27,6 @@ a lease released only for its own job), so racing a job that finishes meanwhile 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import socket
 from collections.abc import Callable, Mapping, Sequence
@@ -42,6 +41,8 @@ from catalog.db import Catalog
 from catalog.errors import UnknownRecord
 from catalog.exports import ExportView, live_exports, mark_export_stopped
 from catalog.failovers import FailoverView, unfinished_failovers
+from catalog.installation import existing_installation_id
+from catalog.inventory import context_of_disk
 from catalog.jobs import FINISHED_STATES, fail_running_job, get_job, running_jobs
 from catalog.models import utcnow
 from catalog.ports import held_leases, release_port
@@ -50,17 +51,13 @@ from catalog.resources import ResourceView, live_resources, mark_resource_remove
 from catalog.restore_points import fail_pending_point, find_point, points_in_state
 from clients.cloudstack import CloudStackClient
 from clients.qemu import cmdline_of, is_our_qemu_nbd, stop_qemu_nbd
-from common.contract import SNAPSHOT_PREFIX
+from common import names
 from common.vsphere import VSphereClient, VSphereEndpoint, VSphereSnapshots
 from vmferry.errors import describe
-from vmferry.repository import PARTIAL_SUFFIX, Repository
+from vmferry.repository import Repository
 
 # Prefect state types after which a flow run executes nothing more.
 FINAL_STATE_TYPES = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
-_PARTIAL_DIR = re.compile(rf"^point-(\d+){re.escape(PARTIAL_SUFFIX)}$")
-_VM_DIR = re.compile(r"^vm-(\d+)$")
-# tasks/cloudstack.volume_name: a volume a running replication may have created but not yet recorded
-_OUR_VOLUME = re.compile(r"^vmferry-vm(\d+)-disk-\d+-r\d+-[0-9a-f]{8}$")
 
 
 # --- which process runs a flow -----------------------------------------------------------------------------
@@ -417,12 +414,11 @@ class Reconciler:
     def _sweep_partial_dirs(self, repository: Repository) -> list[Finding]:
         findings = []
         for directory in repository.partial_dirs():
-            match = _PARTIAL_DIR.match(directory.name)
-            vm_match = _VM_DIR.match(directory.parent.name)
-            if match is None or vm_match is None:
+            parsed, vm_context_id = names.parse_point_dir(directory.name), names.parse_vm_dir(directory.parent.name)
+            if parsed is None or not parsed[1] or vm_context_id is None:
                 continue  # not a name the repository makes
-            point = find_point(self.catalog, int(match[1]))
-            if point is None or point.vm_context_id != int(vm_match[1]):
+            point = find_point(self.catalog, parsed[0])
+            if point is None or point.vm_context_id != vm_context_id:
                 owner_text = "absent: no such restore point in the catalog"
                 job_id = None
                 alive = False
@@ -462,9 +458,7 @@ class Reconciler:
                 for snapshot in snapshots:
                     # the ledger names the job of a snapshot the agent reported; else its name does, but only
                     # of a job this catalog has: a snapshot of an unknown job may be another hub's, still in use
-                    job_id = recorded.get(snapshot.moref)
-                    if job_id is None and snapshot.name.startswith(SNAPSHOT_PREFIX):
-                        job_id = snapshot.name[len(SNAPSHOT_PREFIX) :]
+                    job_id = recorded.get(snapshot.moref) or names.job_of_snapshot(snapshot.name)
                     if job_id is None:
                         continue  # somebody else's snapshot
                     owner = self.judge.owner(job_id)
@@ -512,6 +506,7 @@ class Reconciler:
     def sweep_hub_volumes(self, client: CloudStackClient, hub_vm_id: str) -> list[Finding]:
         findings = []
         owned = recorded_volume_contexts(self.catalog)
+        installation = existing_installation_id(self.catalog)  # none yet: no volume can be tagged ours
         busy_contexts: dict[int, str] = {}
         for owner in self.judge.running_jobs_alive():
             job = get_job(self.catalog, owner.job_id)
@@ -527,10 +522,12 @@ class Reconciler:
                 findings.append(self._act(finding, "detach", "detached", lambda v=volume.id: client.detach_volume(v)))
                 continue
             finding = Finding(kind="hub-volume", subject=subject, owner="no vm context owns it", action="")
-            ours = _OUR_VOLUME.match(volume.name)
-            if ours and int(ours[1]) in busy_contexts:
-                # created by a running replication that has not recorded it yet
-                job_id = busy_contexts[int(ours[1])]
+            # A running replication may have created (and tagged) it but not recorded it yet. Its owner tags,
+            # naming this installation and a disk of a VM with a running job, say so; its name proves nothing.
+            claimed = names.tagged_disk(volume.tag_map, installation) if installation else None
+            context = context_of_disk(self.catalog, claimed) if claimed is not None else None
+            if context is not None and context in busy_contexts:
+                job_id = busy_contexts[context]
                 findings.append(
                     finding.model_copy(update={"job_id": job_id, "owner": "running job of its VM", "action": "kept"})
                 )

@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import shutil
 from pathlib import Path
 
-DISK_ID = re.compile(r"^disk-\d+$")
-PARTIAL_SUFFIX = ".partial"
+from common import names
 
 
 class RepositoryError(Exception):
@@ -30,23 +28,24 @@ class Repository:
         self.name = name
 
     def vm_dir(self, vm_context_id: int) -> Path:
-        return self.root / f"vm-{int(vm_context_id)}"
+        return self.root / names.vm_dir_name(vm_context_id)
 
     def point_dir(self, vm_context_id: int, point_id: int) -> Path:
-        return self.vm_dir(vm_context_id) / f"point-{int(point_id)}"
+        return self.vm_dir(vm_context_id) / names.point_dir_name(point_id)
 
     def partial_dir(self, vm_context_id: int, point_id: int) -> Path:
-        return self.vm_dir(vm_context_id) / f"point-{int(point_id)}{PARTIAL_SUFFIX}"
+        return self.vm_dir(vm_context_id) / names.point_dir_name(point_id, partial=True)
 
     @staticmethod
     def disk_file_name(disk_id: str) -> str:
-        if not DISK_ID.match(disk_id):
-            raise RepositoryError(f"{disk_id!r} is not a catalog disk id like disk-2000")
-        return f"{disk_id}.qcow2"
+        try:
+            return names.disk_file_name(disk_id)
+        except ValueError as exc:
+            raise RepositoryError(str(exc)) from exc
 
     def relative_disk_path(self, vm_context_id: int, point_id: int, disk_id: str) -> str:
         """What the catalog stores: relative to the repository root."""
-        return f"vm-{int(vm_context_id)}/point-{int(point_id)}/{self.disk_file_name(disk_id)}"
+        return f"{names.vm_dir_name(vm_context_id)}/{names.point_dir_name(point_id)}/{self.disk_file_name(disk_id)}"
 
     def absolute(self, relative: str) -> Path:
         path = (self.root / relative).resolve()
@@ -101,4 +100,4 @@ class Repository:
     def partial_dirs(self) -> list[Path]:
         if not self.root.exists():
             return []
-        return sorted(self.root.glob(f"vm-*/point-*{PARTIAL_SUFFIX}"))
+        return sorted(self.root.glob(names.PARTIAL_GLOB))

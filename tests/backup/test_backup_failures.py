@@ -127,7 +127,7 @@ def test_agent_dies_mid_copy_of_disk_2(
         while True:  # wait until the second disk has bytes copied but is not finished
             with block.client() as client:
                 jobs = [j for j in running_agent_jobs(client, "backup") if j.state == "running"]
-            disks = sorted(jobs[0].disks, key=lambda d: d.disk_key) if jobs else []
+            disks = sorted(jobs[0].disks, key=lambda d: d.device_key) if jobs else []
             if len(disks) == 2 and 0 < disks[1].bytes_done < disks[1].bytes_total:
                 break
             assert time.monotonic() < deadline, "the copy of disk 2 never started"

@@ -36,7 +36,7 @@ def cbt_vm(make_scratch_vm, vcenter_block, *, disks: int, size_mib: int) -> str:
 
 def agent_disks(agent_block, job_id: str) -> dict[int, DiskProgress]:
     with agent_block.client() as client:
-        return {d.disk_key: d for d in client.status(job_id).disks}
+        return {d.device_key: d for d in client.status(job_id).disks}
 
 
 def assert_point_is_source(lab, vm_name, point, repository_block, tmp_path) -> None:

@@ -18,9 +18,9 @@ from blocks.repository import BackupRepository
 from catalog.jobs import running_jobs
 from catalog.ports import held_leases
 from catalog.restore_points import PointView
+from common.names import repository_limit_name, vcenter_limit_name
 from flows.backup import backup_vm
 from infra.lab.mutate import read_disk_bytes
-from orchestration.limits import repository_limit_name, vcenter_limit_name
 from tests.copy.helpers import assert_nothing_left
 
 pytestmark = pytest.mark.usefixtures("prefect_backend", "nbd_port_range")

@@ -50,7 +50,7 @@ def test_every_disk_lands_on_its_own_target(
     status = copy_vm_disks(vm_name, targets, agent_block, lab_vcenter_block)
 
     assert status.state == "succeeded" and status.snapshot_removed
-    assert sorted(d.disk_key for d in status.disks) == sorted(d.device_key for d in vm.present_disks())
+    assert sorted(d.device_key for d in status.disks) == sorted(d.device_key for d in vm.present_disks())
     sources = {t.device_key: source_facts(lab, vm_name, t.device_key, tmp_path) for t in targets}
     assert len({sha for sha, _ in sources.values()}) == len(targets)  # the lab's disks really differ
     assert len({table for _, table in sources.values()}) == len(targets)
@@ -104,7 +104,7 @@ def _served_targets(vm, tmp_path, ports):
         create_qcow2(path, disk.capacity_bytes)
         server = start_qemu_nbd(path, export_name=disk.disk_id, bind_address="127.0.0.1", port=port)
         servers.append(server)
-        targets.append(Target(disk_key=disk.device_key, nbd_url=server.url, capacity_bytes=disk.capacity_bytes))
+        targets.append(Target(device_key=disk.device_key, nbd_url=server.url, capacity_bytes=disk.capacity_bytes))
     return servers, targets
 
 
@@ -116,7 +116,7 @@ def test_the_agent_itself_refuses_a_bad_mapping(fault, lab, discovered, agent_pr
         if fault == "missing-disk":
             targets = targets[:-1]
         elif fault == "unknown-disk":
-            targets[0] = targets[0].model_copy(update={"disk_key": 999})
+            targets[0] = targets[0].model_copy(update={"device_key": 999})
         elif fault == "too-small":
             small = tmp_path / "small.qcow2"
             create_qcow2(small, 2**20)
@@ -147,12 +147,12 @@ def test_the_agent_itself_refuses_a_bad_mapping(fault, lab, discovered, agent_pr
 
 
 def test_the_contract_refuses_a_key_twice():
-    target = Target(disk_key=203, nbd_url="nbd://127.0.0.1:1/a", capacity_bytes=1)
-    other = Target(disk_key=203, nbd_url="nbd://127.0.0.1:1/b", capacity_bytes=1)
+    target = Target(device_key=203, nbd_url="nbd://127.0.0.1:1/a", capacity_bytes=1)
+    other = Target(device_key=203, nbd_url="nbd://127.0.0.1:1/b", capacity_bytes=1)
     with pytest.raises(ValueError, match="more than one target"):
         JobRequest(job_id="x", vm="vm-1", kind="full", targets=[target, other])
     with pytest.raises(ValueError, match="more than one disk"):
-        JobRequest(job_id="x", vm="vm-1", kind="full", targets=[target, target.model_copy(update={"disk_key": 1})])
+        JobRequest(job_id="x", vm="vm-1", kind="full", targets=[target, target.model_copy(update={"device_key": 1})])
 
 
 @pytest.mark.parametrize("by_digests", [True, False], ids=["digest-compare", "plain-compare"])
@@ -171,7 +171,7 @@ def test_incremental_writes_only_the_changed_blocks(
     try:
         overlays = qcow2_targets(vm, tmp_path / "incr", backing={t.vm_disk_id: t.file_path for t in full})
         status = copy_vm_disks("pgtest1", overlays, agent_block, lab_vcenter_block, kind="incremental")
-        written = {d.disk_key: d for d in status.disks}
+        written = {d.device_key: d for d in status.disks}
         # vcsim has no CBT: the hub's digests of each overlay, or (the fallback) the overlay read back
         assert {d.mode for d in status.disks} == {"digest-compare" if by_digests else "compare"}
         for disk in status.disks:
@@ -273,7 +273,7 @@ def test_requests_without_the_token_are_refused(agent_process, discovered, heade
         vm=vm.instance_uuid,
         kind="full",
         targets=[
-            Target(disk_key=d.device_key, nbd_url=f"nbd://127.0.0.1:1/{d.disk_id}", capacity_bytes=1)
+            Target(device_key=d.device_key, nbd_url=f"nbd://127.0.0.1:1/{d.disk_id}", capacity_bytes=1)
             for d in vm.present_disks()
         ],
     ).model_dump(mode="json")

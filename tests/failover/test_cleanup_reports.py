@@ -15,7 +15,7 @@ def cleanup_artifacts(vm_name: str) -> int:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    from orchestration.runs import artifact_key
+    from common.names import artifact_key
 
     wanted = ArtifactFilter(key=ArtifactFilterKey(any_=[artifact_key("cleanup", vm_name)]))
     with get_client(sync_client=True) as client:

@@ -12,11 +12,11 @@ import pytest
 from prefect.client.orchestration import get_client
 
 from catalog.inventory import find_vm
+from common.names import artifact_key
 from flows.failover import failover_vm
 from flows.replicate import replicate_vm
 from infra.lab.cloudstack import CloudStackSimulator
 from infra.lab.guest import seed_guest_vm
-from orchestration.runs import artifact_key
 from tests.failover.test_guest_boot import wait_for_guest
 
 pytestmark = pytest.mark.usefixtures("prefect_backend", "nbd_port_range")

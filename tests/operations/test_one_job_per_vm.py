@@ -16,10 +16,10 @@ from sqlalchemy import select
 
 from catalog.inventory import find_vm
 from catalog.models import Job
+from common.names import artifact_key, slug, vm_limit_name
 from flows.backup import backup_vm
 from flows.replicate import replicate_vm
-from orchestration.limits import vm_limit_name
-from orchestration.runs import artifact_key, one_job_per_vm, slug
+from orchestration.runs import one_job_per_vm
 
 pytestmark = pytest.mark.usefixtures("prefect_backend")
 

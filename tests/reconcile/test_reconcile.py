@@ -20,6 +20,7 @@ from pyVim.task import WaitForTask
 
 from blocks.agent import Agent
 from catalog.exports import exports_for_job, live_exports
+from catalog.installation import installation_id
 from catalog.inventory import record_vm
 from catalog.jobs import create_job, finish_job, get_job, list_jobs
 from catalog.ports import held_leases, lease_port
@@ -27,6 +28,7 @@ from catalog.replication import record_volume
 from catalog.restore_points import find_point, points_in_state
 from clients.agent import AgentError
 from clients.qemu import create_qcow2
+from common.names import owner_tags, volume_name
 from flows.backup import backup_vm
 from flows.reconcile import reconcile
 from flows.verify import verify_restore_point
@@ -255,6 +257,59 @@ def test_a_foreign_volume_on_the_hub_is_detached(cloudstack_sim, cloudstack_bloc
         assert client.get_volume(foreign.id).virtual_machine_id is None  # detached, never deleted
         assert client.get_volume(ours.id).virtual_machine_id is None
     assert after == set(before) - {foreign.id, ours.id}  # the hub's ROOT stays
+
+
+def test_an_unrecorded_volume_is_kept_for_a_running_sync_by_its_tags_never_by_its_name(
+    cloudstack_sim, cloudstack_block, configured_catalog
+):
+    """A sync records its volume after createVolume and createTags: between the two, the reconciler must keep a
+    volume whose owner tags name this installation and a disk of a VM with a running job. A volume that only
+    carries our name, or another installation's tags, is detached like any foreign one."""
+    hub = cloudstack_block.hub_vm_id
+    recorded = record_vm(
+        configured_catalog,
+        factories.vm(factories.disk(2000, unit=0), factories.disk(2001, unit=1), name="syncing", uuid="5012-syn"),
+    )
+    first, second = recorded.present_disks()
+    installation = installation_id(configured_catalog)
+    job_id = create_job(configured_catalog, "replication", vm_context_id=recorded.vm_context_id)  # no run: alive
+
+    def volume(name: str, tags: dict[str, str] | None) -> str:
+        with cloudstack_block.client() as client:
+            made = client.create_volume(name, 1, cloudstack_block.zone_id, cloudstack_block.disk_offering_id)
+            if tags:
+                client.create_tags("Volume", [made.id], tags)
+            client.attach_volume(made.id, hub)
+            return made.id
+
+    tagged = volume(
+        "renamed-by-an-operator", owner_tags(installation, recorded.instance_uuid, first.id, first.generation)
+    )
+    named_only = volume(volume_name(installation, recorded.vm_context_id, second.disk_id, second.id), None)
+    other_site = volume(
+        volume_name(installation, recorded.vm_context_id, second.disk_id, second.id),
+        owner_tags("another-installation", recorded.instance_uuid, second.id, second.generation),
+    )
+    try:
+        report = reconcile(cloudstack=cloudstack_block)
+        found = {f.subject.split()[1]: f for f in report.of("hub-volume")}
+        assert found[tagged].action == "kept" and found[tagged].job_id == job_id
+        assert found[tagged].owner == "running job of its VM"
+        for foreign in (named_only, other_site):
+            assert found[foreign].action == "detached" and found[foreign].owner == "no vm context owns it"
+        with cloudstack_block.client() as client:
+            assert client.get_volume(tagged).virtual_machine_id == hub
+            assert client.get_volume(named_only).virtual_machine_id is None
+            assert client.get_volume(other_site).virtual_machine_id is None
+
+        finish_job(configured_catalog, job_id, "failed", "the sync died before recording its volume")
+        again = {f.subject.split()[1]: f for f in reconcile(cloudstack=cloudstack_block).of("hub-volume")}
+        assert again[tagged].action == "detached"  # no running job of its VM any more
+    finally:
+        with cloudstack_block.client() as client:
+            for volume_id in (tagged, named_only, other_site):
+                if client.get_volume(volume_id).virtual_machine_id is not None:
+                    client.detach_volume(volume_id)
 
 
 def test_a_running_jobs_resources_are_left_alone(

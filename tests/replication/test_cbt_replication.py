@@ -35,7 +35,7 @@ def test_cbt_syncs_read_what_changed_and_a_cbt_reset_falls_back(
     assert second.kind == "incremental"
     assert_volumes_equal_sources(cloudstack_sim, lab, vm_name, second)
     with agent_block.client() as client:
-        progress = {d.disk_key: d for d in client.status(second.job_id).disks}
+        progress = {d.device_key: d for d in client.status(second.job_id).disks}
     for disk in second.disks:
         seen = progress[int(disk.disk_id.removeprefix("disk-"))]
         expected = 2 * CBT_BLOCK if disk.disk_id == data.disk_id else 0

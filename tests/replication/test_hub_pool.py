@@ -14,10 +14,11 @@ from prefect.concurrency.sync import concurrency
 from catalog.installation import installation_id
 from catalog.inventory import find_vm
 from catalog.replication import volumes_of_vm
+from common.names import hub_limit_name, vm_volumes_limit_name
 from flows.failover import failover_vm
 from flows.replicate import replicate_vm
 from infra.lab.mutate import read_disk_bytes
-from orchestration.limits import hub_limit_name, set_limit, vm_volumes_limit_name
+from orchestration.limits import set_limit
 from tasks.cloudstack import ReplicationRefused
 from tests.replication.test_replicate import assert_volumes_equal_sources
 

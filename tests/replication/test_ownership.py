@@ -16,6 +16,7 @@ from blocks.agent import Agent
 from catalog.installation import installation_id
 from catalog.inventory import find_vm
 from catalog.replication import volumes_of_vm
+from common.names import TAG_INSTALLATION, volume_name
 from flows.cleanup import cleanup_failover
 from flows.discover import discover
 from flows.failover import failover_vm
@@ -23,7 +24,7 @@ from flows.replicate import replicate_vm
 from infra.lab.agent import start_agent
 from infra.lab.mutate import add_readable_disk, read_disk_bytes, remove_disk, write_disk_bytes
 from infra.lab.vcenter import session
-from tasks.cloudstack import TAG_INSTALLATION, VolumeOwnershipError, volume_name
+from tasks.cloudstack import VolumeOwnershipError
 from tests.copy.helpers import running_agent_jobs
 from tests.replication.test_replicate import assert_volumes_equal_sources, never_written
 
@@ -86,7 +87,7 @@ def test_a_volume_matching_only_by_name_is_refused_and_left_untouched(
     discover(lab_vcenter_block, [name])
     vm = find_vm(configured_catalog, name)
     disk = vm.present_disks()[0]
-    squatted = volume_name(installation_id(configured_catalog), vm, disk)
+    squatted = volume_name(installation_id(configured_catalog), vm.vm_context_id, disk.disk_id, disk.id)
     info = cloudstack_sim.info()
     with cloudstack_block.client() as client:
         impostor = client.create_volume(squatted, 1, info.zone_id, info.custom_disk_offering_id)
@@ -130,7 +131,7 @@ def test_an_interrupted_initial_sync_resumes_correctly(
         with Agent(url=doomed.url, token=doomed.token).client() as client:
             while True:  # the first disk fully written, the second one under way
                 jobs = running_agent_jobs(client, "replication")
-                disks = sorted(jobs[0].disks, key=lambda d: d.disk_key) if jobs else []
+                disks = sorted(jobs[0].disks, key=lambda d: d.device_key) if jobs else []
                 # the agent marks disks done when the whole job is: watch the bytes (one disk at a time here)
                 if len(disks) == 2 and disks[0].bytes_done == disks[0].bytes_total > disks[1].bytes_done:
                     break

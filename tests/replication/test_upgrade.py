@@ -11,9 +11,9 @@ from sqlalchemy import text, update
 
 from catalog.db import Catalog, alembic_config
 from catalog.models import ReplicatedVolume
+from common.names import OWNER_TAG_KEYS, TAG_DISK, TAG_INSTALLATION
 from flows.replicate import replicate_vm
 from infra.lab.mutate import write_disk_bytes
-from tasks.cloudstack import OWNER_TAG_KEYS, TAG_DISK, TAG_INSTALLATION
 from tests.replication.test_replicate import assert_volumes_equal_sources
 
 pytestmark = pytest.mark.usefixtures("prefect_backend", "nbd_port_range")

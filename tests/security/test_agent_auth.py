@@ -39,7 +39,7 @@ def test_a_valid_job_with_a_wrong_token_creates_no_job_and_no_snapshot(
             create_qcow2(path, disk.capacity_bytes)
             server = start_qemu_nbd(path, export_name=disk.disk_id, bind_address="127.0.0.1", port=port)
             servers.append(server)
-            targets.append(Target(disk_key=disk.device_key, nbd_url=server.url, capacity_bytes=disk.capacity_bytes))
+            targets.append(Target(device_key=disk.device_key, nbd_url=server.url, capacity_bytes=disk.capacity_bytes))
         job_id = f"wrong-token-{uuid.uuid4().hex[:12]}"
         body = JobRequest(job_id=job_id, vm=vm.instance_uuid, kind="full", targets=targets).model_dump(mode="json")
         good = {"Authorization": f"Bearer {agent_process.token}"}

@@ -20,10 +20,10 @@ from sqlalchemy.engine import make_url
 
 from blocks.agent import Agent
 from clients.agent import AgentError
+from common.names import artifact_key
 from flows.backup import backup_vm
 from flows.discover import discover
 from flows.reconcile import reconcile
-from orchestration.runs import artifact_key
 
 pytestmark = pytest.mark.usefixtures("prefect_backend", "nbd_port_range")
 
