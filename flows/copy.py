@@ -10,7 +10,6 @@ trusted to (unreachable, killed), the hub removes it through vSphere.
 from __future__ import annotations
 
 import logging
-import time
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -24,13 +23,12 @@ from blocks.vcenter import VCenter
 from catalog import default_catalog
 from catalog.inventory import RecordedVM, find_vm
 from catalog.ports import release_port
-from clients.agent import AgentError, AgentJobFailed
-from tasks.agent import follow_agent_job, submit_agent_job
-from tasks.jobs import close_job, open_job
+from clients.agent import AgentJobFailed
+from flows._job import job
+from tasks.agent import cancel_agent_job, follow_agent_job, submit_agent_job
 from tasks.nbd import check_target_file, lease_nbd_port, start_nbd_export, target_digests
 from tasks.vsphere import remove_job_snapshots
 from vmferry.compensation import quietly
-from vmferry.errors import describe
 from vmferry.exports import export_url, stop_export
 from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
 from vmferry.ledger import JobLedger
@@ -46,21 +44,14 @@ def _stop_agent_job(agent: Agent, vcenter: VCenter | None, vm: RecordedVM, job_i
     """After a failure: cancel the agent job; if the agent cannot confirm its snapshot is gone, remove it."""
     removed_by_agent = False
     try:
-        with agent.client() as client:
-            client.cancel(job_id)
-            status = client.status(job_id)
-            for _ in range(60):
-                if status.finished:
-                    break
-                time.sleep(0.5)
-                status = client.status(job_id)
-            removed_by_agent = status.finished and (status.snapshot_removed or status.snapshot_name is None)
-    except AgentError as exc:
+        status = cancel_agent_job(agent, job_id)
+        removed_by_agent = status.finished and (status.snapshot_removed or status.snapshot_name is None)
+    except Exception as exc:
         log.warning("agent could not cancel job %s: %s", job_id, exc)
     if removed_by_agent or vcenter is None:
         return
     try:
-        remove_job_snapshots.fn(vcenter, vm.instance_uuid, f"vmferry-{job_id}")
+        remove_job_snapshots(vcenter, vm.instance_uuid, f"vmferry-{job_id}")
     except Exception:
         log.exception("could not remove snapshot vmferry-%s of VM %s", job_id, vm.name)
 
@@ -203,9 +194,8 @@ def copy_vm_disks(
     agent_block = load_block(Agent, agent)
     vcenter_block = load_block(VCenter, vcenter) if vcenter is not None else None
     recorded = find_vm(default_catalog(), vm)
-    job_id = open_job("copy", recorded.vm_context_id)
-    try:
-        status = run_copy(
+    with job("copy", recorded.vm_context_id) as job_id:
+        return run_copy(
             job_id=job_id,
             vm=recorded,
             targets=targets,
@@ -214,8 +204,3 @@ def copy_vm_disks(
             kind=kind,
             bandwidth_limit_bytes_per_second=bandwidth_limit_bytes_per_second,
         )
-    except BaseException as exc:
-        close_job(job_id, "failed", describe(exc))
-        raise
-    close_job(job_id, "succeeded")
-    return status
