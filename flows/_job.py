@@ -16,10 +16,10 @@ def job(
 ) -> Iterator[str]:
     """Yield a new running job's id; close the job ``succeeded`` when the block ends, ``failed`` when it raises.
 
-    Any exception, cancellation and ``KeyboardInterrupt`` included, closes the job failed with ``error_text``
-    of it and propagates unchanged. A flow's own compensation goes inside the block (its ``except`` or
-    ``ExitStack``), so it has run when the job is closed. The open and close are tasks: retried, and visible
-    in the flow run."""
+    Any exception (``BaseException``) closes the job failed with ``error_text`` of it and propagates unchanged.
+    A flow's own compensation goes inside the block (its ``except`` or ``ExitStack``), so it has run when the
+    job is closed. The open and close are tasks: retried, and visible in the flow run; in a run being cancelled
+    the close cannot start, and the flow's ``on_cancellation`` hook marks the row failed instead."""
     job_id = open_job(kind, vm_context_id)
     try:
         yield job_id

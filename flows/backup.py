@@ -23,7 +23,6 @@ from tasks.backup import (
     plan_vm_backup,
 )
 from tasks.discovery import read_vcenter_inventory, record_vm_inventory
-from vmferry.compensation import quietly
 from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
 from vmferry.limits import holding, repository_limit_name
 from vmferry.outcome import PUBLISH_OUTCOME
@@ -112,7 +111,7 @@ def backup_vm(
                 point = commit_restore_point(recorded, point_id, repo, outcomes)
             except BaseException:
                 if point_id is not None:
-                    quietly(discard_restore_point, repo, recorded.vm_context_id, point_id)()
+                    discard_restore_point(repo, recorded.vm_context_id, point_id)
                 raise
     create_table_artifact(
         key=artifact_key("backup", recorded.name),

@@ -10,6 +10,7 @@ trusted to (unreachable, killed), the hub removes it through vSphere.
 from __future__ import annotations
 
 import logging
+import time
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -23,11 +24,11 @@ from blocks.vcenter import VCenter
 from catalog import default_catalog
 from catalog.inventory import RecordedVM, find_vm
 from catalog.ports import release_port
-from clients.agent import AgentJobFailed
+from clients.agent import AgentError, AgentJobFailed
 from flows._job import job
-from tasks.agent import cancel_agent_job, follow_agent_job, submit_agent_job
+from tasks.agent import follow_agent_job, submit_agent_job
 from tasks.nbd import check_target_file, lease_nbd_port, start_nbd_export, target_digests
-from tasks.vsphere import remove_job_snapshots
+from tasks.vsphere import remove_snapshots_named
 from vmferry.compensation import quietly
 from vmferry.exports import export_url, stop_export
 from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
@@ -42,16 +43,25 @@ log = logging.getLogger(__name__)
 
 def _stop_agent_job(agent: Agent, vcenter: VCenter | None, vm: RecordedVM, job_id: str) -> None:
     """After a failure: cancel the agent job; if the agent cannot confirm its snapshot is gone, remove it."""
+    # Plain calls, not tasks: this runs after any failure, also while the flow run is being cancelled (Prefect
+    # aborts every task run it would start then) or with Prefect's API unreachable.
     removed_by_agent = False
     try:
-        status = cancel_agent_job(agent, job_id)
-        removed_by_agent = status.finished and (status.snapshot_removed or status.snapshot_name is None)
-    except Exception as exc:
+        with agent.client() as client:
+            client.cancel(job_id)
+            status = client.status(job_id)
+            for _ in range(60):
+                if status.finished:
+                    break
+                time.sleep(0.5)
+                status = client.status(job_id)
+            removed_by_agent = status.finished and (status.snapshot_removed or status.snapshot_name is None)
+    except AgentError as exc:
         log.warning("agent could not cancel job %s: %s", job_id, exc)
     if removed_by_agent or vcenter is None:
         return
     try:
-        remove_job_snapshots(vcenter, vm.instance_uuid, f"vmferry-{job_id}")
+        remove_snapshots_named(vcenter, vm.instance_uuid, f"vmferry-{job_id}")
     except Exception:
         log.exception("could not remove snapshot vmferry-%s of VM %s", job_id, vm.name)
 

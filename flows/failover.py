@@ -24,7 +24,6 @@ from blocks.cloudstack import CloudStack
 from blocks.vcenter import VCenter
 from catalog import default_catalog
 from catalog.failovers import (
-    READY_FOR_FAILOVER,
     SOURCE_OFF_UNFINISHED,
     FailoverVolumeView,
     get_failover,
@@ -41,19 +40,20 @@ from tasks.failover import (
     attach_to_destination,
     deploy_destination_vm,
     destination_data_volume_limit,
-    destroy_destination_vm,
+    leave_volume_detached,
     power_off_source,
     power_on_source,
     read_back_devices,
+    remove_destination_vm,
     remove_template_root,
     start_destination_vm,
-    take_volume_off,
 )
 from tasks.records import (
     forget_volume_change_id,
     open_failover,
     record_failover_active,
-    roll_back_failover,
+    record_rollback,
+    record_source_on_again,
     set_vm_context_state,
 )
 from vmferry.compensation import quietly
@@ -103,7 +103,7 @@ class Destination:
         if vm_id is None:
             return
         try:
-            destroy_destination_vm(self.cloud, vm_id, self.ours)
+            remove_destination_vm(self.cloud, vm_id, self.ours)
         except BaseException:
             self.left_behind = True
             if self.may_run:  # it may still run: the source stays off, or the VM would run twice
@@ -139,7 +139,7 @@ class SourcePower:
             logger.error("live failover of %s failed and the source could not be powered on: %s", vm.name, exc)
             return
         try:  # the source runs again: the VM context is no longer "source off, failover unfinished"
-            set_vm_context_state(vm.vm_context_id, READY_FOR_FAILOVER, only_from=(SOURCE_OFF_UNFINISHED,))
+            record_source_on_again(vm.vm_context_id)
         except Exception as exc:
             logger.error("the source of %s runs again, but the catalog could not record it: %s", vm.name, exc)
 
@@ -276,7 +276,7 @@ def _fail_over(
                 destination.ours = [item.volume_id for item in plan]
                 with ExitStack() as undo:
                     # guest preparation puts the OS volume on a hub for a while: whatever fails, it is left detached
-                    undo.callback(quietly(take_volume_off, cloud, plan[0].volume_id))
+                    undo.callback(quietly(leave_volume_detached, cloud, plan[0].volume_id))
                     prepare_os_volume(cloud, recorded, plan, volumes, enabled=prepare_guest, virtio_win=virtio_win)
                     # before the deploy: a deploy job that fails leaves a VM in Error, recorded but never returned
                     undo.callback(quietly(destination.remove))
@@ -284,7 +284,7 @@ def _fail_over(
                     destination.vm_id = deployed.id
                     remove_template_root(cloud, deployed.id, destination.ours)
                     for item in plan:  # root first, then data in source order
-                        undo.callback(quietly(take_volume_off, cloud, item.volume_id))
+                        undo.callback(quietly(leave_volume_detached, cloud, item.volume_id))
                         # The destination VM writes into its volumes: CBT's "unchanged since the last sync" no longer
                         # describes them, so the next sync compares them whole.
                         forget_volume_change_id(item.volume_id)
@@ -316,7 +316,7 @@ def _fail_over(
             # A destination that could not be removed leaves the failover in progress: cleanup and the reconciler
             # remove the VM of a failover in progress (the source of a live one is off, so it is not production).
             if not destination.left_behind:
-                roll_back_failover(failover_id, recorded.vm_context_id)
+                record_rollback(failover_id, recorded.vm_context_id)
             raise
     devices = [
         FailoverDevice(

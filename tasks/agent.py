@@ -73,16 +73,7 @@ class SnapshotLedger:
             self.removed = True
 
 
-# Not retried: it runs after a failure, and when the agent cannot answer the hub removes the snapshot itself.
-@task(cache_policy=NO_CACHE, task_run_name="agent-cancel-{job_id}")
+@task(retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
 def cancel_agent_job(agent: Agent, job_id: str) -> JobStatus:
-    """Cancel the job and give it up to 30 s to end (and remove its snapshot); its last status."""
     with agent.client() as client:
-        client.cancel(job_id)
-        status = client.status(job_id)
-        for _ in range(60):
-            if status.finished:
-                break
-            time.sleep(0.5)
-            status = client.status(job_id)
-        return status
+        return client.cancel(job_id)

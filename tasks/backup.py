@@ -96,10 +96,8 @@ def commit_restore_point(
     return commit_point(default_catalog(), point_id, outcomes)
 
 
-@task(cache_policy=NO_CACHE, task_run_name="discard-point-{point_id}")
 def discard_restore_point(repository: Repository, vm_context_id: int, point_id: int) -> None:
-    """Compensation: remove the partial files and mark the point failed. Never raises (nothing to retry: what
-    it could not do, the reconciler does)."""
+    """Compensation: remove the partial files and mark the point failed. Never raises."""
     try:
         repository.discard_partial(vm_context_id, point_id)
     except Exception:

@@ -3,6 +3,9 @@
 Each is a task so it is retried (a locked or briefly unreachable catalog does not fail a failover whose VMs are
 already moved) and visible in the flow run. Each is one transaction, or a few that are each safe to repeat, so a
 retry after a write that committed but whose answer was lost changes nothing more.
+
+The writes of compensations are plain functions: they run after a failure, also while the flow run is being
+cancelled (Prefect aborts every task run it would start then) or with Prefect's API unreachable.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from prefect.cache_policies import NO_CACHE
 
 from catalog import default_catalog
 from catalog.failovers import (
+    READY_FOR_FAILOVER,
+    SOURCE_OFF_UNFINISHED,
     FailoverVolumeView,
     context_after_rollback,
     context_state,
@@ -62,13 +67,20 @@ def close_failover(failover_id: int, state: str, context: str) -> None:
     finish_failover(default_catalog(), failover_id, state, context)
 
 
-@record_task
-def roll_back_failover(failover_id: int, vm_context_id: int) -> str:
-    """After a failover's compensation ran: rolled back, the context ready again unless the source is off."""
+def record_rollback(failover_id: int, vm_context_id: int) -> str:
+    """Compensation: after a failover's undo ran, rolled back, the context ready again unless the source is off."""
     catalog = default_catalog()
     after = context_after_rollback(catalog, vm_context_id)
     finish_failover(catalog, failover_id, "rolled-back", after)
     return after
+
+
+def record_source_on_again(vm_context_id: int) -> None:
+    """Compensation: the source of a failed live failover runs again, so its context is no longer "source off,
+    failover unfinished" but ready."""
+    catalog = default_catalog()
+    if context_state(catalog, vm_context_id) == SOURCE_OFF_UNFINISHED:
+        set_context_state(catalog, vm_context_id, READY_FOR_FAILOVER)
 
 
 @record_task

@@ -13,6 +13,11 @@ from vmferry.errors import retry_unless_permanent
 @task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, retry_condition_fn=retry_unless_permanent)
 def remove_job_snapshots(vcenter: VCenter, vm_instance_uuid: str, snapshot_name: str) -> list[str]:
     """The hub's own sweep of an agent job's snapshot, for when the agent died before removing it."""
+    return remove_snapshots_named(vcenter, vm_instance_uuid, snapshot_name)
+
+
+def remove_snapshots_named(vcenter: VCenter, vm_instance_uuid: str, snapshot_name: str) -> list[str]:
+    """Remove the VM's snapshots called ``snapshot_name``; their names. Plain, for a copy's compensation."""
     with VSphereClient(vcenter.endpoint()) as client:
         vm = VSphereSnapshots(client, vm_instance_uuid)
         removed = []
