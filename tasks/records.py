@@ -63,7 +63,7 @@ def record_failover_active(failover_id: int, volumes: list[FailoverVolumeView], 
 
 @record_task
 def close_failover(failover_id: int, state: str, context: str) -> None:
-    """The failover ends ``state`` (committed, reverted, cleaned-up) and its VM context is ``context``."""
+    """The failover ends ``state`` (committed, reverted) and its VM context is ``context``."""
     finish_failover(default_catalog(), failover_id, state, context)
 
 
