@@ -14,6 +14,7 @@ from blocks.vcenter import VCenter
 from catalog.restore_points import DiskOutcome, PointView
 from common import names
 from common.names import artifact_key, repository_limit_name
+from flows._job import job
 from flows.copy import run_copy
 from orchestration.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
 from orchestration.limits import holding
@@ -28,8 +29,6 @@ from tasks.backup import (
     plan_vm_backup,
 )
 from tasks.discovery import read_vcenter_inventory, record_vm_inventory
-from tasks.jobs import close_job, open_job
-from vmferry.errors import describe
 from vmferry.settings import get_settings
 
 
@@ -81,43 +80,41 @@ def backup_vm(
     recorded = record_vm_inventory(observed)
     # Held from the job's start to its end, so a backup waiting for a slot has taken nothing yet.
     with holding(repository_limit_name(repo.name), get_settings().repository_backup_limit, logger):
-        job_id = open_job("backup", recorded.vm_context_id)
-        point_id: int | None = None
-        try:
-            plan = plan_vm_backup(recorded, kind, repo)
-            logger.info("backing up %s: %s backup (%s)", recorded.name, plan.kind, plan.reason)
-            point_id = open_restore_point(recorded, job_id, plan, repo)
-            targets = create_backup_targets(recorded, point_id, plan, repo)
-            status = run_copy(
-                job_id=job_id,
-                vm=recorded,
-                targets=targets,
-                agent=agent_block,
-                vcenter=vcenter_block,
-                kind=plan.kind,
-                quiesce=quiesce,
-                bandwidth_limit_bytes_per_second=bandwidth_limit_bytes_per_second,
-            )
-            copied = {d.device_key: d for d in status.disks}
-            # Every disk's checksum at once (each reads its own target, hashing releases the GIL): the wall
-            # time is the largest disk's, not the sum.
-            checksums = [future.result() for future in checksum_target.map(targets)]
-            outcomes = [
-                DiskOutcome(
-                    vm_disk_id=target.vm_disk_id,
-                    bytes_written=copied[target.device_key].bytes_written,
-                    change_id=copied[target.device_key].change_id,
-                    checksum=checksum,
+        with job("backup", recorded.vm_context_id) as job_id:
+            point_id: int | None = None
+            try:
+                plan = plan_vm_backup(recorded, kind, repo)
+                logger.info("backing up %s: %s backup (%s)", recorded.name, plan.kind, plan.reason)
+                point_id = open_restore_point(recorded, job_id, plan, repo)
+                targets = create_backup_targets(recorded, point_id, plan, repo)
+                status = run_copy(
+                    job_id=job_id,
+                    vm=recorded,
+                    targets=targets,
+                    agent=agent_block,
+                    vcenter=vcenter_block,
+                    kind=plan.kind,
+                    quiesce=quiesce,
+                    bandwidth_limit_bytes_per_second=bandwidth_limit_bytes_per_second,
                 )
-                for target, checksum in zip(targets, checksums, strict=True)
-            ]
-            point = commit_restore_point(recorded, point_id, repo, outcomes)
-        except BaseException as exc:
-            if point_id is not None:
-                discard_restore_point(repo, recorded.vm_context_id, point_id)
-            close_job(job_id, "failed", describe(exc))
-            raise
-        close_job(job_id, "succeeded")
+                copied = {d.device_key: d for d in status.disks}
+                # Every disk's checksum at once (each reads its own target, hashing releases the GIL): the wall
+                # time is the largest disk's, not the sum.
+                checksums = [future.result() for future in checksum_target.map(targets)]
+                outcomes = [
+                    DiskOutcome(
+                        vm_disk_id=target.vm_disk_id,
+                        bytes_written=copied[target.device_key].bytes_written,
+                        change_id=copied[target.device_key].change_id,
+                        checksum=checksum,
+                    )
+                    for target, checksum in zip(targets, checksums, strict=True)
+                ]
+                point = commit_restore_point(recorded, point_id, repo, outcomes)
+            except BaseException:
+                if point_id is not None:
+                    discard_restore_point(repo, recorded.vm_context_id, point_id)
+                raise
     create_table_artifact(
         key=artifact_key("backup", recorded.name),
         table=[

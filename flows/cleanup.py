@@ -14,17 +14,22 @@ from pydantic import BaseModel, computed_field
 from blocks import load_block
 from blocks.cloudstack import CloudStack
 from catalog import default_catalog
-from catalog.failovers import context_after_rollback, failovers_of, finish_failover, set_context_state
+from catalog.failovers import failovers_of
 from catalog.inventory import find_vm
 from catalog.replication import volumes_of_vm
 from common import names
 from common.names import artifact_key
+from flows._job import job
 from orchestration.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
 from orchestration.outcome import PUBLISH_OUTCOME
 from orchestration.runs import one_job_per_vm
-from tasks.failover import leave_volumes_detached, remove_destination_vm, volumes_held_elsewhere
-from tasks.jobs import close_job, open_job
-from vmferry.errors import Refused, describe
+from tasks.failover import (
+    destroy_destination_vm,
+    detach_vm_volumes,
+    find_volumes_held_elsewhere,
+)
+from tasks.records import record_cleanup
+from vmferry.errors import Refused
 
 
 class CleanupResult(BaseModel):
@@ -69,8 +74,7 @@ def cleanup_failover(vm: str, cloudstack: CloudStack | str) -> CleanupResult:
             f"VM {recorded.name!r} was failed over live (failover {live.id}): its CloudStack VM "
             f"{live.destination_vm_id} is production now and cleanup only rolls back test failovers; {fix}"
         )
-    job_id = open_job("cleanup", recorded.vm_context_id)
-    try:
+    with job("cleanup", recorded.vm_context_id):
         volumes = {v.vm_disk_id: v for v in volumes_of_vm(catalog, recorded.vm_context_id)}
         ours = [v.volume_id for v in volumes.values()]
         # A test failover's VM, and that of a failover of either mode that never finished (its process killed):
@@ -79,22 +83,18 @@ def cleanup_failover(vm: str, cloudstack: CloudStack | str) -> CleanupResult:
         candidates = {
             f.destination_vm_id for f in history if (f.mode == "test" or f in unfinished) and f.destination_vm_id
         }
-        held = volumes_held_elsewhere(cloud, ours)  # before the test VM goes: removing it takes them off too
-        removed = [vm_id for vm_id in sorted(candidates) if remove_destination_vm(cloud, vm_id, ours)]
-        detached, moved = leave_volumes_detached(cloud, volumes)
+        held = find_volumes_held_elsewhere(cloud, ours)  # before the test VM goes: removing it takes them off too
+        removed = [vm_id for vm_id in sorted(candidates) if destroy_destination_vm(cloud, vm_id, ours)]
+        detached, moved = detach_vm_volumes(cloud, volumes)
         returned = sorted(set(held) | set(moved))
-        # a live failover that powered the source off and never finished leaves the VM running nowhere
-        after = context_after_rollback(catalog, recorded.vm_context_id)
-        for failover in history:
-            if failover.state == "in-progress" or (
-                failover.mode == "test" and failover.state in ("active", "rolled-back")
-            ):
-                finish_failover(catalog, failover.id, "cleaned-up", after)
-        set_context_state(catalog, recorded.vm_context_id, after)
-    except BaseException as exc:
-        close_job(job_id, "failed", describe(exc))
-        raise
-    close_job(job_id, "succeeded")
+        record_cleanup(
+            recorded.vm_context_id,
+            [
+                f.id
+                for f in history
+                if f.state == "in-progress" or (f.mode == "test" and f.state in ("active", "rolled-back"))
+            ],
+        )
     result = CleanupResult(removed_vms=removed, volumes_returned=returned, volumes_detached=detached)
     if not result.did_anything:
         logger.info("%s: nothing to clean up (no test VM, every volume detached)", recorded.name)

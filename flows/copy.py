@@ -27,15 +27,14 @@ from clients.agent import AgentError, AgentJobFailed
 from common import names
 from common.contract import CbtCheckPolicy, JobRequest, JobStatus, Target
 from common.names import disk_event_resource, job_snapshot_name, vcenter_limit_name
+from flows._job import job
 from orchestration.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
 from orchestration.limits import holding
 from orchestration.runs import one_job_per_vm
 from tasks.agent import follow_agent_job, submit_agent_job
-from tasks.jobs import close_job, open_job
 from tasks.nbd import check_target_file, lease_nbd_port, start_nbd_export, target_digests
 from tasks.vsphere import remove_job_snapshots
 from vmferry.compensation import quietly
-from vmferry.errors import describe
 from vmferry.exports import export_url, stop_export
 from vmferry.ledger import JobLedger
 from vmferry.settings import get_settings
@@ -46,6 +45,8 @@ log = logging.getLogger(__name__)
 
 def _stop_agent_job(agent: Agent, vcenter: VCenter | None, vm: RecordedVM, job_id: str) -> None:
     """After a failure: cancel the agent job; if the agent cannot confirm its snapshot is gone, remove it."""
+    # Plain calls, not tasks: this runs after any failure, also while the flow run is being cancelled (Prefect
+    # aborts every task run it would start then) or with Prefect's API unreachable.
     removed_by_agent = False
     try:
         with agent.client() as client:
@@ -62,7 +63,7 @@ def _stop_agent_job(agent: Agent, vcenter: VCenter | None, vm: RecordedVM, job_i
     if removed_by_agent or vcenter is None:
         return
     try:
-        remove_job_snapshots.fn(vcenter, vm.instance_uuid, job_id)
+        remove_job_snapshots(vcenter, vm.instance_uuid, job_id)
     except Exception:
         log.exception("could not remove snapshot %s of VM %s", job_snapshot_name(job_id), vm.name)
 
@@ -205,9 +206,8 @@ def copy_vm_disks(
     agent_block = load_block(Agent, agent)
     vcenter_block = load_block(VCenter, vcenter) if vcenter is not None else None
     recorded = find_vm(default_catalog(), vm)
-    job_id = open_job("copy", recorded.vm_context_id)
-    try:
-        status = run_copy(
+    with job("copy", recorded.vm_context_id) as job_id:
+        return run_copy(
             job_id=job_id,
             vm=recorded,
             targets=targets,
@@ -216,8 +216,3 @@ def copy_vm_disks(
             kind=kind,
             bandwidth_limit_bytes_per_second=bandwidth_limit_bytes_per_second,
         )
-    except BaseException as exc:
-        close_job(job_id, "failed", describe(exc))
-        raise
-    close_job(job_id, "succeeded")
-    return status

@@ -9,11 +9,10 @@ from blocks import load_block
 from blocks.vcenter import VCenter
 from catalog.inventory import RecordedVM
 from common.names import artifact_key
+from flows._job import job
 from orchestration.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
 from orchestration.outcome import PUBLISH_OUTCOME
 from tasks.discovery import enable_change_tracking, mark_missing_vms, read_vcenter_inventory, record_vm_inventory
-from tasks.jobs import close_job, open_job
-from vmferry.errors import describe
 
 
 def disk_table(vm: RecordedVM) -> list[dict[str, object]]:
@@ -58,8 +57,7 @@ def discover(vcenter: VCenter | str, vms: list[str] | None = None, enable_cbt: b
             what changed); off: only report them.
     """
     block = load_block(VCenter, vcenter)
-    job_id = open_job("discovery")
-    try:
+    with job("discovery"):
         observed = read_vcenter_inventory(block, vms)
         if enable_cbt:
             without = [vm for vm in observed if not vm.cbt_enabled]
@@ -83,8 +81,4 @@ def discover(vcenter: VCenter | str, vms: list[str] | None = None, enable_cbt: b
                 description=f"Disks of {vm.name} ({vm.instance_uuid}) as recorded by discovery; "
                 f"changed block tracking {'on' if vm.cbt_enabled else 'OFF'}",
             )
-    except BaseException as exc:
-        close_job(job_id, "failed", describe(exc))
-        raise
-    close_job(job_id, "succeeded")
     return recorded

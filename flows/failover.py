@@ -24,23 +24,17 @@ from blocks.cloudstack import CloudStack
 from blocks.vcenter import VCenter
 from catalog import default_catalog
 from catalog.failovers import (
-    READY_FOR_FAILOVER,
     SOURCE_OFF_UNFINISHED,
     FailoverVolumeView,
-    context_after_rollback,
-    context_state,
-    finish_failover,
     get_failover,
     latest_failover,
-    record_devices,
-    set_context_state,
-    start_failover,
 )
 from catalog.installation import installation_id
 from catalog.inventory import RecordedVM, find_vm
-from catalog.replication import forget_change_id, volumes_of_vm
+from catalog.replication import volumes_of_vm
 from common import names
 from common.names import artifact_key, vm_volumes_limit_name
+from flows._job import job
 from flows.guest_prep import prepare_os_volume
 from flows.replicate import replicate_vm
 from orchestration.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
@@ -60,18 +54,18 @@ from tasks.failover import (
     remove_template_root,
     start_destination_vm,
 )
-from tasks.jobs import close_job, open_job
+from tasks.records import (
+    forget_volume_change_id,
+    open_failover,
+    record_failover_active,
+    record_rollback,
+    record_source_on_again,
+    set_vm_context_state,
+)
 from vmferry.compensation import quietly
-from vmferry.errors import Refused, describe
+from vmferry.errors import Refused
 from vmferry.failover_plan import check_attached, plan_attachments
 from vmferry.network_plan import plan_nics
-
-
-def _remove_recorded_destination(cloud: CloudStack, failover_id: int, ours: list[str]) -> None:
-    """Compensation: the destination VM recorded for this failover, whatever state its deploy left it in."""
-    vm_id = get_failover(default_catalog(), failover_id).destination_vm_id
-    if vm_id is not None:
-        remove_destination_vm(cloud, vm_id, ours)
 
 
 class FailoverDevice(BaseModel):
@@ -91,6 +85,32 @@ class FailoverResult(BaseModel):
 
 class LiveFailoverRefused(Refused):
     """A live failover was not confirmed, or the VM is not in a state to fail over."""
+
+
+class Destination:
+    """The destination VM as far as this failover got, and its compensation."""
+
+    def __init__(self, cloud: CloudStack, failover_id: int, source: SourcePower) -> None:
+        self.cloud, self.failover_id, self.source = cloud, failover_id, source
+        self.ours: list[str] = []  # the replicated volumes it takes, detached before it is destroyed
+        self.vm_id: str | None = None  # once the deploy returned it
+        self.may_run = False  # once it was asked to start
+        self.left_behind = False  # its removal failed
+
+    def remove(self) -> None:
+        """The destination VM, whatever state its deploy left it in: a deploy job that fails leaves a VM in Error,
+        recorded on the failover but never returned. Once known, its id is not read back from the catalog, so
+        the VM goes even when the catalog is what failed."""
+        vm_id = self.vm_id or get_failover(default_catalog(), self.failover_id).destination_vm_id
+        if vm_id is None:
+            return
+        try:
+            remove_destination_vm(self.cloud, vm_id, self.ours)
+        except BaseException:
+            self.left_behind = True
+            if self.may_run:  # it may still run: the source stays off, or the VM would run twice
+                self.source.keep_off()
+            raise
 
 
 class SourcePower:
@@ -121,9 +141,7 @@ class SourcePower:
             logger.error("live failover of %s failed and the source could not be powered on: %s", vm.name, exc)
             return
         try:  # the source runs again: the VM context is no longer "source off, failover unfinished"
-            catalog = default_catalog()
-            if context_state(catalog, vm.vm_context_id) == SOURCE_OFF_UNFINISHED:
-                set_context_state(catalog, vm.vm_context_id, READY_FOR_FAILOVER)
+            record_source_on_again(vm.vm_context_id)
         except Exception as exc:
             logger.error("the source of %s runs again, but the catalog could not record it: %s", vm.name, exc)
 
@@ -243,59 +261,65 @@ def _fail_over(
     if mode == "live" and (vcenter is None or agent is None):
         raise LiveFailoverRefused("a live failover powers the source off and syncs a last time: pass vcenter and agent")
     # Recorded before the first side effect, so cleanup and the reconciler find a failover killed at any point.
-    job_id = open_job("failover", recorded.vm_context_id)
-    failover_id = start_failover(catalog, recorded.vm_context_id, job_id, mode)
-    try:
-        if mode == "live":
-            vcenter_block = load_block(VCenter, vcenter)
-            logger.info("live failover of %s: source %s", recorded.name, source.power_off(vcenter_block, recorded))
-            set_context_state(catalog, recorded.vm_context_id, SOURCE_OFF_UNFINISHED)
-            replicate_vm(recorded.instance_uuid, cloud, load_block(Agent, agent), vcenter_block, kind="incremental")
-            recorded = find_vm(catalog, vm)
-        # the volumes are taken detached: wait for a running sync of this VM to finish and detach them
-        with holding(vm_volumes_limit_name(installation_id(catalog), recorded.vm_context_id), 1, logger):
-            volumes = {v.vm_disk_id: v for v in volumes_of_vm(catalog, recorded.vm_context_id)}
-            plan = plan_attachments(recorded, volumes, data_volume_limit)
-            ours = [item.volume_id for item in plan]
-            with ExitStack() as undo:
-                # guest preparation puts the OS volume on a hub for a while: whatever fails, it is left detached
-                undo.callback(quietly(leave_volume_detached, cloud, plan[0].volume_id))
-                prepare_os_volume(cloud, recorded, plan, volumes, enabled=prepare_guest, virtio_win=virtio_win)
-                # before the deploy: a deploy job that fails leaves a VM in Error, recorded but never returned
-                undo.callback(quietly(_remove_recorded_destination, cloud, failover_id, ours))
-                destination = deploy_destination_vm(cloud, recorded, mode, failover_id, nics, placement.cluster_id)
-                remove_template_root(cloud, destination.id, ours)
-                for item in plan:  # root first, then data in source order
-                    undo.callback(quietly(leave_volume_detached, cloud, item.volume_id))
-                    # The destination VM writes into its volumes: CBT's "unchanged since the last sync" no longer
-                    # describes them, so the next sync compares them whole.
-                    forget_change_id(catalog, item.volume_id)
-                    attach_to_destination(cloud, item, destination.id)
-                actual = read_back_devices(cloud, destination.id)
-                check_attached(plan, actual)
-                start_destination_vm(cloud, destination.id)
-                source.keep_off()
-                undo.pop_all()  # success: nothing to undo
-    except BaseException as exc:
-        finish_failover(catalog, failover_id, "rolled-back", context_after_rollback(catalog, recorded.vm_context_id))
-        close_job(job_id, "failed", describe(exc))
-        raise
-    record_devices(
-        catalog,
-        failover_id,
-        [
-            FailoverVolumeView(
-                vm_disk_id=item.vm_disk_id,
-                replicated_volume_id=item.replicated_volume_id,
-                planned_device_id=item.device_id,
-                actual_device_id=actual[item.volume_id][0],
-                is_root=item.is_root,
-            )
-            for item in plan
-        ],
-    )
-    finish_failover(catalog, failover_id, "active", f"failed-over-{mode}")
-    close_job(job_id, "succeeded")
+    with job("failover", recorded.vm_context_id) as job_id:
+        failover_id = open_failover(recorded.vm_context_id, job_id, mode)
+        destination = Destination(cloud, failover_id, source)
+        try:
+            if mode == "live":
+                vcenter_block = load_block(VCenter, vcenter)
+                logger.info("live failover of %s: source %s", recorded.name, source.power_off(vcenter_block, recorded))
+                set_vm_context_state(recorded.vm_context_id, SOURCE_OFF_UNFINISHED)
+                replicate_vm(recorded.instance_uuid, cloud, load_block(Agent, agent), vcenter_block, kind="incremental")
+                recorded = find_vm(catalog, vm)
+            # the volumes are taken detached: wait for a running sync of this VM to finish and detach them
+            with holding(vm_volumes_limit_name(installation_id(catalog), recorded.vm_context_id), 1, logger):
+                volumes = {v.vm_disk_id: v for v in volumes_of_vm(catalog, recorded.vm_context_id)}
+                plan = plan_attachments(recorded, volumes, data_volume_limit)
+                destination.ours = [item.volume_id for item in plan]
+                with ExitStack() as undo:
+                    # guest preparation puts the OS volume on a hub for a while: whatever fails, it is left detached
+                    undo.callback(quietly(leave_volume_detached, cloud, plan[0].volume_id))
+                    prepare_os_volume(cloud, recorded, plan, volumes, enabled=prepare_guest, virtio_win=virtio_win)
+                    # before the deploy: a deploy job that fails leaves a VM in Error, recorded but never returned
+                    undo.callback(quietly(destination.remove))
+                    deployed = deploy_destination_vm(cloud, recorded, mode, failover_id, nics, placement.cluster_id)
+                    destination.vm_id = deployed.id
+                    remove_template_root(cloud, deployed.id, destination.ours)
+                    for item in plan:  # root first, then data in source order
+                        undo.callback(quietly(leave_volume_detached, cloud, item.volume_id))
+                        # The destination VM writes into its volumes: CBT's "unchanged since the last sync" no longer
+                        # describes them, so the next sync compares them whole.
+                        forget_volume_change_id(item.volume_id)
+                        attach_to_destination(cloud, item, deployed.id)
+                    actual = read_back_devices(cloud, deployed.id)
+                    check_attached(plan, actual)
+                    destination.may_run = True  # from the first attempt on: a start that failed may have started it
+                    start_destination_vm(cloud, deployed.id)
+                    # Recorded while the compensation still holds: a failover that runs but is still "in progress"
+                    # looks interrupted, and cleanup or the reconciler would destroy its VM, production after a
+                    # live failover. A write that still fails after its retries undoes the failover instead.
+                    record_failover_active(
+                        failover_id,
+                        [
+                            FailoverVolumeView(
+                                vm_disk_id=item.vm_disk_id,
+                                replicated_volume_id=item.replicated_volume_id,
+                                planned_device_id=item.device_id,
+                                actual_device_id=actual[item.volume_id][0],
+                                is_root=item.is_root,
+                            )
+                            for item in plan
+                        ],
+                        f"failed-over-{mode}",
+                    )
+                    source.keep_off()
+                    undo.pop_all()  # success: nothing to undo
+        except BaseException:
+            # A destination that could not be removed leaves the failover in progress: cleanup and the reconciler
+            # remove the VM of a failover in progress (the source of a live one is off, so it is not production).
+            if not destination.left_behind:
+                record_rollback(failover_id, recorded.vm_context_id)
+            raise
     devices = [
         FailoverDevice(
             disk_id=item.disk_id,
@@ -309,7 +333,7 @@ def _fail_over(
     create_table_artifact(
         key=artifact_key("failover", recorded.name),
         table=table_rows(devices),
-        description=f"{mode} failover of {recorded.name} into CloudStack VM {destination.id}"
+        description=f"{mode} failover of {recorded.name} into CloudStack VM {deployed.id}"
         + (": active, the source is off; commit it or revert it" if mode == "live" else ""),
     )
-    return FailoverResult(failover_id=failover_id, mode=mode, destination_vm_id=destination.id, devices=devices)
+    return FailoverResult(failover_id=failover_id, mode=mode, destination_vm_id=deployed.id, devices=devices)

@@ -7,13 +7,13 @@ from pathlib import Path
 from prefect import get_run_logger
 
 from blocks.cloudstack import CloudStack
-from catalog import default_catalog
 from catalog.inventory import RecordedVM
-from catalog.replication import VolumeView, forget_change_id
+from catalog.replication import VolumeView
 from common.names import hub_limit_name
 from orchestration.limits import first_free
 from tasks.cloudstack import attach_to_hub, detach_from_hub
 from tasks.guest_prep import GuestPreparation, prepare_guest_for_kvm
+from tasks.records import forget_volume_change_id
 from vmferry.compensation import quietly
 from vmferry.failover_plan import PlannedAttachment
 
@@ -40,7 +40,7 @@ def prepare_os_volume(
     capacity = next(d.capacity_bytes for d in recorded.present_disks() if d.id == root.vm_disk_id)
     # virt-v2v writes blocks the source's CBT never hears of, and an interrupted run leaves them unknown: from
     # here on the next sync of this volume compares every block instead of trusting changed areas.
-    forget_change_id(default_catalog(), volume.volume_id)
+    forget_volume_change_id(volume.volume_id)
     hubs = {hub_limit_name(hub): hub for hub in cloud.hub_ids()}
     with first_free(list(hubs), 1, logger) as limit_name:
         attached = attach_to_hub(cloud, hubs[limit_name], volume, capacity)

@@ -22,17 +22,24 @@ from blocks import load_block
 from blocks.cloudstack import CloudStack
 from blocks.vcenter import VCenter
 from catalog import default_catalog
-from catalog.failovers import MIGRATED, READY_FOR_FAILOVER, FailoverView, finish_failover, latest_failover
+from catalog.failovers import MIGRATED, READY_FOR_FAILOVER, FailoverView, latest_failover
 from catalog.inventory import RecordedVM, find_vm
-from catalog.replication import record_attachment, volumes_of_vm
+from catalog.replication import volumes_of_vm
 from common import names
 from common.names import artifact_key
+from flows._job import job
 from orchestration.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
 from orchestration.outcome import PUBLISH_OUTCOME
 from orchestration.runs import one_job_per_vm
-from tasks.failover import leave_volumes_detached, power_on_source, remove_destination_vm
-from tasks.jobs import close_job, open_job
-from vmferry.errors import Refused, describe
+from tasks.failover import (
+    destroy_destination_vm,
+    detach_vm_volumes,
+    power_on_source,
+    read_back_devices,
+)
+from tasks.records import close_failover, record_volume_owner
+from tasks.schedules import pause_replication_schedules
+from vmferry.errors import Refused
 
 
 class LiveFailoverStateRefused(Refused):
@@ -71,24 +78,6 @@ def active_live_failover(recorded: RecordedVM, action: str) -> FailoverView:
     )
 
 
-def pause_replication_schedules(recorded: RecordedVM) -> list[str]:
-    """Pause the deployments of replicate-vm that name this VM alone: its schedules must not fire any more.
-
-    A deployment for several VMs is left alone; replication refuses a migrated VM anyway."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
-
-    handles = {recorded.name, recorded.instance_uuid, recorded.moref}
-    paused = []
-    with get_client(sync_client=True) as client:
-        deployments = client.read_deployments(flow_filter=FlowFilter(name=FlowFilterName(any_=["replicate-vm"])))
-        for deployment in deployments:
-            if (deployment.parameters or {}).get("vm") in handles and not deployment.paused:
-                client.pause_deployment(deployment.id)
-                paused.append(f"replicate-vm/{deployment.name}")
-    return paused
-
-
 def _state_artifact(recorded: RecordedVM, title: str, lines: list[str]) -> None:
     create_markdown_artifact(
         key=artifact_key("live-failover", recorded.name),
@@ -120,11 +109,9 @@ def commit_failover(vm: str, cloudstack: CloudStack | str) -> CommitResult:
     failover = active_live_failover(recorded, "commit")
     destination = failover.destination_vm_id
     assert destination is not None  # active_live_failover checked it
-    job_id = open_job("commit", recorded.vm_context_id)
-    try:
+    with job("commit", recorded.vm_context_id):
         ours = {v.id: v for v in volumes_of_vm(catalog, recorded.vm_context_id)}
-        with cloud.client() as client:
-            on_destination = {v.id: v for v in client.list_volumes(virtual_machine_id=destination)}
+        on_destination = read_back_devices(cloud, destination)  # volume id -> (device id, type)
         missing = [ours[f.replicated_volume_id].volume_id for f in failover.volumes]
         missing = [volume_id for volume_id in missing if volume_id not in on_destination]
         if missing:
@@ -135,21 +122,10 @@ def commit_failover(vm: str, cloudstack: CloudStack | str) -> CommitResult:
         committed = []
         for planned in failover.volumes:
             volume_id = ours[planned.replicated_volume_id].volume_id
-            record_attachment(
-                catalog,
-                volume_id,
-                vm_id=destination,
-                device_id=on_destination[volume_id].device_id,
-                device_path=None,
-                state="owned-by-destination",
-            )
+            record_volume_owner(volume_id, destination, on_destination[volume_id][0])
             committed.append(volume_id)
-        finish_failover(catalog, failover.id, "committed", MIGRATED)
+        close_failover(failover.id, "committed", MIGRATED)
         paused = pause_replication_schedules(recorded)
-    except BaseException as exc:
-        close_job(job_id, "failed", describe(exc))
-        raise
-    close_job(job_id, "succeeded")
     logger.info("%s committed to CloudStack VM %s; paused %s", recorded.name, destination, paused or "no schedules")
     _state_artifact(
         recorded,
@@ -203,20 +179,15 @@ def revert_failover(
             f"reverting destroys CloudStack VM {destination}, where {recorded.name!r} has run since failover "
             f"{failover.id}, and discards what it wrote: confirm it (confirm_revert=True, `vmferry revert VM --yes`)"
         )
-    job_id = open_job("revert", recorded.vm_context_id)
-    try:
+    with job("revert", recorded.vm_context_id):
         volumes = {v.vm_disk_id: v for v in volumes_of_vm(catalog, recorded.vm_context_id)}
         ours = [v.volume_id for v in volumes.values()]
         # the destination first, so the VM never runs in two places; the source last
-        removed = destination if remove_destination_vm(cloud, destination, ours) else None
-        detached, _ = leave_volumes_detached(cloud, volumes)
+        removed = destination if destroy_destination_vm(cloud, destination, ours) else None
+        detached, _ = detach_vm_volumes(cloud, volumes)
         source = power_on_source(vcenter_block, recorded)
         # only now: a run that failed before this point finds the failover still active and is run again
-        finish_failover(catalog, failover.id, "reverted", READY_FOR_FAILOVER)
-    except BaseException as exc:
-        close_job(job_id, "failed", describe(exc))
-        raise
-    close_job(job_id, "succeeded")
+        close_failover(failover.id, "reverted", READY_FOR_FAILOVER)
     logger.info("%s reverted: CloudStack VM %s removed, source %s", recorded.name, destination, source)
     _state_artifact(
         recorded,

@@ -8,6 +8,7 @@ resources are never touched; every action is idempotent, so running it twice cha
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
@@ -17,9 +18,9 @@ from blocks.cloudstack import CloudStack
 from blocks.repository import BackupRepository
 from blocks.vcenter import VCenter
 from catalog import default_catalog
+from flows._job import job
 from orchestration.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
 from orchestration.outcome import PUBLISH_OUTCOME
-from tasks.jobs import close_job, open_job
 from tasks.reconcile import (
     read_flow_run_facts,
     sweep_crashed_jobs,
@@ -42,6 +43,13 @@ class ReconcileIncomplete(VmferryError):
         self.report = report
         problems = "; ".join(f"{f.kind} {f.subject}: {f.error}" for f in report.errors)
         super().__init__(f"reconciliation left {len(report.errors)} problem(s): {problems}")
+
+
+def _job_error(exc: BaseException) -> str:
+    """The reconciler's job row counts what it could not clean; the report names them."""
+    if isinstance(exc, ReconcileIncomplete):
+        return f"{len(exc.report.errors)} orphan(s) could not be cleaned"
+    return describe(exc)
 
 
 @flow(
@@ -74,10 +82,9 @@ def reconcile(
     vcenter_block = load_block(VCenter, vcenter) if vcenter is not None else None
     cloud = load_block(CloudStack, cloudstack) if cloudstack is not None else None
     catalog = default_catalog()
-    # A dry run changes nothing, not even the job ledger.
-    job_id = None if dry_run else open_job("reconcile")
     report = ReconcileReport(dry_run=dry_run)
-    try:
+    # A dry run changes nothing, not even the job ledger.
+    with nullcontext() if dry_run else job("reconcile", error_text=_job_error):
         judge = OwnerJudge(catalog, read_flow_run_facts)
         judge.prefetch()
         reconciler = Reconciler(catalog, judge, dry_run=dry_run)
@@ -104,24 +111,16 @@ def reconcile(
             sweep("failover", lambda: sweep_failovers(reconciler, cloud))
             sweep("hub-volume", lambda: sweep_hub_volumes(reconciler, cloud))
         sweep("job", lambda: sweep_crashed_jobs(reconciler))
-    except BaseException as exc:
-        if job_id is not None:
-            close_job(job_id, "failed", describe(exc))
-        raise
-    for finding in report.findings:
-        if finding.action != "kept":
-            logger.info("%s %s: %s (owner %s)", finding.kind, finding.subject, finding.action, finding.owner)
-    logger.info("reconciliation: %s", report.summary())
-    create_table_artifact(
-        key="reconcile",
-        table=report.table()
-        or [{"kind": "", "subject": "nothing found", "job": "", "owner": "", "action": "", "error": ""}],
-        description=f"Reconciliation{' (dry run)' if dry_run else ''}: {report.summary()}",
-    )
-    if report.errors:
-        if job_id is not None:
-            close_job(job_id, "failed", f"{len(report.errors)} orphan(s) could not be cleaned")
-        raise ReconcileIncomplete(report)
-    if job_id is not None:
-        close_job(job_id, "succeeded")
+        for finding in report.findings:
+            if finding.action != "kept":
+                logger.info("%s %s: %s (owner %s)", finding.kind, finding.subject, finding.action, finding.owner)
+        logger.info("reconciliation: %s", report.summary())
+        create_table_artifact(
+            key="reconcile",
+            table=report.table()
+            or [{"kind": "", "subject": "nothing found", "job": "", "owner": "", "action": "", "error": ""}],
+            description=f"Reconciliation{' (dry run)' if dry_run else ''}: {report.summary()}",
+        )
+        if report.errors:
+            raise ReconcileIncomplete(report)
     return report

@@ -23,12 +23,13 @@ from blocks.agent import Agent
 from blocks.cloudstack import CloudStack
 from blocks.vcenter import VCenter
 from catalog import default_catalog
-from catalog.failovers import READY_FOR_FAILOVER, context_state, latest_failover, set_context_state
+from catalog.failovers import READY_FOR_FAILOVER, latest_failover
 from catalog.installation import installation_id
 from catalog.inventory import RecordedDisk, RecordedVM
-from catalog.replication import UNKNOWN, VolumeView, mark_content, record_sync, retire_volumes_of_absent_disks
+from catalog.replication import UNKNOWN, VolumeView
 from common import names
 from common.names import artifact_key, hub_limit_name, vm_volumes_limit_name
+from flows._job import job
 from flows.copy import run_copy
 from orchestration.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
 from orchestration.limits import first_free, holding, set_limit
@@ -43,9 +44,8 @@ from tasks.cloudstack import (
     upgrade_recorded_volumes,
 )
 from tasks.discovery import read_vcenter_inventory, record_vm_inventory
-from tasks.jobs import close_job, open_job
+from tasks.records import mark_volumes_content, record_volume_sync, retire_absent_disk_volumes, set_vm_context_state
 from vmferry.compensation import quietly
-from vmferry.errors import describe
 from vmferry.targets import DiskTarget
 
 
@@ -121,10 +121,9 @@ def replicate_vm(
     (observed,) = read_vcenter_inventory(vcenter_block, [vm])
     recorded = record_vm_inventory(observed)
     refuse_while_failed_over(recorded)
-    job_id = open_job("replication", recorded.vm_context_id)
-    try:
+    with job("replication", recorded.vm_context_id) as job_id:
         upgrade_recorded_volumes(cloud, installation)
-        for retired in retire_volumes_of_absent_disks(catalog, recorded.vm_context_id):
+        for retired in retire_absent_disk_volumes(recorded.vm_context_id):
             logger.warning(
                 "volume %s of a disk no longer on %s (catalog disk %s) is retired: never written again; delete it "
                 "in CloudStack when you no longer need it (vmferry status lists it)",
@@ -143,12 +142,7 @@ def replicate_vm(
                     cloud, hubs[limit_name], recorded, disks, volumes, job_id, kind,
                     agent_block, vcenter_block, bandwidth_limit_bytes_per_second,
                 )  # fmt: skip
-    except BaseException as exc:
-        close_job(job_id, "failed", describe(exc))
-        raise
-    close_job(job_id, "succeeded")
-    if context_state(catalog, recorded.vm_context_id) in ("discovered", READY_FOR_FAILOVER):
-        set_context_state(catalog, recorded.vm_context_id, READY_FOR_FAILOVER)
+    set_vm_context_state(recorded.vm_context_id, READY_FOR_FAILOVER, only_from=("discovered", READY_FOR_FAILOVER))
     create_table_artifact(
         key=artifact_key("replication", recorded.name),
         table=table_rows(result_disks, {"device_path": "hub device"}),
@@ -173,7 +167,6 @@ def _sync_through_hub(
 ) -> tuple[str, list[ReplicatedDisk]]:
     """Attach -> copy -> detach. Volumes are on the hub only while written; a failure detaches them too."""
     logger = get_run_logger()
-    catalog = default_catalog()
     with ExitStack() as undo:
         attached = []
         for volume, disk in zip(volumes, disks, strict=True):
@@ -203,7 +196,7 @@ def _sync_through_hub(
             )
             for disk, volume in zip(disks, attached, strict=True)
         ]
-        mark_content(catalog, [v.volume_id for v in attached], UNKNOWN)
+        mark_volumes_content([v.volume_id for v in attached], UNKNOWN)
         status = run_copy(
             job_id=job_id,
             vm=recorded,
@@ -217,7 +210,7 @@ def _sync_through_hub(
         result_disks = []
         for disk, volume in zip(disks, attached, strict=True):
             progress = copied[disk.device_key]
-            record_sync(catalog, volume.volume_id, progress.change_id)
+            record_volume_sync(volume.volume_id, progress.change_id)
             result_disks.append(
                 ReplicatedDisk(
                     disk_id=disk.disk_id,

@@ -26,18 +26,15 @@ from catalog.inventory import get_vm
 from catalog.restore_points import PointDiskView, PointView, get_point
 from clients.qemu import convert_image
 from common.names import artifact_key
+from flows._job import job
 from orchestration.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
 from orchestration.outcome import PUBLISH_OUTCOME
-from tasks.jobs import close_job, open_job
-from vmferry.errors import Refused, describe
+from tasks.restore import extract_disk_files, list_disk_files
+from vmferry.errors import Refused
 from vmferry.filelevel import (
     FileEntry,
     FileRestoreError,
     PartitionInfo,
-    extract_file,
-    list_files,
-    list_partitions,
-    open_image,
 )
 from vmferry.ledger import JobLedger
 from vmferry.repository import Repository
@@ -120,14 +117,8 @@ def restore_disk_file(
 def _run_as_job(point_id: int, repository: Repository, work: Callable[[PointView, str], T]) -> T:
     """Open a restore job for a committed point of ``repository``, run ``work`` and close the job."""
     point = _restorable_point(point_id, repository)
-    job_id = open_job("restore", point.vm_context_id)
-    try:
-        result = work(point, job_id)
-    except BaseException as exc:
-        close_job(job_id, "failed", describe(exc))
-        raise
-    close_job(job_id, "succeeded")
-    return result
+    with job("restore", point.vm_context_id) as job_id:
+        return work(point, job_id)
 
 
 @flow(
@@ -235,10 +226,7 @@ def list_backup_files(
     repo = load_block(BackupRepository, repository).repository()
 
     def work(point: PointView, job_id: str) -> FileListing:
-        ledger = JobLedger(default_catalog(), job_id)
-        with open_image(repo.absolute(point.disk(disk).file_path), ledger=ledger) as image:
-            partitions = list_partitions(image)
-            entries = list_files(image, partition, path) if partition is not None else []
+        partitions, entries = list_disk_files(repo, point.disk(disk), partition, path, job_id)
         return FileListing(partitions=partitions, entries=entries)
 
     return _run_as_job(point_id, repo, work)
@@ -277,14 +265,9 @@ def restore_files(
     def work(point: PointView, job_id: str) -> list[Path]:
         writable_directory(destination)  # refused before any extraction, once the point is known to be readable here
         entry = point.disk(disk)
-        ledger = JobLedger(default_catalog(), job_id)
-        with open_image(repo.absolute(entry.file_path), ledger=ledger) as image:
-            try:
-                return [
-                    extract_file(image, partition, path, destination, overwrite=overwrite, ledger=ledger)
-                    for path in paths
-                ]
-            except FileRestoreError as exc:
-                raise type(exc)(f"restore point {point_id} disk {entry.disk_id} partition {partition}: {exc}") from exc
+        try:
+            return extract_disk_files(repo, entry, partition, paths, destination, overwrite, job_id)
+        except FileRestoreError as exc:
+            raise type(exc)(f"restore point {point_id} disk {entry.disk_id} partition {partition}: {exc}") from exc
 
     return _run_as_job(point_id, repo, work)

@@ -230,3 +230,12 @@ def roll_back_interrupted_failover(cloudstack: CloudStack, failover: FailoverVie
         remove_destination_vm(cloudstack, failover.destination_vm_id, [v.volume_id for v in volumes.values()])
     leave_volumes_detached(cloudstack, volumes)
     finish_failover(catalog, failover.id, "interrupted", context_after_rollback(catalog, failover.vm_context_id))
+
+
+# The helpers above as tasks, for the steps of cleanup and revert: retried, and visible in the flow run. Each
+# looks at what CloudStack has first, so a retry does not repeat what an earlier attempt did. Compensations,
+# tasks and the reconciler call the helpers themselves (a compensation must work while the flow is cancelled).
+cloudstack_step = task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+destroy_destination_vm = cloudstack_step(remove_destination_vm)
+detach_vm_volumes = cloudstack_step(leave_volumes_detached)
+find_volumes_held_elsewhere = cloudstack_step(volumes_held_elsewhere)
