@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from agent.contract import DiskProgress, JobRequest, JobStatus, Target
 from pydantic import ValidationError
+
+from common.contract import DiskProgress, JobRequest, JobStatus, Target
 
 
 def test_requests_and_statuses_keep_the_documented_keys() -> None:

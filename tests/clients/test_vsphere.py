@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from clients.vsphere import VSphereClient, VSphereSnapshots
-
 from common.names import job_snapshot_name
+from common.vsphere import VSphereClient, VSphereSnapshots
 from infra.lab.seed import require_vm
 from infra.lab.vcenter import session
 
