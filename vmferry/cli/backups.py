@@ -11,8 +11,7 @@ import typer
 
 from vmferry.cli.app import EXIT_CODES, app, operation
 from vmferry.cli.output import dicts_table, points_table, table
-from vmferry.cli.progress import with_progress
-from vmferry.cli.runner import JsonOption, ProgressOption, SubmitOption, WaitOption, deliver
+from vmferry.cli.runner import Delivery, JsonOption, ProgressOption, SubmitOption, WaitOption, copy_vm
 from vmferry.cli.selection import (
     AgentOption,
     BlockChoice,
@@ -21,7 +20,6 @@ from vmferry.cli.selection import (
     VCenterOption,
     point_in,
     recorded_vm,
-    require_in_vcenter,
 )
 
 PointArgument = Annotated[int, typer.Argument(metavar="POINT", help="Restore point id (see `vmferry status`).")]
@@ -64,25 +62,16 @@ def backup(
         def run() -> Any:
             from flows.backup import backup_vm
 
-            blocks.require("vcenter", "agent", "repository")
-            vcenter_block = blocks.vcenter_block()
-            require_in_vcenter(vcenter_block, [vm])
-            with blocks.agent_block() as agent_block:
-                return with_progress(
-                    cli.err,
-                    progress,
-                    lambda: backup_vm(vm, blocks.repository_block(), agent_block, vcenter_block, kind=kind.value),
-                )
+            def copy(vcenter_block: Any, agent_block: Any) -> Any:
+                return backup_vm(vm, blocks.repository_block(), agent_block, vcenter_block, kind=kind.value)
 
-        deliver(
-            cli,
-            submit=submit,
-            wait=wait,
-            as_json=as_json,
-            flow_name="backup-vm",
-            parameters={"vm": vm, "kind": kind.value},
-            blocks=blocks,
-            block_names=("repository", "agent", "vcenter"),
+            return copy_vm(blocks, vm, "repository", cli.err, progress, copy)
+
+        Delivery(cli, submit, wait, as_json).flow(
+            "backup-vm",
+            {"vm": vm, "kind": kind.value},
+            blocks,
+            ("repository", "agent", "vcenter"),
             run=run,
             show=lambda point: points_table(
                 f"{vm}: restore point {point.id} ({point.kind}) in {point.repository}", [point]
@@ -161,15 +150,11 @@ def restore(
             restored = result if isinstance(result, list) else [result]
             return [{"disk": d.disk_id, "catalog id": d.vm_disk_id, "path": str(d.path)} for d in restored]
 
-        deliver(
-            cli,
-            submit=submit,
-            wait=wait,
-            as_json=as_json,
-            flow_name=flow_name,
-            parameters=parameters,
-            blocks=blocks,
-            block_names=("repository",),
+        Delivery(cli, submit, wait, as_json).flow(
+            flow_name,
+            parameters,
+            blocks,
+            ("repository",),
             run=lambda: flow(repository=repository_block, **parameters),
             show=lambda result: dicts_table(f"restored from point {point_id} ({point.kind}) into {to}", rows(result)),
             to_json=rows,
@@ -213,15 +198,11 @@ def verify(
 
         _, block = point_in(point_id, blocks, submit)
         boot_options = {"boot": boot, "boot_marker": boot_marker, "boot_timeout_s": boot_timeout}
-        deliver(
-            cli,
-            submit=submit,
-            wait=wait,
-            as_json=as_json,
-            flow_name="verify-restore-point",
-            parameters={"point_id": point_id, **boot_options},
-            blocks=blocks,
-            block_names=("repository",),
+        Delivery(cli, submit, wait, as_json).flow(
+            "verify-restore-point",
+            {"point_id": point_id, **boot_options},
+            blocks,
+            ("repository",),
             run=lambda: verify_restore_point(point_id, block, **boot_options),
             show=lambda verdicts: table(
                 f"restore point {point_id}: every disk reads as written" + (" and it boots" if boot else ""),
@@ -252,15 +233,11 @@ def prune(
 
         recorded_vm(vm)
         policy = RetentionPolicy(keep_last=keep_last, keep_daily=keep_daily, keep_weekly=keep_weekly)
-        deliver(
-            cli,
-            submit=submit,
-            wait=wait,
-            as_json=as_json,
-            flow_name="prune-restore-points",
-            parameters={"vm": vm, "policy": policy.model_dump(mode="json")},
-            blocks=blocks,
-            block_names=("repository",),
+        Delivery(cli, submit, wait, as_json).flow(
+            "prune-restore-points",
+            {"vm": vm, "policy": policy.model_dump(mode="json")},
+            blocks,
+            ("repository",),
             run=lambda: prune_restore_points(vm, blocks.repository_block(), policy),
             show=lambda pruned: (
                 f"{vm}: pruned restore point(s) {', '.join(map(str, pruned))}" if pruned else f"{vm}: nothing to prune"
@@ -309,15 +286,11 @@ def files(
                 ),
             )
 
-        deliver(
-            cli,
-            submit=submit,
-            wait=wait,
-            as_json=as_json,
-            flow_name="list-backup-files",
-            parameters=parameters,
-            blocks=blocks,
-            block_names=("repository",),
+        Delivery(cli, submit, wait, as_json).flow(
+            "list-backup-files",
+            parameters,
+            blocks,
+            ("repository",),
             run=lambda: list_backup_files(repository=block, **parameters),
             show=show,
         )

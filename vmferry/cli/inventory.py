@@ -9,7 +9,7 @@ from rich.console import Group
 
 from vmferry.cli.app import EXIT_CODES, app, operation
 from vmferry.cli.output import disks_table, dump, emit_json, print_protection, print_retired_volumes, print_status
-from vmferry.cli.runner import JsonOption, SubmitOption, WaitOption, deliver
+from vmferry.cli.runner import Delivery, JsonOption, SubmitOption, WaitOption
 from vmferry.cli.selection import BlockChoice, LabOption, VCenterOption, require_in_vcenter
 
 
@@ -50,15 +50,11 @@ def discover(
                 require_in_vcenter(block, vms)
             return discover_flow(block, list(vms) if vms else None, enable_cbt=enable_cbt)
 
-        deliver(
-            cli,
-            submit=submit,
-            wait=wait,
-            as_json=as_json,
-            flow_name="discover",
-            parameters={"vms": list(vms) if vms else None} | ({"enable_cbt": True} if enable_cbt else {}),
-            blocks=blocks,
-            block_names=("vcenter",),
+        Delivery(cli, submit, wait, as_json).flow(
+            "discover",
+            {"vms": list(vms) if vms else None} | ({"enable_cbt": True} if enable_cbt else {}),
+            blocks,
+            ("vcenter",),
             run=run,
             show=lambda recorded: Group(*(disks_table(vm) for vm in recorded)),
         )

@@ -8,7 +8,7 @@ import typer
 
 from vmferry.cli.app import EXIT_CODES, app, operation
 from vmferry.cli.output import dicts_table
-from vmferry.cli.runner import JsonOption, SubmitOption, WaitOption, deliver
+from vmferry.cli.runner import Delivery, JsonOption, SubmitOption, WaitOption
 from vmferry.cli.selection import BlockChoice, CloudStackOption, LabOption, RepositoryOption, VCenterOption
 
 
@@ -46,15 +46,11 @@ def reconcile(
                 return f"reconcile{dry}: nothing to clean"
             return dicts_table(f"reconcile{dry}: {report.summary()}", rows)
 
-        deliver(
-            cli,
-            submit=submit,
-            wait=wait,
-            as_json=as_json,
-            flow_name="reconcile",
-            parameters={"dry_run": dry_run},
-            blocks=blocks,
-            block_names=("repository", "vcenter", "cloudstack"),
+        Delivery(cli, submit, wait, as_json).flow(
+            "reconcile",
+            {"dry_run": dry_run},
+            blocks,
+            ("repository", "vcenter", "cloudstack"),
             run=run,
             show=show,
         )

@@ -10,8 +10,7 @@ import typer
 
 from vmferry.cli.app import EXIT_CODES, app, confirm, operation
 from vmferry.cli.output import devices_table, table
-from vmferry.cli.progress import with_progress
-from vmferry.cli.runner import JsonOption, ProgressOption, SubmitOption, WaitOption, YesOption, deliver
+from vmferry.cli.runner import Delivery, JsonOption, ProgressOption, SubmitOption, WaitOption, YesOption, copy_vm
 from vmferry.cli.selection import (
     AgentOption,
     BlockChoice,
@@ -19,7 +18,6 @@ from vmferry.cli.selection import (
     LabOption,
     VCenterOption,
     recorded_vm,
-    require_in_vcenter,
 )
 
 VMArgument = Annotated[str, typer.Argument(metavar="VM", help="VM name, instance UUID or moref.")]
@@ -62,25 +60,16 @@ def replicate(
         def run() -> Any:
             from flows.replicate import replicate_vm
 
-            blocks.require("vcenter", "agent", "cloudstack")
-            vcenter_block = blocks.vcenter_block()
-            require_in_vcenter(vcenter_block, [vm])
-            with blocks.agent_block() as agent_block:
-                return with_progress(
-                    cli.err,
-                    progress,
-                    lambda: replicate_vm(vm, blocks.cloudstack_block(), agent_block, vcenter_block, kind=kind.value),
-                )
+            def copy(vcenter_block: Any, agent_block: Any) -> Any:
+                return replicate_vm(vm, blocks.cloudstack_block(), agent_block, vcenter_block, kind=kind.value)
 
-        deliver(
-            cli,
-            submit=submit,
-            wait=wait,
-            as_json=as_json,
-            flow_name="replicate-vm",
-            parameters={"vm": vm, "kind": kind.value},
-            blocks=blocks,
-            block_names=("cloudstack", "agent", "vcenter"),
+            return copy_vm(blocks, vm, "cloudstack", cli.err, progress, copy)
+
+        Delivery(cli, submit, wait, as_json).flow(
+            "replicate-vm",
+            {"vm": vm, "kind": kind.value},
+            blocks,
+            ("cloudstack", "agent", "vcenter"),
             run=run,
             show=lambda result: table(
                 f"{result.vm}: {result.kind} replication (job {result.job_id})",
@@ -167,37 +156,23 @@ def failover(
         parameters |= {"virtio_win": str(virtio_win)} if virtio_win else {}
 
         def run() -> Any:
-            blocks.require("cloudstack", *(("vcenter", "agent") if live else ()))
-            cloudstack_block = blocks.cloudstack_block()
             preparation = {"prepare_guest": prepare_guest, "virtio_win": str(virtio_win) if virtio_win else None}
             if not live:
-                return failover_vm(vm, cloudstack_block, mode="test", **networking, **preparation)
-            vcenter_block = blocks.vcenter_block()
-            with blocks.agent_block() as agent_block:
-                return with_progress(
-                    cli.err,
-                    progress,
-                    lambda: failover_vm(
-                        vm,
-                        cloudstack_block,
-                        "live",
-                        vcenter_block,
-                        agent_block,
-                        confirm_live=True,
-                        **networking,
-                        **preparation,
-                    ),
-                )
+                return failover_vm(vm, blocks.cloudstack_block(), mode="test", **networking, **preparation)
 
-        deliver(
-            cli,
-            submit=submit,
-            wait=wait,
-            as_json=as_json,
-            flow_name="failover-vm",
-            parameters=parameters,
-            blocks=blocks,
-            block_names=("cloudstack", "agent", "vcenter"),
+            def copy(vcenter_block: Any, agent_block: Any) -> Any:
+                cloudstack_block = blocks.cloudstack_block()
+                options = {"confirm_live": True, **networking, **preparation}
+                return failover_vm(vm, cloudstack_block, "live", vcenter_block, agent_block, **options)
+
+            # a live failover's last step before the switch is a final sync: the agent copies, with bars
+            return copy_vm(blocks, vm, "cloudstack", cli.err, progress, copy)
+
+        Delivery(cli, submit, wait, as_json).flow(
+            "failover-vm",
+            parameters,
+            blocks,
+            ("cloudstack", "agent", "vcenter"),
             run=run,
             show=lambda result: devices_table(
                 f"{result.mode} failover of {vm}: CloudStack VM {result.destination_vm_id}", result.devices
@@ -230,15 +205,11 @@ def cleanup(
                 f"{len(result.volumes_returned)} volume(s) off the test VM (left detached, ready to sync)"
             )
 
-        deliver(
-            cli,
-            submit=submit,
-            wait=wait,
-            as_json=as_json,
-            flow_name="cleanup-failover",
-            parameters={"vm": vm},
-            blocks=blocks,
-            block_names=("cloudstack",),
+        Delivery(cli, submit, wait, as_json).flow(
+            "cleanup-failover",
+            {"vm": vm},
+            blocks,
+            ("cloudstack",),
             run=lambda: cleanup_failover(vm, blocks.cloudstack_block()),
             show=show,
         )
@@ -263,15 +234,11 @@ def commit(
         from flows.live_failover import commit_failover
 
         recorded_vm(vm)
-        deliver(
-            cli,
-            submit=submit,
-            wait=wait,
-            as_json=as_json,
-            flow_name="commit-failover",
-            parameters={"vm": vm},
-            blocks=blocks,
-            block_names=("cloudstack",),
+        Delivery(cli, submit, wait, as_json).flow(
+            "commit-failover",
+            {"vm": vm},
+            blocks,
+            ("cloudstack",),
             run=lambda: commit_failover(vm, blocks.cloudstack_block()),
             show=lambda result: (
                 f"{result.vm}: migrated to CloudStack VM {result.destination_vm_id} (failover {result.failover_id}); "
@@ -308,15 +275,11 @@ def revert(
             blocks.require("cloudstack", "vcenter")
             return revert_failover(vm, blocks.cloudstack_block(), blocks.vcenter_block(), confirm_revert=True)
 
-        deliver(
-            cli,
-            submit=submit,
-            wait=wait,
-            as_json=as_json,
-            flow_name="revert-failover",
-            parameters={"vm": vm, "confirm_revert": True},
-            blocks=blocks,
-            block_names=("cloudstack", "vcenter"),
+        Delivery(cli, submit, wait, as_json).flow(
+            "revert-failover",
+            {"vm": vm, "confirm_revert": True},
+            blocks,
+            ("cloudstack", "vcenter"),
             run=run,
             show=lambda result: (
                 f"{result.vm}: failover {result.failover_id} reverted; CloudStack VM "

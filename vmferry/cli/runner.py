@@ -4,14 +4,20 @@ print the result for people or as JSON (``--json``)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Annotated, Any, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
+from rich.console import Console
 
 from vmferry.cli.app import Cli, NotFound, SubmittedRunFailed
 from vmferry.cli.output import dump, emit_json
-from vmferry.cli.selection import BlockChoice
+from vmferry.cli.progress import with_progress
+from vmferry.cli.selection import BlockChoice, require_in_vcenter
 from vmferry.errors import EXIT_FAILED
+
+if TYPE_CHECKING:
+    from blocks import Agent, VCenter
 
 T = TypeVar("T")
 
@@ -38,31 +44,54 @@ WaitOption = Annotated[
 YesOption = Annotated[bool, typer.Option("--yes", "-y", help="Do it without asking (scripts, --submit).")]
 
 
-def deliver(
-    cli: Cli,
-    *,
-    submit: str | None,
-    wait: bool,
-    as_json: bool,
-    flow_name: str,
-    parameters: dict[str, Any],
+@dataclass(frozen=True)
+class Delivery:
+    """Where a flow command's run goes (here, or with --submit to a deployment) and how its result is shown."""
+
+    cli: Cli
+    submit: str | None
+    wait: bool
+    as_json: bool
+
+    def flow(
+        self,
+        flow_name: str,
+        parameters: dict[str, Any],
+        blocks: BlockChoice,
+        block_names: Sequence[str],
+        *,
+        run: Callable[[], T],
+        show: Callable[[T], Any],
+        to_json: Callable[[T], Any] = dump,
+    ) -> None:
+        """``run()`` here and print ``show(result)`` (``to_json(result)`` with --json); or, with --submit, start
+        the deployment's run of ``flow_name`` with ``parameters`` and the blocks named on the command line."""
+        if self.submit is not None:
+            parameters = {**parameters, **blocks.parameters(*block_names)}
+            submit_to_deployment(self.cli, self.submit, flow_name, parameters, wait=self.wait, as_json=self.as_json)
+            return
+        result = run()
+        if self.as_json:
+            emit_json(to_json(result))
+            return
+        self.cli.out.print(show(result))
+
+
+def copy_vm(
     blocks: BlockChoice,
-    block_names: Sequence[str],
-    run: Callable[[], T],
-    show: Callable[[T], Any],
-    to_json: Callable[[T], Any] = dump,
-) -> None:
-    """``run()`` here and print ``show(result)`` (``to_json(result)`` with --json); or, with --submit, start the
-    deployment's run of ``flow_name`` with ``parameters`` and the blocks named on the command line."""
-    if submit is not None:
-        parameters = {**parameters, **blocks.parameters(*block_names)}
-        submit_to_deployment(cli, submit, flow_name, parameters, wait=wait, as_json=as_json)
-        return
-    result = run()
-    if as_json:
-        emit_json(to_json(result))
-        return
-    cli.out.print(show(result))
+    vm: str,
+    destination: str,
+    console: Console,
+    progress: bool | None,
+    copy: Callable[[VCenter, Agent], T],
+) -> T:
+    """A flow that has the agent copy ``vm``'s disks (into the ``destination`` block): the VM checked in
+    vCenter first, then ``copy`` run with per-disk bars."""
+    blocks.require("vcenter", "agent", destination)
+    vcenter_block = blocks.vcenter_block()
+    require_in_vcenter(vcenter_block, [vm])
+    with blocks.agent_block() as agent_block:
+        return with_progress(console, progress, lambda: copy(vcenter_block, agent_block))
 
 
 def submit_to_deployment(
