@@ -43,3 +43,14 @@ def test_lab_goes_with_this_process_not_with_submit(vmferry, lab_home, configure
     result = vmferry("discover", "pgtest1", "--lab", "--submit", "on-demand")
     assert result.exit_code == EXIT_USAGE, result.output
     assert "--lab" in result.stderr and "--submit" in result.stderr
+
+
+def test_the_command_imports_nothing_of_the_lab():
+    """The product runs the lab's command line as a process; importing the command loads no ``infra`` module
+    (nor Prefect, which only the commands that run flows load)."""
+    import subprocess
+    import sys
+
+    probe = "import sys, vmferry.cli; print(sorted({m.split('.')[0] for m in sys.modules} & {'infra', 'prefect'}))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120)
+    assert done.stdout.strip() == "[]", done.stdout

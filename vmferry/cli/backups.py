@@ -9,6 +9,8 @@ from typing import Annotated, Any
 
 import typer
 
+from catalog import default_catalog
+from catalog.inventory import get_vm
 from vmferry.cli.app import EXIT_CODES, app, operation
 from vmferry.cli.output import dicts_table, points_table, table
 from vmferry.cli.runner import Delivery, JsonOption, ProgressOption, SubmitOption, WaitOption, copy_vm
@@ -21,6 +23,7 @@ from vmferry.cli.selection import (
     point_in,
     recorded_vm,
 )
+from vmferry.retention import RetentionPolicy
 
 PointArgument = Annotated[int, typer.Argument(metavar="POINT", help="Restore point id (see `vmferry status`).")]
 VMArgument = Annotated[str, typer.Argument(metavar="VM", help="VM name, instance UUID or moref.")]
@@ -162,9 +165,6 @@ def restore(
 
 
 def _disk_or_os_disk(disk: str | None, vm_context_id: int) -> str:
-    from catalog import default_catalog
-    from catalog.inventory import get_vm
-
     source = disk or get_vm(default_catalog(), vm_context_id).boot_disk_id
     if source is None:
         raise typer.BadParameter("the VM has no OS disk recorded: name the disk", param_hint="--disk")
@@ -229,7 +229,6 @@ def prune(
     blocks = BlockChoice("prune", repository=repository, lab=lab)
     with operation(ctx, f"prune {vm}") as cli:
         from flows.retention import prune_restore_points
-        from vmferry.retention import RetentionPolicy
 
         recorded_vm(vm)
         policy = RetentionPolicy(keep_last=keep_last, keep_daily=keep_daily, keep_weekly=keep_weekly)

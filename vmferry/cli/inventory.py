@@ -7,10 +7,16 @@ from typing import Annotated, Any
 import typer
 from rich.console import Group
 
+from catalog import default_catalog
+from catalog.inventory import find_vm, list_vms
+from catalog.jobs import list_jobs
+from catalog.replication import volumes_of_vm
+from catalog.restore_points import committed_points, points_in_state
 from vmferry.cli.app import EXIT_CODES, app, operation
 from vmferry.cli.output import disks_table, dump, emit_json, print_protection, print_retired_volumes, print_status
 from vmferry.cli.runner import Delivery, JsonOption, SubmitOption, WaitOption
 from vmferry.cli.selection import BlockChoice, LabOption, VCenterOption, require_in_vcenter
+from vmferry.protection import vm_protection
 
 
 @app.command(epilog=EXIT_CODES)
@@ -72,13 +78,6 @@ def status(
     """What the catalog records: per VM its state, failover, newest restore point and last sync with their ages;
     VMs and their disks, restorable points, recent jobs with their times. Reads the catalog only."""
     with operation(ctx, "status", flows=False) as cli:
-        from catalog import default_catalog
-        from catalog.inventory import find_vm, list_vms
-        from catalog.jobs import list_jobs
-        from catalog.replication import volumes_of_vm
-        from catalog.restore_points import committed_points, points_in_state
-        from vmferry.protection import vm_protection
-
         catalog = default_catalog()
         recorded = [find_vm(catalog, name) for name in vms] if vms else list_vms(catalog)
         retired = [v for vm in recorded for v in volumes_of_vm(catalog, vm.vm_context_id, retired=True)]

@@ -23,15 +23,18 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import platformdirs
 import typer
 
+from catalog import default_catalog
+from catalog.errors import UnknownRecord
+from catalog.inventory import RecordedVM, find_vm
+from catalog.restore_points import PointView, get_point
 from vmferry.cli.app import NotFound
 from vmferry.errors import EXIT_USAGE, Refused, VmferryError
+from vmferry.settings import get_settings
 
 if TYPE_CHECKING:
     from prefect.blocks.core import Block
 
     from blocks import Agent, BackupRepository, CloudStack, VCenter
-    from catalog.inventory import RecordedVM
-    from catalog.restore_points import PointView
 
 B = TypeVar("B", bound="Block")
 
@@ -109,7 +112,6 @@ def lab_cloudstack_block(info: dict[str, object]) -> CloudStack:
 
 def lab_repository_block() -> BackupRepository:
     from blocks import BackupRepository
-    from vmferry.settings import get_settings
 
     return BackupRepository(name=LAB_REPOSITORY_NAME, path=str(get_settings().data_dir / "repository"))
 
@@ -235,9 +237,6 @@ LabOption = Annotated[
 
 def require_in_vcenter(vcenter: VCenter, names: list[str]) -> None:
     """Check the names against vCenter before a flow runs: its read task retries, so a typo would take a while."""
-    from catalog import default_catalog
-    from catalog.errors import UnknownRecord
-    from catalog.inventory import find_vm
     from clients.vsphere import VSphereClient
 
     unknown = []
@@ -256,17 +255,11 @@ def require_in_vcenter(vcenter: VCenter, names: list[str]) -> None:
 
 
 def recorded_vm(name: str) -> RecordedVM:
-    from catalog import default_catalog
-    from catalog.inventory import find_vm
-
     return find_vm(default_catalog(), name)
 
 
 def point_in(point_id: int, blocks: BlockChoice, submit: str | None) -> tuple[PointView, BackupRepository | None]:
     """The point (unknown: exit 3) and the repository block to read it from (None when a deployment names it)."""
-    from catalog import default_catalog
-    from catalog.restore_points import get_point
-
     point = get_point(default_catalog(), point_id)
     if submit is not None and blocks.repository is None:
         return point, None
