@@ -458,7 +458,7 @@ def run_bench(args: argparse.Namespace, workdir: Path) -> int:
     from infra.lab.fixtures import running_lab
     from infra.lab.seed import seed_vm
     from infra.lab.vcenter import session
-    from vmferry.demo import lab_cloudstack_block
+    from vmferry.cli.selection import lab_cloudstack_block
 
     t0 = time.monotonic()
     with contextlib.ExitStack() as stack:

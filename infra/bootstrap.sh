@@ -36,7 +36,7 @@ fi
 
 case "$mode" in
   # The lab has no internet: Prefect's telemetry would only log failures.
-  demo) PREFECT_SERVER_ANALYTICS_ENABLED=false exec .venv/bin/python -m vmferry.demo ;;
+  demo) PREFECT_SERVER_ANALYTICS_ENABLED=false exec .venv/bin/python -m infra.lab.demo ;;
   test)
     .venv/bin/ruff check .
     # The layers of docs/architecture.md ("Dependency rules"); the contracts are in pyproject.toml.

@@ -13,6 +13,7 @@ from catalog import default_catalog
 from catalog.resources import mark_snapshot_removed, record_snapshot
 from common.contract import JobRequest, JobStatus
 from orchestration.runs import describe_progress
+from vmferry.progress import CopyProgress, DiskCopyProgress, publish
 
 
 @task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, task_run_name="agent-submit-{request.job_id}")
@@ -24,7 +25,11 @@ def submit_agent_job(agent: Agent, request: JobRequest) -> JobStatus:
 
 @task(cache_policy=NO_CACHE, task_run_name="agent-follow-{job_id}")
 def follow_agent_job(agent: Agent, job_id: str, disk_labels: dict[int, str], timeout: float) -> JobStatus:
-    """Wait for the agent job, showing one progress artifact per disk; raises unless it succeeded."""
+    """Wait for the agent job, showing one progress artifact per disk; raises unless it succeeded.
+
+    The one follower of the job: every status it reads is also published (vmferry/progress.py) to whoever
+    listens in this process, such as the ``vmferry`` command's progress bars.
+    """
     artifacts: dict[int, object] = {}
     last_update = 0.0
     started = time.monotonic()
@@ -33,6 +38,7 @@ def follow_agent_job(agent: Agent, job_id: str, disk_labels: dict[int, str], tim
     def show(status: JobStatus) -> None:
         nonlocal last_update
         snapshot.follow(status)
+        publish(copy_progress(status, disk_labels))
         now = time.monotonic()
         if now - last_update < 1.0 and not status.finished:
             return  # each update is an API call: at most one round per second
@@ -48,6 +54,16 @@ def follow_agent_job(agent: Agent, job_id: str, disk_labels: dict[int, str], tim
 
     with agent.client() as client:
         return client.wait(job_id, timeout=timeout, on_progress=show)
+
+
+def copy_progress(status: JobStatus, disk_labels: dict[int, str]) -> CopyProgress:
+    disks = tuple(
+        DiskCopyProgress(
+            d.device_key, disk_labels.get(d.device_key, f"disk-{d.device_key}"), d.bytes_done, d.bytes_total
+        )
+        for d in status.disks
+    )
+    return CopyProgress(job_id=status.job_id, disks=disks, finished=status.finished)
 
 
 class SnapshotLedger:

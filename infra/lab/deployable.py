@@ -1,7 +1,7 @@
 """The lab as production looks to Prefect: the saved blocks the deployments name and a long-lived agent.
 
-``vmferry lab up --deployable`` (or :func:`make_deployable`) starts the reference agent as a process that
-outlives the command (recorded in lab.json, stopped by ``lab down``) and saves, on the Prefect server of
+``vmferry lab up`` starts the reference agent as a process that outlives the command (recorded in lab.json,
+stopped by ``lab down``); ``--deployable`` (or :func:`make_deployable`) also saves, on the Prefect server of
 PREFECT_API_URL, the blocks deployments/prefect.yaml names: VCenter ``prod`` (the lab vCenter), Agent
 ``prod`` (that agent), CloudStack ``prod`` (the lab's simulator) and BackupRepository ``main``. Then
 ``deployments/deploy.py``, ``prefect worker start --pool vmferry-hub`` and the UI work as the README
@@ -60,11 +60,11 @@ def stop_agent(agent: dict[str, Any]) -> None:
 def save_blocks(state: dict[str, Any], repository_name: str, repository_path: Path) -> dict[str, str]:
     """Save the blocks the deployments name (overwriting); returns ``{"VCenter": "prod", ...}``."""
     from blocks import Agent, BackupRepository
-    from vmferry.demo import lab_cloudstack_block, lab_vcenter_block
+    from vmferry.cli.selection import lab_cloudstack_block, lab_vcenter_block
 
     saved = {}
     blocks: tuple[tuple[Any, str], ...] = (
-        (lab_vcenter_block(LabVCenter.from_dict(state["vcenter"])), BLOCK_NAMES["vcenter"]),
+        (lab_vcenter_block(state["vcenter"]), BLOCK_NAMES["vcenter"]),
         (Agent(url=state["agent"]["url"], token=state["agent"]["token"]), BLOCK_NAMES["agent"]),
         (lab_cloudstack_block(state["cloudstack"]["info"]), BLOCK_NAMES["cloudstack"]),
         (BackupRepository(name=repository_name, path=str(repository_path)), BLOCK_NAMES["repository"]),

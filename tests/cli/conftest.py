@@ -1,8 +1,9 @@
 """CLI tests: the `vmferry` command in-process (typer's CliRunner) against the session's lab and Prefect server.
 
 The fixtures of tests/conftest.py (lab, prefect_backend, configured_catalog, agent_process, nbd_port_range) are
-used as they are; these add a lab directory describing the session's lab, so the CLI's default blocks are the
-lab's, and saved blocks on the session's Prefect server for the --vcenter/--agent/--repository options.
+used as they are; these add a lab directory describing the session's lab and agent, so the CLI's blocks with
+--lab are the lab's, and saved blocks on the session's Prefect server for the --vcenter/--agent/--repository
+options.
 """
 
 from __future__ import annotations
@@ -60,14 +61,20 @@ def vmferry_process(prefect_backend):
 
 
 @pytest.fixture
-def lab_home(lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """VMFERRY_LAB_DIR with a lab.json describing the session's lab (as `vmferry lab up` writes it).
+def lab_home(lab, agent_process, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """VMFERRY_LAB_DIR with a lab.json describing the session's lab and agent (as `vmferry lab up` writes it).
 
     Never run `vmferry lab down` with it: that would stop the session's vcsim.
     """
     root = tmp_path / "lab-home"
     root.mkdir()
-    state = {"vcenter": lab.vcenter.to_dict(), "manifest": str(lab.seed_dir / "manifest.json")}
+    agent = {
+        "pid": agent_process.process.pid,
+        "url": agent_process.url,
+        "token": agent_process.token,
+        "config": str(agent_process.config_path),
+    }
+    state = {"vcenter": lab.vcenter.to_dict(), "manifest": str(lab.seed_dir / "manifest.json"), "agent": agent}
     (root / "lab.json").write_text(json.dumps(state))
     monkeypatch.setenv("VMFERRY_LAB_DIR", str(root))
     monkeypatch.setenv("VMFERRY_DATA_DIR", str(tmp_path / "data"))

@@ -80,14 +80,14 @@ def test_lab_status(vmferry, lab_home, tmp_path, monkeypatch):
 def test_discover_backup_status_restore_on_the_lab(
     vmferry, vmferry_process, lab, lab_home, configured_catalog, tmp_path
 ):
-    """No block named: the CLI takes the lab's vCenter, starts an agent for the backup, uses the lab repository."""
+    """--lab: the CLI takes the lab's vCenter, its agent and repository (lab.json, as `vmferry lab up` writes it)."""
     expected = lab.manifest.vm("pgtest1")
-    result = vmferry("discover", "pgtest1")
+    result = vmferry("discover", "pgtest1", "--lab")
     assert result.exit_code == 0, result.output
     for disk in expected.disks:
         assert f"disk-{disk.device_key}" in result.stdout
 
-    result = vmferry("backup", "pgtest1", "--kind", "full", "--progress", "--json")
+    result = vmferry("backup", "pgtest1", "--lab", "--kind", "full", "--progress", "--json")
     assert result.exit_code == 0, result.output
     point = json.loads(result.stdout)
     assert point["kind"] == "full" and point["state"] == "committed" and point["repository"] == "demo"
@@ -108,7 +108,7 @@ def test_discover_backup_status_restore_on_the_lab(
     assert "pgtest1" in result.stdout and "restore points" in result.stdout
 
     # the whole VM as raw files: each reads exactly as the point's checksum says
-    result = vmferry("restore", point["id"], "--to", tmp_path / "vm")
+    result = vmferry("restore", point["id"], "--lab", "--to", tmp_path / "vm")
     assert result.exit_code == 0, result.output
     checksums = {d["disk_id"]: d["checksum"] for d in point["disks"]}
     restored = {p.stem: sha256_of(p) for p in (tmp_path / "vm").iterdir()}
@@ -116,30 +116,34 @@ def test_discover_backup_status_restore_on_the_lab(
 
     # again into the same place, run as a script would: refused with exit 4 and ONE line on stderr naming the
     # file (no traceback, no class name, none of Prefect's log lines); nothing overwritten
-    again = vmferry_process("restore", point["id"], "--to", tmp_path / "vm")
+    again = vmferry_process("restore", point["id"], "--lab", "--to", tmp_path / "vm")
     assert again.returncode == 4
     (line,) = again.stderr.splitlines()
     assert line.startswith(f"vmferry restore {point['id']}: refused: ") and "exists" in line
     assert "Error" not in line
     assert {p.stem: sha256_of(p) for p in (tmp_path / "vm").iterdir()} == checksums
     # --debug adds the traceback
-    result = vmferry("--debug", "restore", point["id"], "--to", tmp_path / "vm")
+    result = vmferry("--debug", "restore", point["id"], "--lab", "--to", tmp_path / "vm")
     assert result.exit_code == 4 and "Traceback" in result.stderr
 
     # one disk as qcow2, and a single file out of the OS disk's ext4 root
     data = next(d for d in point["disks"] if d["device_key"] != expected.boot_disk_key)
-    result = vmferry("restore", point["id"], "--to", tmp_path / "disk", "--disk", data["disk_id"], "--format", "qcow2")
+    result = vmferry(
+        "restore", point["id"], "--lab", "--to", tmp_path / "disk", "--disk", data["disk_id"], "--format", "qcow2"
+    )
     assert result.exit_code == 0, result.output
     from clients.qemu import content_sha256, image_info
 
     qcow2 = tmp_path / "disk" / f"{data['disk_id']}.qcow2"
     assert image_info(qcow2)["format"] == "qcow2" and content_sha256(qcow2) == data["checksum"]
-    result = vmferry("restore", point["id"], "--to", tmp_path / "files", "--file", "/etc/hostname", "--partition", 2)
+    result = vmferry(
+        "restore", point["id"], "--lab", "--to", tmp_path / "files", "--file", "/etc/hostname", "--partition", 2
+    )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "files" / "etc" / "hostname").read_bytes() == b"pgtest1\n"
 
     # an unknown disk of a known point is "not found"
-    result = vmferry("restore", point["id"], "--to", tmp_path / "x", "--disk", "disk-99999")
+    result = vmferry("restore", point["id"], "--lab", "--to", tmp_path / "x", "--disk", "disk-99999")
     assert result.exit_code == 3 and "disk-99999" in result.stderr
 
     # every flow command can go to a deployment instead: the run carries what the in-process call would have
@@ -211,14 +215,14 @@ def test_discover_backup_status_restore_on_the_lab(
 @pytest.mark.usefixtures("prefect_backend")
 def test_unknown_names_exit_3(vmferry, lab_home, configured_catalog, tmp_path):
     for args, named in [
-        (["discover", "no-such-vm"], "no-such-vm"),
-        (["backup", "no-such-vm"], "no-such-vm"),
+        (["discover", "no-such-vm", "--lab"], "no-such-vm"),
+        (["backup", "no-such-vm", "--lab"], "no-such-vm"),
         (["failover", "no-such-vm"], "no-such-vm"),
         (["cleanup", "no-such-vm"], "no-such-vm"),
         (["status", "no-such-vm"], "no-such-vm"),
         (["restore", "999999", "--to", tmp_path / "out"], "999999"),
         (["verify", "999999", "--boot"], "999999"),
-        (["backup", "pgtest1", "--vcenter", "no-such-block", "--agent", "no-such-block"], "no-such-block"),
+        (["backup", "pgtest1", "--lab", "--vcenter", "no-such-block", "--agent", "no-such-block"], "no-such-block"),
     ]:
         result = vmferry(*args)
         assert result.exit_code == 3, (args, result.output)
@@ -240,8 +244,8 @@ def test_backup_and_restore_with_saved_blocks(vmferry, lab, saved_blocks, config
     assert point["repository"] == names["repository"] and len(point["disks"]) == 3
     assert result.stderr == ""  # no bars, no Prefect log lines
 
-    # the point lives in that repository: restoring it from the lab's default one is a usage error
-    assert vmferry("restore", point["id"], "--to", tmp_path / "wrong").exit_code == 2
+    # the point lives in that repository: restoring it from the lab's one is a usage error
+    assert vmferry("restore", point["id"], "--lab", "--to", tmp_path / "wrong").exit_code == 2
     result = vmferry("restore", point["id"], "--to", tmp_path / "out", "--repository", names["repository"], "--json")
     assert result.exit_code == 0, result.output
     restored = {Path(row["path"]).stem: sha256_of(Path(row["path"])) for row in json.loads(result.stdout)}

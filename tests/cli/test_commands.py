@@ -10,26 +10,26 @@ import pytest
 
 @pytest.mark.usefixtures("prefect_backend", "nbd_port_range")
 def test_verify_files_prune_reconcile_and_status(vmferry, lab, lab_home, configured_catalog):
-    result = vmferry("backup", "pgtest1", "--kind", "full", "--no-progress", "--json")
+    result = vmferry("backup", "pgtest1", "--lab", "--kind", "full", "--no-progress", "--json")
     assert result.exit_code == 0, result.output
     first = json.loads(result.stdout)
 
-    result = vmferry("verify", first["id"], "--json")
+    result = vmferry("verify", first["id"], "--lab", "--json")
     assert result.exit_code == 0, result.output
     assert sorted(v["disk_id"] for v in json.loads(result.stdout) if v["ok"]) == sorted(
         d["disk_id"] for d in first["disks"]
     )
 
     # files: the OS disk's partitions, then directories of its root filesystem (partition 2 on pgtest1)
-    result = vmferry("files", first["id"], "--json")
+    result = vmferry("files", first["id"], "--lab", "--json")
     assert result.exit_code == 0, result.output
     partitions = {p["number"]: p["filesystem"] for p in json.loads(result.stdout)["partitions"]}
     assert partitions[2] == "ext"
-    result = vmferry("files", first["id"], "/etc", "--partition", 2, "--json")
+    result = vmferry("files", first["id"], "/etc", "--lab", "--partition", 2, "--json")
     assert result.exit_code == 0, result.output
     entries = {e["path"]: e for e in json.loads(result.stdout)["entries"]}
     assert entries["/etc/hostname"]["size"] == len(b"pgtest1\n") and not entries["/etc/hostname"]["is_dir"]
-    result = vmferry("files", first["id"], "/no/such/dir", "--partition", 2)
+    result = vmferry("files", first["id"], "/no/such/dir", "--lab", "--partition", 2)
     assert result.exit_code == 3 and "/no/such/dir" in result.stderr
 
     # status: per VM the newest point and its age, no sync yet, never failed over; jobs with their times
@@ -44,14 +44,14 @@ def test_verify_files_prune_reconcile_and_status(vmferry, lab, lab_home, configu
     assert "newest point" in result.stdout and "never failed over" in result.stdout and "started" in result.stdout
 
     # prune to the newest point: the first one goes, its files with it
-    result = vmferry("backup", "pgtest1", "--kind", "full", "--no-progress", "--json")
+    result = vmferry("backup", "pgtest1", "--lab", "--kind", "full", "--no-progress", "--json")
     assert result.exit_code == 0, result.output
     second = json.loads(result.stdout)
-    result = vmferry("prune", "pgtest1", "--keep-last", 1, "--json")
+    result = vmferry("prune", "pgtest1", "--lab", "--keep-last", 1, "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["pruned"] == [first["id"]]
-    assert vmferry("prune", "pgtest1", "--keep-last", 1).stdout.strip() == "pgtest1: nothing to prune"
-    assert vmferry("verify", first["id"]).exit_code == 1  # pruned: no longer committed
+    assert vmferry("prune", "pgtest1", "--lab", "--keep-last", 1).stdout.strip() == "pgtest1: nothing to prune"
+    assert vmferry("verify", first["id"], "--lab").exit_code == 1  # pruned: no longer committed
 
     # a changed byte in the kept point: verify fails (exit 1) and names the disk
     repository = Path(lab_home.parent / "data" / "repository")
@@ -60,9 +60,9 @@ def test_verify_files_prune_reconcile_and_status(vmferry, lab, lab_home, configu
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))
-    result = vmferry("verify", second["id"])
+    result = vmferry("verify", second["id"], "--lab")
     assert result.exit_code == 1 and disk["disk_id"] in result.stderr
 
-    result = vmferry("reconcile", "--dry-run", "--json")
+    result = vmferry("reconcile", "--lab", "--dry-run", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["dry_run"] is True

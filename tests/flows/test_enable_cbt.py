@@ -6,7 +6,7 @@ import pytest
 
 from common.vsphere import VSphereClient, VSphereSnapshots
 from flows.discover import discover
-from vmferry.demo import disks_table
+from vmferry.cli.output import disks_table
 
 pytestmark = pytest.mark.usefixtures("prefect_backend")
 

@@ -1,0 +1,5 @@
+"""``python -m vmferry.cli``: the ``vmferry`` command."""
+
+from vmferry.cli import app
+
+app()
