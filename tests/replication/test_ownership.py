@@ -176,7 +176,7 @@ def test_a_replaced_disk_gets_a_new_volume_and_the_old_one_is_retired(
     assert disk_capacity_bytes(added) == 4 * 2**20
     assert (added.backing.fileName == removed.fileName) is reuse_file_name
     # only the backing uuid tells the two disks apart when the key, file name and size are the same
-    assert added.backing.uuid and removed.backing.uuid and added.backing.uuid != removed.backing.uuid
+    assert added.backing.uuid and removed.uuid and added.backing.uuid != removed.uuid
     write_disk_bytes(lab.vcenter, name, key, 2**20, os.urandom(512 * 1024))
     second = replicate_vm(name, cloudstack_block, agent_block, lab_vcenter_block)
     new = next(d for d in second.disks if d.disk_id == old.disk_id)
