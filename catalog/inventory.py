@@ -75,8 +75,9 @@ class RecordedVM(BaseModel):
 def _same_physical_disk(row: VmDisk, seen: ObservedDisk) -> bool:
     if row.backing_uuid and seen.backing_uuid:
         return row.backing_uuid == seen.backing_uuid
-    # Without a backing UUID (vcsim) a new disk can reuse both the key and the file name of a removed one;
-    # a different size is then the only sign, and treating it as a new disk is the safe side (full copy).
+    # Without a backing UUID (older records, a server that reports none) a new disk can reuse both the key and
+    # the file name of a removed one; a different size is then the only sign, and treating it as a new disk is
+    # the safe side (full copy).
     return row.base_file_name == seen.base_file_name and row.capacity_bytes == seen.capacity_bytes
 
 

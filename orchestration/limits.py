@@ -129,5 +129,15 @@ def first_free(
                 yield name
             return
         if not said:
-            logger.info("waiting for %d free slot(s) on any of %s", slots, ", ".join(names))
+            # The numbers tell a full hub from a slow Prefect server: either makes the acquisition time out.
+            logger.info("waiting for %d free slot(s) on any of %s", slots, ", ".join(_taken(names)))
             said = True
+
+
+def _taken(names: list[str]) -> list[str]:
+    """Each limit as "<name> (<taken> of <size> taken)"."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        limits = [client.read_global_concurrency_limit_by_name(name) for name in names]
+    return [f"{name} ({limit.active_slots} of {limit.limit} taken)" for name, limit in zip(names, limits, strict=True)]

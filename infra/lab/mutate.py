@@ -33,10 +33,17 @@ def find_disk(vm: vim.VirtualMachine, device_key: int) -> vim.vm.device.VirtualD
     raise LookupError(f"{vm.name} has no disk with device key {device_key}")
 
 
-def add_disk(si: vim.ServiceInstance, vm_name: str, size_bytes: int, controller_key: int | None = None) -> int:
+def add_disk(
+    si: vim.ServiceInstance,
+    vm_name: str,
+    size_bytes: int,
+    controller_key: int | None = None,
+    file_name: str | None = None,
+) -> int:
     """Add an empty disk on the given SCSI controller (default: the lowest bus); return the key vSphere chose.
 
-    The file name is left to the server (only the datastore is given), as an operator's client would do.
+    The file name is left to the server (only the datastore is given), as an operator's client would do,
+    unless ``file_name`` (a datastore path) names it, e.g. reusing a removed disk's name.
     """
     vm = require_vm(si, vm_name)
     controllers = scsi_controllers(vm)
@@ -59,7 +66,7 @@ def add_disk(si: vim.ServiceInstance, vm_name: str, size_bytes: int, controller_
         controller_key=controller.key,
         unit=free[0],
         size_bytes=size_bytes,
-        file_name=f"[{datastore}]",
+        file_name=file_name or f"[{datastore}]",
         temp_key=-1,
     )
     run_task(vm.ReconfigVM_Task(vim.vm.ConfigSpec(deviceChange=[spec])))
@@ -69,14 +76,18 @@ def add_disk(si: vim.ServiceInstance, vm_name: str, size_bytes: int, controller_
     return int(added[0].key)
 
 
-def add_readable_disk(si: vim.ServiceInstance, lab: LabVCenter, vm_name: str, size_bytes: int) -> int:
+def add_readable_disk(
+    si: vim.ServiceInstance, lab: LabVCenter, vm_name: str, size_bytes: int, file_name: str | None = None
+) -> int:
     """``add_disk``, then the descriptor and zeroed extent ESXi would have written (vcsim leaves both empty), so
     an agent can read the new disk."""
-    key = add_disk(si, vm_name, size_bytes)
-    descriptor = find_disk(require_vm(si, vm_name), key).backing.fileName
+    key = add_disk(si, vm_name, size_bytes, file_name=file_name)
+    backing = find_disk(require_vm(si, vm_name), key).backing
+    descriptor = backing.fileName
     flat = dsfiles.flat_path(descriptor)
     cookie = dsfiles.session_cookie(si)
-    dsfiles.upload(lab, descriptor, vmdk_descriptor(flat.rsplit("/", 1)[-1], size_bytes), cookie=cookie)
+    text = vmdk_descriptor(flat.rsplit("/", 1)[-1], size_bytes, getattr(backing, "uuid", None))
+    dsfiles.upload(lab, descriptor, text, cookie=cookie)
     dsfiles.upload(lab, flat, bytes(size_bytes), cookie=cookie)
     return key
 

@@ -378,13 +378,23 @@ def disk_add_spec(
     return spec
 
 
-def vmdk_descriptor(flat_name: str, size_bytes: int) -> bytes:
-    """A monolithic-flat descriptor naming the extent, as ESXi writes it; vcsim itself leaves it empty."""
+def vmdk_descriptor(flat_name: str, size_bytes: int, disk_uuid: str | None = None) -> bytes:
+    """A monolithic-flat descriptor naming the extent, as ESXi writes it; vcsim itself leaves it empty.
+
+    ``disk_uuid`` (the backing's uuid, "6000C29x-...") goes in as ``ddb.uuid``, where ESXi keeps it: the
+    patched vcsim reads it back when the disk is attached again (after a lab restart), so it stays the same
+    disk."""
     sectors = size_bytes // 512
+    ddb_uuid = ""
+    if disk_uuid:
+        digits = disk_uuid.replace("-", "")
+        pairs = [digits[i : i + 2] for i in range(0, len(digits), 2)]
+        ddb_uuid = f'ddb.uuid = "{" ".join(pairs[:8])}-{" ".join(pairs[8:])}"\n'
     return (
         '# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType="vmfs"\n\n'
         f'# Extent description\nRW {sectors} VMFS "{escape_vmware(flat_name)}"\n\n'
         '# The Disk Data Base\n#DDB\n\nddb.adapterType = "lsilogic"\nddb.virtualHWVersion = "13"\n'
+        f"{ddb_uuid}"
     ).encode()
 
 
@@ -474,10 +484,12 @@ def _boot_disk_key(vm: vim.VirtualMachine) -> int | None:
     return None
 
 
-def _upload_image(lab: LabVCenter, descriptor: str, image: BuiltImage, cookie: str) -> str:
+def _upload_image(
+    lab: LabVCenter, descriptor: str, image: BuiltImage, cookie: str, disk_uuid: str | None = None
+) -> str:
     flat = dsfiles.flat_path(descriptor)
     flat_name = flat.rsplit("/", 1)[-1]
-    dsfiles.upload(lab, descriptor, vmdk_descriptor(flat_name, image.size_bytes), cookie=cookie)
+    dsfiles.upload(lab, descriptor, vmdk_descriptor(flat_name, image.size_bytes, disk_uuid), cookie=cookie)
     dsfiles.upload(lab, flat, image.path, cookie=cookie)
     return flat
 
@@ -523,7 +535,7 @@ def seed_vm(
             image = copy_image(disk_spec.source, out)
         else:
             image = build_image(disk_spec.image, out, workdir / "scratch" / f"{spec.name}-{disk_spec.label}")
-        flat = _upload_image(lab, device.backing.fileName, image, cookie)
+        flat = _upload_image(lab, device.backing.fileName, image, cookie, getattr(device.backing, "uuid", None))
         image.path.unlink()
         records.append(
             DiskRecord(

@@ -74,6 +74,21 @@ def test_backing_uuid_decides_identity_when_reported(catalog):
     assert ids_by_disk(record_vm(catalog, swapped))["disk-2000"] != ids_by_disk(first)["disk-2000"]
 
 
+def test_a_new_disk_with_the_same_key_file_name_and_size_is_told_apart_by_its_backing_uuid(catalog):
+    # recorded before backing UUIDs were read: the first UUID seen is taken as the same disk's
+    first = record_vm(catalog, vm(disk(2000), name="real"))
+    seen = record_vm(catalog, vm(disk(2000, backing_uuid="6000C29a-0000-0000-0000-000000000001"), name="real"))
+    assert ids_by_disk(seen) == ids_by_disk(first)
+    # removed, and a new disk added under the same key, file name and size
+    replaced = record_vm(catalog, vm(disk(2000, backing_uuid="6000C29b-0000-0000-0000-000000000002"), name="real"))
+    old_id = ids_by_disk(first)["disk-2000"]
+    current = {d.disk_id: d for d in replaced.disks}
+    assert current["disk-2000"].id != old_id and current["disk-2000"].change == "new"
+    assert current["disk-2000"].generation == 1 and current["disk-2000"].file_name == seen.disks[0].file_name
+    retired = next(d for d in replaced.disks if d.id == old_id)
+    assert retired.disk_id == f"disk-2000~{old_id}" and not retired.present
+
+
 def test_a_returning_disk_gets_its_row_back(catalog):
     first = record_vm(catalog, PGTEST1)
     record_vm(catalog, vm(disk(2000, unit=0, label="OS")))

@@ -73,7 +73,7 @@ def test_runtime_failure_is_jobresultcode_530(cs, cloudstack_sim):
     job_id = cs.submit("attachVolume", id=volume.id, virtualmachineid=cloudstack_sim.hub_vm_id, deviceid=3)["jobid"]
     job = _failed_job(cs, job_id)
     assert (job["jobstatus"], job["jobresultcode"]) == (2, 530)
-    assert job["jobresult"] == {"errorcode": 530, "errortext": "deviceId should be 0,1,2,4-7"}
+    assert job["jobresult"] == {"errorcode": 530, "errortext": "deviceId should be 0,1,2,4-33"}  # KVM: 32
 
 
 def test_client_raises_job_failed_quoting_errortext(cs, cloudstack_sim):
@@ -82,8 +82,8 @@ def test_client_raises_job_failed_quoting_errortext(cs, cloudstack_sim):
         cs.attach_volume(volume.id, cloudstack_sim.hub_vm_id, device_id=3)
     exc = caught.value
     assert exc.errorcode == 530 and exc.job_id and exc.command == "attachVolume"
-    assert exc.errortext == "deviceId should be 0,1,2,4-7"
-    assert '"deviceId should be 0,1,2,4-7"' in str(exc)
+    assert exc.errortext == "deviceId should be 0,1,2,4-33"
+    assert '"deviceId should be 0,1,2,4-33"' in str(exc)
 
 
 def test_unknown_job_id_fails_parameter_translation(cs):

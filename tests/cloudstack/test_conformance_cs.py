@@ -95,7 +95,7 @@ def test_failed_job_and_refusals_reach_the_independent_client(cloudstack_sim):
     )["volume"]
     with pytest.raises(CloudStackApiException) as caught:
         api.attachVolume(id=volume["id"], virtualMachineId=info.hub_vm_id, deviceId=3, fetch_result=True)
-    assert caught.value.error == {"errorcode": 530, "errortext": "deviceId should be 0,1,2,4-7"}
+    assert caught.value.error == {"errorcode": 530, "errortext": "deviceId should be 0,1,2,4-33"}
     with pytest.raises(CloudStackApiException) as caught:
         api.noSuchCommand()
     assert caught.value.response.status_code == 432

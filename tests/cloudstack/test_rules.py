@@ -108,7 +108,14 @@ def test_parameter_processing_errors(cs, cloudstack_sim):
 # ---- device ids ----------------------------------------------------------------------------------------------
 
 
+def limit_data_volumes(sim, limit: int) -> None:
+    """An operator's updateHypervisorCapabilities maxdatavolumeslimit on the lab hypervisor's row."""
+    with sim._lock:
+        sim.cloud.set_max_data_volumes("KVM", limit)
+
+
 def test_data_disks_get_1_2_4_5_6_7_and_the_seventh_is_refused(cs, cloudstack_sim):
+    limit_data_volumes(cloudstack_sim, 6)  # the column default, as on a row that never got a value
     vm = new_vm(cs, cloudstack_sim)
     assert [(v.type, v.device_id) for v in cs.list_volumes(virtual_machine_id=vm.id)] == [("ROOT", 0)]
     devices = [cs.attach_volume(new_volume(cs, cloudstack_sim, f"d{i}").id, vm.id).device_id for i in range(6)]
@@ -134,6 +141,7 @@ def test_auto_device_id_is_the_lowest_free_one_skipping_3(cs, cloudstack_sim):
 
 @pytest.mark.parametrize("device_id", [3, 8, -1])
 def test_explicit_device_id_out_of_range_or_cdrom(cs, cloudstack_sim, device_id):
+    limit_data_volumes(cloudstack_sim, 6)
     vm = new_vm(cs, cloudstack_sim)
     with pytest.raises(CloudStackJobFailed) as caught:
         cs.attach_volume(new_volume(cs, cloudstack_sim).id, vm.id, device_id=device_id)

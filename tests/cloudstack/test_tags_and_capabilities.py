@@ -60,7 +60,7 @@ def test_create_tags_refuses_what_cloudstack_refuses(cs, cloudstack_sim):
 
 def test_hypervisor_capabilities_give_the_attach_limit(cs, cloudstack_sim):
     (kvm,) = cs.hypervisor_capabilities("kvm")
-    assert (kvm.hypervisor, kvm.version, kvm.max_data_volumes) == ("KVM", "default", 6)
+    assert (kvm.hypervisor, kvm.version, kvm.max_data_volumes) == ("KVM", "default", 32)
     assert cs.hypervisor_capabilities("Hyper-V") == []
     assert cs.get_vm(cloudstack_sim.hub_vm_id).hypervisor == "KVM"
     assert cs.template_hypervisor(cloudstack_sim.info().template_id) == "KVM"

@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import os
 import random
+import re
 
 import pytest
 from pyVmomi import vim, vmodl
 
 from agent.cbt_check import unchanged_sample
 from common.vsphere import CbtUnavailable, VSphereClient, VSphereError, VSphereSnapshots
+from infra.lab import dsfiles
 from infra.lab.mutate import (
+    add_readable_disk,
+    find_disk,
     make_cbt_omit_changes,
+    put_disk_on_delta,
+    remove_disk,
     reset_change_tracking,
     set_change_tracking,
     write_disk_bytes,
 )
+from infra.lab.seed import disk_add_spec, require_vm, run_task
 from infra.lab.vcenter import session
 
 MiB = 2**20
@@ -122,3 +129,45 @@ def test_unchanged_sample_stays_outside_the_changed_areas():
             assert offset % BLOCK == 0 and offset + length <= capacity
             assert all(offset + length <= s or s + n <= offset for s, n in changed)
     assert unchanged_sample([(0, capacity)], capacity, BLOCK, 8, rng) == []
+
+
+DISK_UUID = re.compile(r"6000C29[0-9a-f]-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def test_every_disk_has_a_backing_uuid_for_its_life(lab, client, make_scratch_vm, tmp_path):
+    name = make_scratch_vm(disks=3)
+    seen = {d.device_key: d.backing_uuid for d in client.find_vm(name).disks}
+    assert all(DISK_UUID.fullmatch(u or "") for u in seen.values()), seen
+    assert len(set(seen.values())) == 3
+    first, second, third = sorted(seen)
+    with session(lab.vcenter) as si:
+        # kept in the descriptor as ESXi keeps it, so attaching the same file again is the same disk
+        vm = require_vm(si, name)
+        disk = find_disk(vm, second)
+        dsfiles.download(lab.vcenter, disk.backing.fileName, tmp_path / "d.vmdk", cookie=dsfiles.session_cookie(si))
+        descriptor = (tmp_path / "d.vmdk").read_bytes()
+        spelled = seen[second].replace("-", "")
+        pairs = [spelled[i : i + 2] for i in range(0, 32, 2)]
+        assert f'ddb.uuid = "{" ".join(pairs[:8])}-{" ".join(pairs[8:])}"'.encode() in descriptor
+        detach = vim.vm.device.VirtualDeviceSpec(operation="remove", device=disk)
+        run_task(vm.ReconfigVM_Task(vim.vm.ConfigSpec(deviceChange=[detach])))
+        attach = disk_add_spec(
+            controller_key=disk.controllerKey, unit=disk.unitNumber, size_bytes=4 * MiB,
+            file_name=disk.backing.fileName, temp_key=-1, create=False,
+        )  # fmt: skip
+        run_task(vm.ReconfigVM_Task(vim.vm.ConfigSpec(deviceChange=[attach])))
+        reattached = next(d for d in client.find_vm(name).disks if d.file_name == disk.backing.fileName)
+        assert reattached.backing_uuid == seen[second]
+
+        # a new disk reusing a removed one's key, file name and size is another disk
+        old_file = find_disk(require_vm(si, name), third).backing.fileName
+        remove_disk(si, name, third)
+        assert add_readable_disk(si, lab.vcenter, name, 4 * MiB, file_name=old_file) == third
+    replaced = next(d for d in client.find_vm(name).disks if d.device_key == third)
+    assert replaced.file_name == old_file and replaced.capacity_bytes == 4 * MiB
+    assert DISK_UUID.fullmatch(replaced.backing_uuid or "") and replaced.backing_uuid != seen[third]
+
+    # a snapshot delta on top is still the same disk
+    put_disk_on_delta(lab.vcenter, name, first, {0: os.urandom(64 * 1024)})
+    on_delta = next(d for d in client.find_vm(name).disks if d.device_key == first)
+    assert on_delta.file_name.endswith("-000001.vmdk") and on_delta.backing_uuid == seen[first]

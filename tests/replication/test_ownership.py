@@ -22,7 +22,8 @@ from flows.discover import discover
 from flows.failover import failover_vm
 from flows.replicate import replicate_vm
 from infra.lab.agent import start_agent
-from infra.lab.mutate import add_readable_disk, read_disk_bytes, remove_disk, write_disk_bytes
+from infra.lab.mutate import add_readable_disk, find_disk, read_disk_bytes, remove_disk, write_disk_bytes
+from infra.lab.seed import disk_capacity_bytes, require_vm
 from infra.lab.vcenter import session
 from tasks.cloudstack import VolumeOwnershipError
 from tests.copy.helpers import running_agent_jobs
@@ -156,9 +157,10 @@ def test_an_interrupted_initial_sync_resumes_correctly(
     assert_volumes_equal_sources(cloudstack_sim, lab, name, rerun)
 
 
+@pytest.mark.parametrize("reuse_file_name", [False, True], ids=["key-and-size", "key-file-name-and-size"])
 def test_a_replaced_disk_gets_a_new_volume_and_the_old_one_is_retired(
     lab, cloudstack_sim, cloudstack_block, agent_block, lab_vcenter_block, configured_catalog, make_scratch_vm,
-    vmferry_status,
+    vmferry_status, reuse_file_name,
 ):  # fmt: skip
     name = make_scratch_vm(disks=3)
     first = replicate_vm(name, cloudstack_block, agent_block, lab_vcenter_block)
@@ -166,8 +168,16 @@ def test_a_replaced_disk_gets_a_new_volume_and_the_old_one_is_retired(
     key = int(old.disk_id.removeprefix("disk-"))
     old_sha = volume_sha(cloudstack_sim, old.volume_id, 4 * 2**20)
     with session(lab.vcenter) as si:
+        removed = find_disk(require_vm(si, name), key).backing
         remove_disk(si, name, key)
-        assert add_readable_disk(si, lab.vcenter, name, 4 * 2**20) == key  # vSphere hands the new disk the old key
+        file_name = removed.fileName if reuse_file_name else None
+        # vSphere hands the new disk the old key
+        assert add_readable_disk(si, lab.vcenter, name, 4 * 2**20, file_name=file_name) == key
+        added = find_disk(require_vm(si, name), key)
+    assert disk_capacity_bytes(added) == 4 * 2**20
+    assert (added.backing.fileName == removed.fileName) is reuse_file_name
+    # only the backing uuid tells the two disks apart when the key, file name and size are the same
+    assert added.backing.uuid and removed.uuid and added.backing.uuid != removed.uuid
     write_disk_bytes(lab.vcenter, name, key, 2**20, os.urandom(512 * 1024))
     second = replicate_vm(name, cloudstack_block, agent_block, lab_vcenter_block)
     new = next(d for d in second.disks if d.disk_id == old.disk_id)
@@ -190,6 +200,7 @@ def test_a_replaced_disk_gets_a_new_volume_and_the_old_one_is_retired(
     cleanup_failover(name, cloudstack_block)
     with cloudstack_block.client() as client:
         assert client.get_volume(old.volume_id).virtual_machine_id is None
+    assert volume_sha(cloudstack_sim, old.volume_id, 4 * 2**20) == old_sha
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+from infra.lab.cloudstack.cloud import KVM_MAX_DATA_VOLUMES
 from infra.lab.cloudstack.server import CloudStackSimulator
 
 INFO_FILE = "simulator.json"
@@ -39,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
         "--secret-key-file", type=Path, default=None, help="file holding the secret key (default: generated)"
     )
     parser.add_argument("--job-delay", type=float, default=0.5, help="seconds before an async job completes")
-    parser.add_argument("--max-data-disks", type=int, default=6)
+    parser.add_argument(
+        "--max-data-disks", type=int, default=KVM_MAX_DATA_VOLUMES, help="the KVM row's maxdatavolumeslimit"
+    )
     parser.add_argument("--page-size", type=int, default=500, help="default.page.size (also the largest page)")
     parser.add_argument(
         "--hub-disk-bus", choices=("virtio-blk", "virtio-scsi"), default="virtio-blk", help="how the hub sees disks"

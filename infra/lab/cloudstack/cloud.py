@@ -29,6 +29,9 @@ ACCOUNT = "admin"
 DOMAIN = "ROOT"
 DOMAIN_ID = "5f0a4e24-0e5f-11ef-9b1d-0242ac110002"
 HYPERVISOR = "KVM"
+# hypervisor_capabilities' KVM "default" row holds 32 data volumes (schema-452to460.sql, as CloudStack's
+# developers cite it in apache/cloudstack#1953); 6 is only the column default for a row without a value.
+KVM_MAX_DATA_VOLUMES = 32
 # CloudStack's defaults for custom.diskoffering.min.size / max.size (GB) and storage.max.volume.size (GB).
 CUSTOM_MIN_GB = 1
 CUSTOM_MAX_GB = 1024
@@ -509,7 +512,7 @@ class Cloud:
         self,
         state_dir: Path,
         *,
-        max_data_disks: int = 6,
+        max_data_disks: int = KVM_MAX_DATA_VOLUMES,
         hub_vm_id: str | None = None,
         hub_name: str = "vmferry-hub",
         template_size_bytes: int = 2 * GIB,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 
+from infra.lab.cloudstack.cloud import KVM_MAX_DATA_VOLUMES
 from infra.lab.cloudstack.server import SimulatorInfo
 from infra.lab.processes import free_port, process_alive, stop_child, stop_pid
 
@@ -45,7 +46,7 @@ def start_simulator_process(
     *,
     port: int | None = None,
     job_delay: float = 0.1,
-    max_data_disks: int = 6,
+    max_data_disks: int = KVM_MAX_DATA_VOLUMES,
     hub_vm_id: str | None = None,
     timeout: float = 20,
     boot_vms: bool = False,

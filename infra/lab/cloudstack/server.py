@@ -40,7 +40,7 @@ from urllib.parse import parse_qsl, urlsplit
 from xml.sax.saxutils import escape
 
 from infra.lab.cloudstack.api import COMMANDS, AsyncWork, Command, Param, process_parameters
-from infra.lab.cloudstack.cloud import ACCOUNT_ID, ApiError, Cloud, cs_time, now
+from infra.lab.cloudstack.cloud import ACCOUNT_ID, KVM_MAX_DATA_VOLUMES, ApiError, Cloud, cs_time, now
 from infra.lab.cloudstack.signature import verify_request
 
 log = logging.getLogger("vmferry.cloudstack_simulator")
@@ -265,7 +265,7 @@ class CloudStackSimulator:
         api_key: str | None = None,
         secret_key: str | None = None,
         job_delay: float = 0.1,
-        max_data_disks: int = 6,
+        max_data_disks: int = KVM_MAX_DATA_VOLUMES,
         hub_vm_id: str | None = None,
         admin: bool = True,
         default_page_size: int = 500,
