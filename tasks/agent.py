@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from prefect import task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -23,9 +24,20 @@ def submit_agent_job(agent: Agent, request: JobRequest) -> JobStatus:
 
 
 @task(cache_policy=NO_CACHE, task_run_name="agent-follow-{job_id}")
-def follow_agent_job(agent: Agent, job_id: str, disk_labels: dict[int, str], timeout: float) -> JobStatus:
-    """Wait for the agent job, showing one progress artifact per disk; raises unless it succeeded."""
+def follow_agent_job(
+    agent: Agent,
+    job_id: str,
+    disk_labels: dict[int, str],
+    timeout: float,
+    on_disk_done: Callable[[int], None] | None = None,
+) -> JobStatus:
+    """Wait for the agent job, showing one progress artifact per disk; raises unless it succeeded.
+
+    ``on_disk_done`` is called (in this thread) with a disk's key once, when the agent reports the disk done,
+    which may be before the other disks and the job are.
+    """
     artifacts: dict[int, object] = {}
+    done: set[int] = set()
     last_update = 0.0
     started = time.monotonic()
     snapshot = SnapshotLedger(job_id)
@@ -33,6 +45,11 @@ def follow_agent_job(agent: Agent, job_id: str, disk_labels: dict[int, str], tim
     def show(status: JobStatus) -> None:
         nonlocal last_update
         snapshot.follow(status)
+        if on_disk_done is not None:
+            for disk in status.disks:
+                if disk.state == "done" and disk.disk_key not in done:
+                    done.add(disk.disk_key)
+                    on_disk_done(disk.disk_key)
         now = time.monotonic()
         if now - last_update < 1.0 and not status.finished:
             return  # each update is an API call: at most one round per second
