@@ -1,6 +1,7 @@
 """Flow benchmark: backup_vm and replicate_vm of a 3-disk lab VM against nbdcopy of the same data, same run.
 
-    .venv/bin/python -m bench.flows [--repeat 3] [--scale 1.0] [--no-cbt] [--heartbeat] [--profile FILE] [--keep]
+    .venv/bin/python -m bench.flows [--repeat 3] [--scale 1.0] [--no-cbt] [--heartbeat] [--profile FILE]
+        [--hub-profile FILE] [--keep]
 
 It starts its own lab (vcsim), the reference agent, our CloudStack simulator and a Prefect test server, seeds
 ``bench3`` (disks of 1 GiB, 512 MiB and 256 MiB, about half of each incompressible data, half zeros; ``--scale``
@@ -357,6 +358,13 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="record the agent with py-spy (on PATH) during the full backups: collapsed stacks to this file",
     )
+    parser.add_argument(
+        "--hub-profile",
+        type=Path,
+        default=None,
+        help="one extra full backup (round 1, not in the medians) under cProfile: this process's flow thread, "
+        "stats to this file, the top functions printed",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     parser.add_argument("--dir", type=Path, default=None, help="parent of the temporary directory")
     args = parser.parse_args(argv)
@@ -390,7 +398,8 @@ def harness() -> Iterator[None]:
     ]
     updates: dict[Any, Any] = {getattr(ps, "PREFECT_" + n): False for n in off}
     updates[ps.PREFECT_FLOWS_HEARTBEAT_FREQUENCY] = None
-    with ps.temporary_settings(updates), prefect_test_harness(server_startup_timeout=120):
+    # A shared machine under load can take minutes to start a server: waiting is cheaper than a failed bench.
+    with ps.temporary_settings(updates), prefect_test_harness(server_startup_timeout=600):
         yield
 
 
@@ -427,6 +436,25 @@ def print_profile(path: Path, top: int = 12) -> None:
     print(f"    agent profile ({total} samples, self time):")
     for leaf, count in sorted(leaves.items(), key=lambda item: -item[1])[:top]:
         print(f"      {count / max(total, 1):6.1%}  {leaf}")
+
+
+def hub_profiled(out: Path, call: Callable[[], Any], top: int = 25) -> None:
+    """Run ``call`` under cProfile (the calling thread: the flow and the tasks it calls directly) and print
+    where its wall time went, by cumulative time, our code and the Prefect calls it waits in."""
+    import cProfile
+    import pstats
+
+    profile = cProfile.Profile(time.perf_counter)
+    started = time.monotonic()
+    profile.enable()
+    try:
+        call()
+    finally:
+        profile.disable()
+    print(f"  full+prof   {time.monotonic() - started:6.2f} s (cProfile on; not in the medians); stats in {out}")
+    profile.dump_stats(out)
+    stats = pstats.Stats(str(out))
+    stats.sort_stats("cumulative").print_stats(top)
 
 
 def heartbeat_cost(repeat: int = 8) -> None:
@@ -518,6 +546,9 @@ def run_bench(args: argparse.Namespace, workdir: Path) -> int:
                         "full", recorder, lambda: backup_vm(spec.name, repository, agent_block, vcenter, kind="full")
                     )
                 )
+            if args.hub_profile is not None and round_ == 0:
+                full = lambda: backup_vm(spec.name, repository, agent_block, vcenter, kind="full")  # noqa: E731
+                hub_profiled(args.hub_profile, full)
             if args.heartbeat:
                 import prefect.settings as ps
 
