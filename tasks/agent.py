@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextvars
+import logging
 import time
 from collections.abc import Callable
 
@@ -14,6 +17,8 @@ from blocks.agent import Agent
 from catalog import default_catalog
 from catalog.resources import mark_snapshot_removed, record_snapshot
 from vmferry.runs import describe_progress
+
+log = logging.getLogger(__name__)
 
 
 @task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, task_run_name="agent-submit-{request.job_id}")
@@ -37,13 +42,28 @@ def follow_agent_job(
     which may be before the other disks and the job are.
     """
     artifacts: dict[int, object] = {}
+    shown: dict[int, tuple[float, str]] = {}
     done: set[int] = set()
     last_update = 0.0
     started = time.monotonic()
     snapshot = SnapshotLedger(job_id)
+    # Progress artifacts are API calls (each a round trip to the Prefect server, a second each on a loaded
+    # machine): made on a thread of their own, so the long polls go on meanwhile and a disk done or the job's
+    # end is noticed at once. The copied context keeps them linked to this task run.
+    publisher = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="progress")
+    context = contextvars.copy_context()
+    publishing: concurrent.futures.Future[None] | None = None
+
+    def publish(rows: list[tuple[int, float, str]]) -> None:
+        for key, percent, description in rows:
+            if key not in artifacts:
+                artifacts[key] = create_progress_artifact(progress=percent, description=description)
+            else:
+                update_progress_artifact(artifacts[key], progress=percent, description=description)
+            shown[key] = (percent, description)
 
     def show(status: JobStatus) -> None:
-        nonlocal last_update
+        nonlocal last_update, publishing
         snapshot.follow(status)
         if on_disk_done is not None:
             for disk in status.disks:
@@ -51,20 +71,26 @@ def follow_agent_job(
                     done.add(disk.disk_key)
                     on_disk_done(disk.disk_key)
         now = time.monotonic()
-        if now - last_update < 1.0 and not status.finished:
-            return  # each update is an API call: at most one round per second
+        if not status.finished and (now - last_update < 1.0 or (publishing is not None and not publishing.done())):
+            return  # at most one round per second, and none while the previous one is still being sent
         last_update = now
+        rows = []
         for disk in status.disks:
             percent = 100.0 * disk.bytes_done / disk.bytes_total if disk.bytes_total else 0.0
             label = f"copy of {disk_labels.get(disk.disk_key, disk.disk_key)}"
             description = describe_progress(label, disk.bytes_done, disk.bytes_total, now - started)
-            if disk.disk_key not in artifacts:
-                artifacts[disk.disk_key] = create_progress_artifact(progress=percent, description=description)
-            else:
-                update_progress_artifact(artifacts[disk.disk_key], progress=percent, description=description)
+            if status.finished and shown.get(disk.disk_key, (None,))[0] == percent:
+                continue  # a disk done earlier already shows its end
+            rows.append((disk.disk_key, percent, description))
+        publishing = publisher.submit(context.run, publish, rows)
 
-    with agent.client() as client:
-        return client.wait(job_id, timeout=timeout, on_progress=show)
+    try:
+        with agent.client() as client:
+            return client.wait(job_id, timeout=timeout, on_progress=show)
+    finally:
+        publisher.shutdown(wait=True)
+        if publishing is not None and publishing.exception() is not None:
+            log.warning("progress artifacts of agent job %s not updated: %s", job_id, publishing.exception())
 
 
 class SnapshotLedger:
