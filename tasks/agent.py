@@ -42,7 +42,7 @@ def follow_agent_job(
     which may be before the other disks and the job are.
     """
     artifacts: dict[int, object] = {}
-    shown: dict[int, tuple[float, str]] = {}
+    shown: dict[int, float] = {}  # the progress each disk's artifact shows
     done: set[int] = set()
     last_update = 0.0
     started = time.monotonic()
@@ -55,12 +55,15 @@ def follow_agent_job(
     publishing: concurrent.futures.Future[None] | None = None
 
     def publish(rows: list[tuple[int, float, str]]) -> None:
-        for key, percent, description in rows:
-            if key not in artifacts:
-                artifacts[key] = create_progress_artifact(progress=percent, description=description)
-            else:
-                update_progress_artifact(artifacts[key], progress=percent, description=description)
-            shown[key] = (percent, description)
+        try:
+            for key, percent, description in rows:
+                if key not in artifacts:
+                    artifacts[key] = create_progress_artifact(progress=percent, description=description)
+                else:
+                    update_progress_artifact(artifacts[key], progress=percent, description=description)
+                shown[key] = percent
+        except Exception as exc:  # progress is for people watching: its failure must not fail the copy
+            log.warning("progress artifacts of agent job %s not updated: %s", job_id, exc)
 
     def show(status: JobStatus) -> None:
         nonlocal last_update, publishing
@@ -79,7 +82,7 @@ def follow_agent_job(
             percent = 100.0 * disk.bytes_done / disk.bytes_total if disk.bytes_total else 0.0
             label = f"copy of {disk_labels.get(disk.disk_key, disk.disk_key)}"
             description = describe_progress(label, disk.bytes_done, disk.bytes_total, now - started)
-            if status.finished and shown.get(disk.disk_key, (None,))[0] == percent:
+            if status.finished and shown.get(disk.disk_key) == percent:
                 continue  # a disk done earlier already shows its end
             rows.append((disk.disk_key, percent, description))
         publishing = publisher.submit(context.run, publish, rows)
@@ -89,8 +92,6 @@ def follow_agent_job(
             return client.wait(job_id, timeout=timeout, on_progress=show)
     finally:
         publisher.shutdown(wait=True)
-        if publishing is not None and publishing.exception() is not None:
-            log.warning("progress artifacts of agent job %s not updated: %s", job_id, publishing.exception())
 
 
 class SnapshotLedger:
