@@ -111,8 +111,16 @@ class JobManager:
             if job is None:
                 raise JobNotFound(job_id)
             if wait > 0:
-                self._changed.wait_for(lambda: job.status.finished, timeout=wait)
+                # Also answered when a disk finishes, so the hub can start on that disk's target at once.
+                done = self._disks_done(job.status)
+                self._changed.wait_for(
+                    lambda: job.status.finished or self._disks_done(job.status) != done, timeout=wait
+                )
             return job.status.model_copy(deep=True)
+
+    @staticmethod
+    def _disks_done(status: JobStatus) -> int:
+        return sum(disk.state == "done" for disk in status.disks)
 
     def cancel(self, job_id: str) -> JobStatus:
         with self._lock:
@@ -301,6 +309,7 @@ class JobManager:
                         target_digests=(
                             self._target_digests(target, job.target_sizes[key]) if mode == "digest-compare" else None
                         ),
+                        on_done=lambda result, k=key, c=disk.change_id: self._disk_done(job, k, c, result),
                     )
                 )
             results = copy_disks(
@@ -312,18 +321,22 @@ class JobManager:
                 tls=self.nbd_tls,
             )
         for copy_job, result in zip(copy_jobs, results, strict=True):
-            key = int(copy_job.key or 0)
+            self._disk_done(job, int(copy_job.key or 0), frozen[int(copy_job.key or 0)].change_id, result)
 
-            def done(status: JobStatus, key: int = key, result: CopyResult = result) -> None:
-                disk = self._disk_in(status, key)
-                disk.state = "done"
-                disk.bytes_done = disk.bytes_total
-                disk.bytes_written = result.bytes_written
-                disk.bytes_read = result.bytes_read + (disk.cbt_check.bytes_read if disk.cbt_check else 0)
-                disk.target_bytes_read = result.target_bytes_read
-                disk.change_id = frozen[key].change_id
+    def _disk_done(self, job: _Job, key: int, change_id: str | None, result: CopyResult) -> None:
+        """Mark one disk done (idempotent): reported the moment its copy ends, so the hub can check that disk's
+        target while the others are still copying."""
 
-            self._update(job, done)
+        def done(status: JobStatus) -> None:
+            disk = self._disk_in(status, key)
+            disk.state = "done"
+            disk.bytes_done = disk.bytes_total
+            disk.bytes_written = result.bytes_written
+            disk.bytes_read = result.bytes_read + (disk.cbt_check.bytes_read if disk.cbt_check else 0)
+            disk.target_bytes_read = result.target_bytes_read
+            disk.change_id = change_id
+
+        self._update(job, done)
 
     def _block_size(self, request: JobRequest, disks: int) -> int:
         """Whole 8 MiB blocks normally; under a bandwidth limit, blocks small enough that every reader finishes

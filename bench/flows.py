@@ -1,10 +1,13 @@
 """Flow benchmark: backup_vm and replicate_vm of a 3-disk lab VM against nbdcopy of the same data, same run.
 
-    .venv/bin/python -m bench.flows [--repeat 3] [--scale 1.0] [--heartbeat] [--profile FILE] [--keep]
+    .venv/bin/python -m bench.flows [--repeat 3] [--scale 1.0] [--no-cbt] [--heartbeat] [--profile FILE]
+        [--hub-profile FILE] [--keep]
 
 It starts its own lab (vcsim), the reference agent, our CloudStack simulator and a Prefect test server, seeds
 ``bench3`` (disks of 1 GiB, 512 MiB and 256 MiB, about half of each incompressible data, half zeros; ``--scale``
-shrinks or grows them) and then, ``--repeat`` times, interleaved so that background load hits every kind alike:
+shrinks or grows them), turns changed block tracking on for it as ``discover --enable-cbt`` does (not with
+``--no-cbt``: incrementals and syncs then compare by digests) and then, ``--repeat`` times, interleaved so
+that background load hits every kind alike:
 
 - ``nbdcopy``: the three flat files (downloaded once) into fresh qemu-nbd qcow2 targets, concurrently, with
   ``--flush`` as the agent flushes its targets: the reference, what the wire and qemu-nbd allow;
@@ -104,6 +107,7 @@ def instrument(recorder: Recorder, agent_pid: int, vcsim_pid: int) -> None:
     import flows.copy
     import flows.replicate
     import tasks.backup
+    import tasks.nbd
 
     def wrap(module: Any, name: str, phase: str, after: Callable[[Any], None] | None = None) -> None:
         if not hasattr(module, name):
@@ -140,7 +144,7 @@ def instrument(recorder: Recorder, agent_pid: int, vcsim_pid: int) -> None:
     wrap(flows.backup, "open_restore_point", "catalog")
     wrap(flows.backup, "create_backup_targets", "targets")
     wrap(flows.replicate, "ensure_volume", "volumes")
-    wrap(flows.copy, "start_nbd_export", "exports")
+    wrap(tasks.nbd, "start_export", "exports")  # inside the export tasks, which start at once
     wrap(flows.copy, "submit_agent_job", "agent copy")
     wrap(flows.copy, "follow_agent_job", "agent copy", after=lambda status: recorder.statuses.append(status))
     wrap(flows.copy, "target_digests", "hub digests", after=lambda d: _count_digests(recorder, d))
@@ -344,10 +348,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-replication", action="store_true", help="backups only")
     parser.add_argument(
+        "--no-cbt",
+        action="store_true",
+        help="leave changed block tracking off: incrementals and syncs read every source byte (digest compare)",
+    )
+    parser.add_argument(
         "--profile",
         type=Path,
         default=None,
         help="record the agent with py-spy (on PATH) during the full backups: collapsed stacks to this file",
+    )
+    parser.add_argument(
+        "--hub-profile",
+        type=Path,
+        default=None,
+        help="one extra full backup (round 1, not in the medians) under cProfile: this process's flow thread, "
+        "stats to this file, the top functions printed",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     parser.add_argument("--dir", type=Path, default=None, help="parent of the temporary directory")
@@ -382,7 +398,8 @@ def harness() -> Iterator[None]:
     ]
     updates: dict[Any, Any] = {getattr(ps, "PREFECT_" + n): False for n in off}
     updates[ps.PREFECT_FLOWS_HEARTBEAT_FREQUENCY] = None
-    with ps.temporary_settings(updates), prefect_test_harness(server_startup_timeout=120):
+    # A shared machine under load can take minutes to start a server: waiting is cheaper than a failed bench.
+    with ps.temporary_settings(updates), prefect_test_harness(server_startup_timeout=600):
         yield
 
 
@@ -421,6 +438,25 @@ def print_profile(path: Path, top: int = 12) -> None:
         print(f"      {count / max(total, 1):6.1%}  {leaf}")
 
 
+def hub_profiled(out: Path, call: Callable[[], Any], top: int = 25) -> None:
+    """Run ``call`` under cProfile (the calling thread: the flow and the tasks it calls directly) and print
+    where its wall time went, by cumulative time, our code and the Prefect calls it waits in."""
+    import cProfile
+    import pstats
+
+    profile = cProfile.Profile(time.perf_counter)
+    started = time.monotonic()
+    profile.enable()
+    try:
+        call()
+    finally:
+        profile.disable()
+    print(f"  full+prof   {time.monotonic() - started:6.2f} s (cProfile on; not in the medians); stats in {out}")
+    profile.dump_stats(out)
+    stats = pstats.Stats(str(out))
+    stats.sort_stats("cumulative").print_stats(top)
+
+
 def heartbeat_cost(repeat: int = 8) -> None:
     """An empty flow with Prefect's flow heartbeat off and on, interleaved: the heartbeat's end-of-run wait alone.
 
@@ -451,6 +487,7 @@ def run_bench(args: argparse.Namespace, workdir: Path) -> int:
     from blocks.repository import BackupRepository
     from blocks.vcenter import VCenter
     from flows.backup import backup_vm
+    from flows.discover import discover
     from flows.replicate import replicate_vm
     from infra.lab.agent import start_agent
     from infra.lab.cloudstack import CloudStackSimulator
@@ -475,6 +512,10 @@ def run_bench(args: argparse.Namespace, workdir: Path) -> int:
         vcenter = VCenter(host=vc.host, port=vc.port, username=vc.user, password=vc.password, thumbprint=vc.thumbprint)
         agent_block = Agent(url=agent.url, token=agent.token)
         repository = BackupRepository(name="bench", path=str(workdir / "repository"))
+        if not args.no_cbt:
+            (recorded,) = discover(vcenter, [spec.name], enable_cbt=True)
+            if not recorded.cbt_enabled:
+                raise RuntimeError(f"CBT did not come on for {spec.name}")
         keys = disk_keys(lab, spec.name)
         sources = download_disks(lab, spec.name, keys, workdir)
         sizes = [p.stat().st_size for p in sources]
@@ -505,6 +546,9 @@ def run_bench(args: argparse.Namespace, workdir: Path) -> int:
                         "full", recorder, lambda: backup_vm(spec.name, repository, agent_block, vcenter, kind="full")
                     )
                 )
+            if args.hub_profile is not None and round_ == 0:
+                full = lambda: backup_vm(spec.name, repository, agent_block, vcenter, kind="full")  # noqa: E731
+                hub_profiled(args.hub_profile, full)
             if args.heartbeat:
                 import prefect.settings as ps
 
@@ -560,12 +604,14 @@ def summarise(runs: dict[str, list[Run]]) -> None:
     )
     if runs.get("incremental"):
         run = runs["incremental"][-1]
-        cbt = "CBT" if "changed-areas" in run.modes else "no CBT (lab has no QueryChangedDiskAreas answer)"
+        cbt = "CBT" if "changed-areas" in run.modes else "no CBT"
         budget = 1.1 * run.changed + run.digests
         print(
-            f"incremental / full: {incr / full:.2f} (target <= 0.30; {cbt}); link {human(run.link)} for "
-            f"{human(run.changed)} changed + {human(run.digests)} digests (target <= {human(budget)}: "
-            f"{'met' if run.link <= budget else 'NOT met'})"
+            f"incremental / full: {incr / full:.2f} (target <= 0.30: {'met' if incr <= 0.3 * full else 'NOT met'}; "
+            f"{cbt}); read from source {human(med('incremental', lambda r: r.source_read))} (full: "
+            f"{human(med('full', lambda r: r.source_read))}), from target {human(run.target_read)}; link "
+            f"{human(run.link)} for {human(run.changed)} changed + {human(run.digests)} digests (target <= "
+            f"{human(budget)}: {'met' if run.link <= budget else 'NOT met'})"
         )
     if runs.get("nochange"):
         nochange = med("nochange")

@@ -6,6 +6,7 @@ of some other process is never signalled.
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
 import os
@@ -492,28 +493,43 @@ def _scan(
     zeros = _zero_extents(client, size)
     zero_chunk = bytes(chunk)
     zero_view = memoryview(zero_chunk)
-    buf = bytearray(chunk)
-    view = memoryview(buf)
+    buffers = (bytearray(chunk), bytearray(chunk))
+    positions = range(0, size, chunk)
     index = 0
-    for pos in range(0, size, chunk):
-        if time.monotonic() > deadline:
-            raise QemuError(f"scanning {path} took too long")
+
+    def fetch(number: int) -> tuple[memoryview, bool]:
+        """Chunk ``number`` into its buffer (zero areas not read); runs while the chunk before it is hashed."""
+        nonlocal index
+        pos = positions[number]
         n = min(chunk, size - pos)
         while index < len(zeros) and zeros[index][1] <= pos:
             index += 1
-        known_zero = index < len(zeros) and zeros[index][0] <= pos and zeros[index][1] >= pos + n
-        data = zero_view[:n] if known_zero else view[:n]
-        if not known_zero:
-            client.readinto(pos, data)
-        if whole is not None:
-            whole.update(data)
-        if block is not None:
-            for at in range(0, n, block):
-                end = min(at + block, n)
-                if known_zero or buf.startswith(zero_view[: end - at], at, end):
-                    digests += zero_digest(end - at)
-                else:
-                    digests += hashlib.sha256(data[at:end]).digest()
+        if index < len(zeros) and zeros[index][0] <= pos and zeros[index][1] >= pos + n:
+            return zero_view[:n], True
+        data = memoryview(buffers[number % 2])[:n]
+        client.readinto(pos, data)
+        return data, False
+
+    # Reading (qemu-nbd's work and a socket receive) and hashing both release the GIL: one reads ahead while
+    # the other hashes, so a scan takes about as long as the slower of the two, not their sum.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="scan-read") as reader:
+        ahead = reader.submit(fetch, 0) if positions else None
+        for number in range(len(positions)):
+            if time.monotonic() > deadline:
+                raise QemuError(f"scanning {path} took too long")
+            assert ahead is not None
+            data, known_zero = ahead.result()
+            buf = buffers[number % 2]
+            ahead = reader.submit(fetch, number + 1) if number + 1 < len(positions) else None
+            if whole is not None:
+                whole.update(data)
+            if block is not None:
+                for at in range(0, len(data), block):
+                    end = min(at + block, len(data))
+                    if known_zero or buf.startswith(zero_view[: end - at], at, end):
+                        digests += zero_digest(end - at)
+                    else:
+                        digests += hashlib.sha256(data[at:end]).digest()
     return ImageScan(
         size=size,
         sha256=whole.hexdigest() if whole is not None else None,

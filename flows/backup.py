@@ -6,6 +6,7 @@ from typing import Literal
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
+from prefect.futures import PrefectFuture
 
 from blocks import load_block
 from blocks.agent import Agent
@@ -30,6 +31,7 @@ from tasks.backup import (
 )
 from tasks.discovery import read_vcenter_inventory, record_vm_inventory
 from vmferry.settings import get_settings
+from vmferry.targets import DiskTarget
 
 
 @flow(
@@ -82,11 +84,19 @@ def backup_vm(
     with holding(repository_limit_name(repo.name), get_settings().repository_backup_limit, logger):
         with job("backup", recorded.vm_context_id) as job_id:
             point_id: int | None = None
+            checksumming: dict[int, PrefectFuture[str]] = {}
             try:
                 plan = plan_vm_backup(recorded, kind, repo)
                 logger.info("backing up %s: %s backup (%s)", recorded.name, plan.kind, plan.reason)
                 point_id = open_restore_point(recorded, job_id, plan, repo)
                 targets = create_backup_targets(recorded, point_id, plan, repo)
+                # Each disk's checksum starts the moment the agent reports that disk copied (its export stopped,
+                # so the checksum reads what landed in the file) and runs while the other disks still copy; all
+                # at once (each reads its own target, hashing releases the GIL).
+
+                def start_checksum(target: DiskTarget) -> None:
+                    checksumming[target.device_key] = checksum_target.submit(target)
+
                 status = run_copy(
                     job_id=job_id,
                     vm=recorded,
@@ -96,11 +106,10 @@ def backup_vm(
                     kind=plan.kind,
                     quiesce=quiesce,
                     bandwidth_limit_bytes_per_second=bandwidth_limit_bytes_per_second,
+                    on_disk_copied=start_checksum,
                 )
                 copied = {d.device_key: d for d in status.disks}
-                # Every disk's checksum at once (each reads its own target, hashing releases the GIL): the wall
-                # time is the largest disk's, not the sum.
-                checksums = [future.result() for future in checksum_target.map(targets)]
+                checksums = [checksumming[t.device_key].result() for t in targets]
                 outcomes = [
                     DiskOutcome(
                         vm_disk_id=target.vm_disk_id,
@@ -112,6 +121,8 @@ def backup_vm(
                 ]
                 point = commit_restore_point(recorded, point_id, repo, outcomes)
             except BaseException:
+                for future in checksumming.values():
+                    future.wait()  # no reader left on the files about to be removed
                 if point_id is not None:
                     discard_restore_point(repo, recorded.vm_context_id, point_id)
                 raise

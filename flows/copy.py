@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -80,8 +81,13 @@ def run_copy(
     bandwidth_limit_bytes_per_second: int | None = None,
     timeout: float = 6 * 3600,
     log_dir: Path | None = None,
+    on_disk_copied: Callable[[DiskTarget], None] | None = None,
 ) -> JobStatus:
-    """Serve every target over NBD, have the agent copy the VM into them, then stop the exports."""
+    """Serve every target over NBD, have the agent copy the VM into them, then stop the exports.
+
+    With ``on_disk_copied``, each disk's export is stopped the moment the agent reports that disk done (its
+    target flushed), and the callback gets its target, free to be read, while other disks may still copy.
+    """
     logger = get_run_logger()
     check_plan(vm, targets)
     for target in targets:
@@ -106,12 +112,31 @@ def run_copy(
             undo.enter_context(holding(limit, get_settings().vcenter_snapshot_limit, logger))
         else:
             logger.warning("no vCenter block given: this copy does not count against a vCenter snapshot limit")
-        agent_targets = []
+        ports = []
         for target in targets:
             port = lease_nbd_port(job_id, target)
             undo.callback(quietly(release_port, catalog, port, job_id))
-            export = start_nbd_export(job_id, vm.vm_context_id, target, port, log_dir)
+            ports.append(port)
+        # Every qemu-nbd at once: each takes a moment to answer, and started one after the other they add up.
+        starting = [
+            start_nbd_export.submit(job_id, vm.vm_context_id, target, port, log_dir)
+            for target, port in zip(targets, ports, strict=True)
+        ]
+        exports = {}
+        failure: BaseException | None = None
+        for target, future in zip(targets, starting, strict=True):
+            try:
+                export = future.result()
+            except BaseException as exc:  # the others may have started: each must be on the stack to be stopped
+                failure = failure or exc
+                continue
             undo.callback(quietly(stop_export, catalog, export))
+            exports[target.device_key] = export
+        if failure is not None:
+            raise failure
+        agent_targets = []
+        for target in targets:
+            export = exports[target.device_key]
             url = export_url(export)
             logger.info("disk %s (catalog id %s) -> %s", target.disk_id, target.vm_disk_id, url)
             agent_targets.append(
@@ -137,9 +162,18 @@ def run_copy(
             ),
         )
         labels = {key: f"{vm.name} {t.disk_id}" for key, t in by_key.items()}
+
+        def disk_done(key: int) -> None:
+            assert on_disk_copied is not None
+            # qemu-nbd locks its image: stopped (idempotent; the stack stops it again), the file is free to read.
+            stop_export(catalog, exports[key])
+            on_disk_copied(by_key[key])
+
         try:
             submit_agent_job(agent, request)
-            status = follow_agent_job(agent, job_id, labels, timeout)
+            status = follow_agent_job(
+                agent, job_id, labels, timeout, on_disk_done=disk_done if on_disk_copied is not None else None
+            )
         except AgentJobFailed as exc:
             alert_cbt_mismatches(vm, exc.status, labels)
             _stop_agent_job(agent, vcenter, vm, job_id)

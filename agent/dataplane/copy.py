@@ -130,7 +130,9 @@ class _Stats:
 class CopyJob:
     """One disk of a `copy_disks` call; ``key`` (e.g. the vSphere disk key) names it in errors and results.
 
-    ``progress`` is called from the thread copying this disk, not from the caller of `copy_disks`.
+    ``progress`` is called from the thread copying this disk, not from the caller of `copy_disks`; ``on_done``
+    from the caller's thread, with the disk's result, the moment this disk's copy has ended (its targets
+    flushed and closed), while other disks may still be copying.
     """
 
     source: Source | str | os.PathLike[str]
@@ -141,6 +143,7 @@ class CopyJob:
     target_is_zero: bool | None = None
     progress: ProgressCallback | None = None
     target_digests: TargetDigests | None = None
+    on_done: Callable[[CopyResult], None] | None = None
 
 
 _ZERO_CACHE: dict[int, bytes] = {}
@@ -633,6 +636,7 @@ def copy_disks(
         "progress",
         "cancel",
         "target_digests",
+        "on_done",
     }
     if per_disk & options.keys():
         raise CopyError(f"per-disk options belong in CopyJob: {sorted(per_disk & options.keys())}")
@@ -681,6 +685,9 @@ def copy_disks(
                     exc = future.exception()
                     if exc is None:
                         results[keys[index]] = future.result()
+                        on_done = jobs[index].on_done
+                        if on_done is not None:
+                            on_done(results[keys[index]])
                     else:
                         errors[keys[index]] = exc
                         if fail_fast:

@@ -15,6 +15,7 @@ from agent.dataplane import (
     CopyCancelled,
     CopyError,
     CopyJob,
+    CopyResult,
     DiskCopyError,
     FileSource,
     copy_disk,
@@ -373,6 +374,12 @@ def test_copy_disks_each_disk_to_its_own_target(tmp_path: Path, nbd_servers: NBD
     targets = [create_qcow2(tmp_path / f"disk{i}.qcow2", size) for i, size in enumerate(sizes)]
     servers = [nbd_servers.start(t, export=f"disk-{2000 + i}") for i, t in enumerate(targets)]
     seen: dict[str, list[int]] = {}
+    landed: dict[int, tuple[CopyResult, str]] = {}
+
+    def on_done(index: int, result: CopyResult) -> None:
+        # the disk's target, read the moment it is reported done (its server stopped), holds the whole disk
+        servers[index].stop()
+        landed[index] = (result, raw_sha256(targets[index], tmp_path))
 
     jobs = [
         CopyJob(
@@ -380,6 +387,7 @@ def test_copy_disks_each_disk_to_its_own_target(tmp_path: Path, nbd_servers: NBD
             srv.url,
             key=f"disk-{2000 + i}",
             progress=lambda d, t, k=f"disk-{2000 + i}": seen.setdefault(k, []).append(d),
+            on_done=lambda result, i=i: on_done(i, result),
         )
         for i, (img, srv) in enumerate(zip(images, servers, strict=True))
     ]
@@ -387,10 +395,11 @@ def test_copy_disks_each_disk_to_its_own_target(tmp_path: Path, nbd_servers: NBD
     for srv in servers:
         srv.stop()
 
-    for img, tgt, res in zip(images, targets, results, strict=True):
+    for index, (img, tgt, res) in enumerate(zip(images, targets, results, strict=True)):
         assert res.bytes_total == img.size
         assert res.bytes_written == img.data_bytes
         assert raw_sha256(tgt, tmp_path) == file_sha256(img.path)
+        assert landed[index] == (res, file_sha256(img.path))
     assert not images_identical(images[0].path, targets[1])
     assert set(seen) == {"disk-2000", "disk-2001", "disk-2002"}
 
