@@ -239,7 +239,10 @@ def _fail_over(
     )
     logger.info("placement of %s: %s", recorded.name, placement.reason)
     if mode == "live" and (vcenter is None or agent is None):
-        raise LiveFailoverRefused("a live failover powers the source off and syncs a last time: pass vcenter and agent")
+        raise LiveFailoverRefused(
+            f"a live failover powers VM {recorded.name!r} off and syncs a last time: pass vcenter and agent "
+            "(`vmferry failover VM --mode live` with the VCenter and Agent blocks). Nothing was changed"
+        )
     # Recorded before the first side effect, so cleanup and the reconciler find a failover killed at any point.
     job_id = open_job("failover", recorded.vm_context_id)
     failover_id = start_failover(catalog, recorded.vm_context_id, job_id, mode)
@@ -270,7 +273,7 @@ def _fail_over(
                     forget_change_id(catalog, item.volume_id)
                     attach_to_destination(cloud, item, destination.id)
                 actual = read_back_devices(cloud, destination.id)
-                check_attached(plan, actual)
+                check_attached(plan, actual, recorded.name)
                 start_destination_vm(cloud, destination.id)
                 source.keep_off()
                 undo.pop_all()  # success: nothing to undo

@@ -11,10 +11,10 @@ from catalog import default_catalog
 from catalog.failovers import FailoverView, context_after_rollback, finish_failover, get_failover, set_destination
 from catalog.inventory import RecordedVM
 from catalog.replication import VolumeView, forget_change_id, record_attachment, volumes_of_vm
-from clients.cloudstack import CloudStackError, VirtualMachine
+from clients.cloudstack import CloudStackError, CloudStackNotFound, VirtualMachine
 from clients.vsphere import VSphereClient, VSphereError, VSphereSnapshots
 from tasks.cloudstack import VolumeRefused, destination_limit
-from vmferry.errors import retry_unless_permanent
+from vmferry.errors import VmferryError, retry_unless_permanent
 from vmferry.failover_plan import FailoverRefused, PlannedAttachment
 from vmferry.network_plan import PlannedNic
 
@@ -192,15 +192,27 @@ def destination_data_volume_limit(cloudstack: CloudStack) -> int:
         return destination_limit(client, cloudstack)
 
 
+class DestinationVmUnknown(VmferryError):
+    """CloudStack did not say whether a destination VM exists (unreachable, refused our keys): exit 1, retry later."""
+
+
 def remove_destination_vm(cloudstack: CloudStack, vm_id: str, our_volume_ids: list[str]) -> bool:
     """Compensation and cleanup: stop the VM, take our volumes off it, destroy it (expunge).
 
-    True when there was a VM to destroy, so a cleanup reports only what it did."""
+    True when there was a VM to destroy, so a cleanup reports only what it did. Only CloudStack's own answer
+    that the VM does not exist means "already gone": an unreachable CloudStack or refused credentials say
+    nothing about the VM, so the cleanup fails (DestinationVmUnknown) and leaves the failover to a retry."""
     with cloudstack.client() as client:
         try:
             current = client.get_vm(vm_id)
-        except CloudStackError:
+        except CloudStackNotFound:
             return False  # already gone
+        except CloudStackError as exc:
+            raise DestinationVmUnknown(
+                f"could not tell whether destination VM {vm_id} still exists, so it was not removed and the "
+                f"failover stays recorded: {exc}. Run the cleanup again once CloudStack answers (check its "
+                "endpoint and the API keys of the CloudStack block)"
+            ) from exc
         if current.state in ("Destroyed", "Expunging"):
             return False
         if current.state == "Running":
