@@ -3,12 +3,14 @@
 ``run_copy`` is the orchestration (called inside a flow); ``copy_vm_disks`` is the same as a flow of its own.
 Every resource taken is pushed on a compensation stack the moment it exists, so any failure - refused
 targets, a port range exhausted, qemu-nbd that will not start, an agent that refuses, dies or hangs - stops
-every qemu-nbd started and releases every port. The agent removes its snapshot; when the agent cannot be
-trusted to (unreachable, killed), the hub removes it through vSphere.
+every qemu-nbd started and releases every port of the job (``release_job_ports``); while it runs, its port
+leases are renewed. The agent removes its snapshot; when the agent cannot be trusted to (unreachable,
+killed), the hub removes it through vSphere.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from contextlib import ExitStack
@@ -23,7 +25,7 @@ from blocks.agent import Agent
 from blocks.vcenter import VCenter
 from catalog import default_catalog
 from catalog.inventory import RecordedVM, find_vm
-from catalog.ports import release_port
+from catalog.ports import release_job_ports
 from clients.agent import AgentError, AgentJobFailed
 from tasks.agent import follow_agent_job, submit_agent_job
 from tasks.jobs import close_job, open_job
@@ -33,6 +35,7 @@ from vmferry.compensation import quietly
 from vmferry.errors import describe
 from vmferry.exports import export_url, stop_export
 from vmferry.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
+from vmferry.leases import renewing_leases
 from vmferry.ledger import JobLedger
 from vmferry.limits import holding, vcenter_limit_name
 from vmferry.runs import one_job_per_vm
@@ -103,10 +106,14 @@ def run_copy(
             undo.enter_context(holding(limit, get_settings().vcenter_snapshot_limit, logger))
         else:
             logger.warning("no vCenter block given: this copy does not count against a vCenter snapshot limit")
+        # Unwound after every export is stopped: every lease of the job goes, on failure and on success, a lease
+        # taken by a lease attempt whose answer was lost (the task retried) too.
+        undo.callback(quietly(release_job_ports, catalog, job_id))
+        # however long the copy runs, its leases never expire under it (the renewer stops before the release)
+        undo.enter_context(renewing_leases(catalog, job_id, dt.timedelta(seconds=get_settings().port_lease_seconds)))
         agent_targets = []
         for target in targets:
             port = lease_nbd_port(job_id, target)
-            undo.callback(quietly(release_port, catalog, port, job_id))
             export = start_nbd_export(job_id, vm.vm_context_id, target, port, log_dir)
             undo.callback(quietly(stop_export, catalog, export))
             url = export_url(export)

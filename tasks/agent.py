@@ -12,10 +12,17 @@ from agent.contract import JobRequest, JobStatus
 from blocks.agent import Agent
 from catalog import default_catalog
 from catalog.resources import mark_snapshot_removed, record_snapshot
+from vmferry.errors import retry_unless_permanent
 from vmferry.runs import describe_progress
 
 
-@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, task_run_name="agent-submit-{request.job_id}")
+@task(
+    retries=2,
+    retry_delay_seconds=2,
+    cache_policy=NO_CACHE,
+    retry_condition_fn=retry_unless_permanent,
+    task_run_name="agent-submit-{request.job_id}",
+)
 def submit_agent_job(agent: Agent, request: JobRequest) -> JobStatus:
     """Safe to retry: the agent is idempotent on job_id."""
     with agent.client() as client:
@@ -73,7 +80,7 @@ class SnapshotLedger:
             self.removed = True
 
 
-@task(retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
+@task(retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE, retry_condition_fn=retry_unless_permanent)
 def cancel_agent_job(agent: Agent, job_id: str) -> JobStatus:
     with agent.client() as client:
         return client.cancel(job_id)

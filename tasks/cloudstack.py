@@ -204,7 +204,7 @@ def destination_limit(client: CloudStackClient, cloudstack: CloudStack) -> int:
     )
 
 
-@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, retry_condition_fn=retry_unless_permanent)
 def plan_hub_capacity(cloudstack: CloudStack, installation_id: str, vm: RecordedVM) -> dict[str, int]:
     """Each hub's capacity; refuses, before anything is created, a VM that no hub or no destination can take."""
     disks = len(vm.present_disks())
@@ -285,7 +285,13 @@ def attach_to_hub(cloudstack: CloudStack, hub_vm_id: str, volume: VolumeView, ca
     )
 
 
-@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, task_run_name="detach-from-hub-{volume_id}")
+@task(
+    retries=2,
+    retry_delay_seconds=2,
+    cache_policy=NO_CACHE,
+    retry_condition_fn=retry_unless_permanent,
+    task_run_name="detach-from-hub-{volume_id}",
+)
 def detach_from_hub(cloudstack: CloudStack, volume_id: str) -> VolumeView:
     """Take the volume off whichever hub holds it: between syncs volumes are detached (Ready)."""
     with cloudstack.client() as client:
@@ -300,7 +306,7 @@ def detach_from_hub(cloudstack: CloudStack, volume_id: str) -> VolumeView:
 # ---- the first run after the upgrade ---------------------------------------------------------------------------
 
 
-@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, retry_condition_fn=retry_unless_permanent)
 def upgrade_recorded_volumes(cloudstack: CloudStack, installation_id: str) -> list[str]:
     """Volumes recorded before volumes carried owner tags: the catalog's record is the proof, so tag them,
     and take them off the hub (they stay attached only while written now). Refuses a volume whose tags name

@@ -24,7 +24,7 @@ def destination_name(vm: RecordedVM, mode: str) -> str:
     return f"vmferry-vm{vm.vm_context_id}-{mode}"
 
 
-@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, retry_condition_fn=retry_unless_permanent)
 def deploy_destination_vm(
     cloudstack: CloudStack,
     vm: RecordedVM,
@@ -85,7 +85,7 @@ def deploy_destination_vm(
         )
 
 
-@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, retry_condition_fn=retry_unless_permanent)
 def remove_template_root(cloudstack: CloudStack, vm_id: str, keep_volume_ids: list[str]) -> list[str]:
     """Detach and delete the VM's template root volume (not one of ours), so our OS volume can be root."""
     removed = []
@@ -122,13 +122,13 @@ def attach_to_destination(cloudstack: CloudStack, item: PlannedAttachment, vm_id
         client.attach_volume(item.volume_id, vm_id, item.device_id)
 
 
-@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, retry_condition_fn=retry_unless_permanent)
 def read_back_devices(cloudstack: CloudStack, vm_id: str) -> dict[str, tuple[int | None, str]]:
     with cloudstack.client() as client:
         return {v.id: (v.device_id, v.type) for v in client.list_volumes(virtual_machine_id=vm_id)}
 
 
-@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, retry_condition_fn=retry_unless_permanent)
 def start_destination_vm(cloudstack: CloudStack, vm_id: str) -> VirtualMachine:
     with cloudstack.client() as client:
         current = client.get_vm(vm_id)
@@ -155,7 +155,7 @@ def _set_power(vcenter: VCenter, vm: RecordedVM, on: bool, fix: str) -> str:
         return f"powered {word}"
 
 
-@task(retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE, retry_condition_fn=retry_unless_permanent)
 def power_off_source(vcenter: VCenter, vm: RecordedVM) -> str:
     """Power the source VM off for a live failover; refuses with vCenter's reason when it cannot."""
     fix = "a live failover needs the source stopped so the final sync is complete — stop it by hand or fix the cause"
@@ -186,7 +186,7 @@ def leave_volume_detached(cloudstack: CloudStack, volume_id: str) -> bool:
     return written_elsewhere
 
 
-@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, retry_condition_fn=retry_unless_permanent)
 def destination_data_volume_limit(cloudstack: CloudStack) -> int:
     with cloudstack.client() as client:
         return destination_limit(client, cloudstack)
@@ -234,9 +234,7 @@ def volumes_held_elsewhere(cloudstack: CloudStack, volume_ids: list[str]) -> lis
         ]
 
 
-def leave_volumes_detached(
-    cloudstack: CloudStack, volumes: dict[int, VolumeView]
-) -> tuple[list[str], list[str]]:
+def leave_volumes_detached(cloudstack: CloudStack, volumes: dict[int, VolumeView]) -> tuple[list[str], list[str]]:
     """Cleanup and the reconciler: every replicated volume of the VM off whatever VM holds it (volumes rest
     detached between syncs); returns (the VM's volumes, those this call took off a VM other than a hub). Those
     were written there, so their next sync compares every block rather than trusting the change id."""

@@ -15,7 +15,7 @@ from catalog import default_catalog
 from catalog.exports import ExportView
 from catalog.ports import lease_port
 from clients.qemu import image_info, scan_image
-from vmferry.exports import export_name_for, start_export, stop_export
+from vmferry.exports import export_name_for, port_served, start_export, stop_export
 from vmferry.settings import get_settings
 from vmferry.targets import DiskTarget, check_target_size
 
@@ -23,12 +23,14 @@ from vmferry.targets import DiskTarget, check_target_size
 @task(retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE, task_run_name="lease-port-{target.disk_id}")
 def lease_nbd_port(job_id: str, target: DiskTarget) -> int:
     settings = get_settings()
+    catalog = default_catalog()
     lease = lease_port(
-        default_catalog(),
+        catalog,
         job_id,
         port_range=settings.port_range,
         ttl=dt.timedelta(seconds=settings.port_lease_seconds),
         purpose=f"nbd export of vm_disk {target.vm_disk_id} ({target.disk_id})",
+        in_use=port_served(catalog, settings.nbd_bind_address),
     )
     return lease.port
 
