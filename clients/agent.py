@@ -90,10 +90,10 @@ class AgentClient:
             refused.retryable = False
             raise refused
         error = AgentError(f"agent refused to {what} ({response.status_code}): {detail}")
-        if response.status_code < 500 and response.status_code not in (408, 409, 429):
+        if response.status_code >= 500:
+            error.client_attempts = REMOTE_ATTEMPTS  # _call already retried it
+        elif response.status_code not in (408, 409, 429):
             error.retryable = False  # the agent refused the request itself (422: a bad mapping, 404: no such job)
-        else:
-            error.client_attempts = REMOTE_ATTEMPTS  # a 5xx was already retried by _call
         raise error
 
     def submit(self, request: JobRequest) -> JobStatus:
