@@ -139,7 +139,10 @@ def ensure_volume(
                 "untouched. Delete or rename it in CloudStack if it is not in use, then replicate again",
             )
         if len(existing) > 1:
-            raise VolumeRefused(f"{len(existing)} CloudStack volumes carry the tags of {name}; keep one")
+            raise VolumeRefused(
+                f"VM {vm.name!r} disk {disk.disk_id}: {len(existing)} CloudStack volumes are named {name} and carry "
+                "its owner tags; delete all but one in CloudStack, then replicate again"
+            )
         if existing:
             # created and tagged by an earlier run that died before recording it: what it holds is not known
             volume, state, creator = existing[0], UNKNOWN, None
