@@ -9,12 +9,14 @@ import pytest
 from pydantic import SecretStr
 from sqlalchemy import update
 
-from catalog.failovers import set_destination, start_failover
+from catalog.failovers import FailoverVolumeView, finish_failover, record_devices, set_destination, start_failover
 from catalog.installation import installation_id
 from catalog.inventory import RecordedVM, record_vm
 from catalog.jobs import create_job
 from catalog.models import ReplicatedVolume
-from catalog.replication import COMPLETE, record_volume
+from catalog.replication import COMPLETE, record_volume, volumes_of_vm
+from flows.failover import LiveFailoverRefused, failover_vm
+from flows.live_failover import LiveFailoverStateRefused, commit_failover
 from tasks.cloudstack import (
     ReplicationRefused,
     VolumeOwnershipError,
@@ -193,3 +195,58 @@ def test_a_vm_no_destination_or_no_hub_takes(case, cloudstack_sim, cloudstack_bl
     with pytest.raises(ReplicationRefused) as caught:
         plan_hub_capacity.fn(cloudstack_block, installation_id(configured_catalog), web01)
     assert_refusal(caught.value, "'web01'", "3 disks", fix, "nothing was created")
+
+
+def _replicated(cloudstack_sim, catalog, vm: RecordedVM) -> list[str]:
+    """Complete volumes on the simulator's primary pool for every disk of ``vm``, as replication leaves them."""
+    primary = cloudstack_sim.cloud.pools[cloudstack_sim.info().primary_pool_id]
+    volume_ids = []
+    for disk in vm.present_disks():
+        volume_id = ready_volume_on(cloudstack_sim, primary, disk.disk_id)
+        record_volume(
+            catalog, vm_disk_id=disk.id, volume_id=volume_id, zone_id="z", size_bytes=GiB, disk_generation=1,
+            content_state=COMPLETE,
+        )  # fmt: skip
+        volume_ids.append(volume_id)
+    return volume_ids
+
+
+@pytest.mark.usefixtures("prefect_backend")
+def test_a_live_failover_without_vcenter_or_agent(cloudstack_sim, cloudstack_block, configured_catalog):
+    vm = record_vm(configured_catalog, factories.vm(factories.disk(2000), name="web01", uuid="u-web01", boot_key=2000))
+    _replicated(cloudstack_sim, configured_catalog, vm)
+    with pytest.raises(LiveFailoverRefused) as caught:
+        failover_vm("web01", cloudstack_block, mode="live", confirm_live=True)
+    assert_refusal(caught.value, "'web01'", "pass vcenter and agent", "Nothing was changed")
+    with cloudstack_block.client() as client:
+        assert [v for v in client.list_vms() if v.name.startswith(f"vmferry-vm{vm.vm_context_id}-")] == []
+
+
+@pytest.mark.usefixtures("prefect_backend")
+def test_a_commit_whose_volumes_left_the_destination(cloudstack_sim, cloudstack_block, configured_catalog, web01):
+    (volume_id, *_) = _replicated(cloudstack_sim, configured_catalog, web01)
+    recorded = volumes_of_vm(configured_catalog, web01.vm_context_id)
+    with client_for(cloudstack_sim) as client:
+        destination = new_vm(client, cloudstack_sim)
+    failover_id = start_failover(
+        configured_catalog, web01.vm_context_id, create_job(configured_catalog, "failover"), "live"
+    )
+    set_destination(configured_catalog, failover_id, destination.id)
+    record_devices(
+        configured_catalog,
+        failover_id,
+        [
+            FailoverVolumeView(
+                vm_disk_id=v.vm_disk_id,
+                replicated_volume_id=v.id,
+                planned_device_id=n,
+                actual_device_id=n,
+                is_root=n == 0,
+            )
+            for n, v in enumerate(recorded)
+        ],
+    )
+    finish_failover(configured_catalog, failover_id, "active", "failed-over")
+    with pytest.raises(LiveFailoverStateRefused) as caught:
+        commit_failover("web01", cloudstack_block)
+    assert_refusal(caught.value, "'web01'", volume_id, destination.id, "put them back or revert the failover")
