@@ -1,6 +1,7 @@
 """The hub's client of the agent's HTTP API (docs/agent-contract.md). Knows nothing of Prefect.
 
-Only idempotent calls are retried: job creation is idempotent on job_id, reads and cancels are safe.
+Only idempotent calls are retried: job creation is idempotent on job_id, reads and cancels are safe. This client
+is the one layer that retries them (REMOTE_ATTEMPTS in all): its errors say so, and tasks do not retry again.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import Callable
 import httpx
 
 from common.contract import API_PREFIX, JobRequest, JobStatus
-from vmferry.errors import VmferryError
+from vmferry.errors import REMOTE_ATTEMPTS, VmferryError
 
 
 class AgentError(VmferryError):
@@ -37,7 +38,7 @@ class AgentClient:
         token: str,
         *,
         timeout: float = 30.0,
-        attempts: int = 3,
+        attempts: int = REMOTE_ATTEMPTS,
         verify: bool | str = True,
     ) -> None:
         self.base_url = base_url.rstrip("/")
@@ -72,7 +73,9 @@ class AgentClient:
                 time.sleep(min(0.5 * attempt, 2.0))
                 continue
             return response
-        raise AgentUnreachable(f"agent at {self.base_url} did not answer {method} {path}: {last}") from last
+        unreachable = AgentUnreachable(f"agent at {self.base_url} did not answer {method} {path}: {last}")
+        unreachable.client_attempts = self.attempts
+        raise unreachable from last
 
     @staticmethod
     def _raise_for(response: httpx.Response, what: str) -> None:
@@ -83,8 +86,15 @@ class AgentClient:
         except ValueError:
             detail = response.text
         if response.status_code == 401:
-            raise AgentError(f"agent refused the token while trying to {what} (401): check the Agent block")
-        raise AgentError(f"agent refused to {what} ({response.status_code}): {detail}")
+            refused = AgentError(f"agent refused the token while trying to {what} (401): check the Agent block")
+            refused.retryable = False
+            raise refused
+        error = AgentError(f"agent refused to {what} ({response.status_code}): {detail}")
+        if response.status_code >= 500:
+            error.client_attempts = REMOTE_ATTEMPTS  # _call already retried it
+        elif response.status_code not in (408, 409, 429):
+            error.retryable = False  # the agent refused the request itself (422: a bad mapping, 404: no such job)
+        raise error
 
     def submit(self, request: JobRequest) -> JobStatus:
         response = self._call("POST", "/jobs", json=request.model_dump(mode="json"))

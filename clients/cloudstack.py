@@ -11,8 +11,10 @@ request cannot be replayed later.
 List commands page (``page``/``pagesize``) until a short page: CloudStack answers at most ``default.page.size``
 (500) items per call, whatever ``listall`` says.
 
-Only reads (``list*``, ``queryAsyncJobResult``) are retried; a command that changes something is sent once, and
-when its answer is lost the caller has to look before trying again (see CloudStackUnreachable).
+Only reads (``list*``, ``queryAsyncJobResult``) are retried here (REMOTE_ATTEMPTS in all, and the error then says
+so in ``client_attempts``, so a task does not retry them again); a command that changes something is sent once,
+and when its answer is lost the calling task looks before trying again (see CloudStackUnreachable). Refusals
+(401, 431, 432, not found) are marked ``retryable = False``.
 
 Errors quote CloudStack's own ``errortext`` and carry its ``errorcode`` / ``cserrorcode`` and the command.
 """
@@ -33,12 +35,14 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
-from vmferry.errors import VmferryError
+from vmferry.errors import REMOTE_ATTEMPTS, VmferryError
 
 SAFE_READ_PREFIXES = ("list", "query")
 RETRY_STATUSES = frozenset({502, 503, 504})
 # ApiErrorCode.UNSUPPORTED_ACTION_ERROR: an unknown command, or one the caller's role may not use
 UNSUPPORTED_ACTION = 432
+# ApiErrorCode.PARAM_ERROR (InvalidParameterValueException): the request itself is refused; a retry repeats it
+PARAM_ERROR = 431
 # default.page.size, also the largest page CloudStack serves
 PAGE_SIZE = 500
 # What only a root admin may call; a plain account gets 432 for them.
@@ -73,11 +77,15 @@ class CloudStackError(VmferryError):
 
 
 class CloudStackAuthError(CloudStackError):
-    """401: wrong keys, a clock far off (signatureVersion 3 expiry) or a signing bug."""
+    """401: wrong keys, a clock far off (signatureVersion 3 expiry) or a signing bug. Not retried."""
+
+    retryable = False
 
 
 class CloudStackNotFound(CloudStackError):
-    """The id names nothing (never existed, or was removed)."""
+    """The id names nothing (never existed, or was removed). Not retried."""
+
+    retryable = False
 
 
 class CloudStackJobFailed(CloudStackError):
@@ -90,6 +98,8 @@ class CloudStackTimeout(CloudStackError):
 
 class CloudStackAdminRequired(CloudStackError):
     """The step needs a root admin's view (an admin-only command or response field) and the key is not one."""
+
+    retryable = False
 
 
 class CloudStackUnreachable(CloudStackError):
@@ -272,7 +282,7 @@ class CloudStackClient:
         *,
         timeout: float = 30.0,
         verify: bool | str = True,
-        read_attempts: int = 3,
+        read_attempts: int = REMOTE_ATTEMPTS,
         expires_after: float = 600.0,
         poll_interval: float = 0.2,
         max_poll_interval: float = 5.0,
@@ -335,13 +345,19 @@ class CloudStackClient:
                 if attempt < attempts:
                     time.sleep(min(0.5 * attempt, 2.0))
                     continue
-                raise CloudStackUnreachable(
+                unreachable = CloudStackUnreachable(
                     command, f"no answer from {self.endpoint}: {type(exc).__name__}: {exc}"
-                ) from exc
+                )
+                unreachable.client_attempts = attempts
+                raise unreachable from exc
             if response.status_code in RETRY_STATUSES and attempt < attempts:
                 time.sleep(min(0.5 * attempt, 2.0))
                 continue
-            return self._parse(command, response)
+            try:
+                return self._parse(command, response)
+            except CloudStackError as exc:
+                exc.client_attempts = attempt  # a read's transient error was tried ``attempts`` times already
+                raise
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _parse(self, command: str, response: httpx.Response) -> dict[str, Any]:
@@ -374,13 +390,16 @@ class CloudStackClient:
                     f"{errortext} ({command} is for root admins only: give vmferry a root admin's API key, or "
                     "turn off the step that needs it)"
                 )
-            raise kind(
+            error = kind(
                 command,
                 errortext,
                 errorcode=inner.get("errorcode", response.status_code),
                 cserrorcode=inner.get("cserrorcode"),
                 http_status=response.status_code,
             )
+            if error.errorcode in (PARAM_ERROR, UNSUPPORTED_ACTION):
+                error.retryable = False  # CloudStack refused the request itself
+            raise error
         return inner
 
     def list_all(self, command: str, item_key: str, **params: object) -> list[dict[str, Any]]:
@@ -423,12 +442,15 @@ class CloudStackClient:
                 return result
             if status != 0:
                 failure = job.get("jobresult") or {}
-                raise CloudStackJobFailed(
+                failed = CloudStackJobFailed(
                     command,
                     str(failure.get("errortext") or f"job ended with jobstatus {status}"),
                     errorcode=failure.get("errorcode", job.get("jobresultcode")),
                     job_id=job_id,
                 )
+                # 431: the job refused its parameters; 530 (anything else) may pass on a retry
+                failed.retryable = failed.errorcode != PARAM_ERROR
+                raise failed
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise CloudStackTimeout(

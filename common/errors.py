@@ -17,6 +17,10 @@ class VmferryError(Exception):
 
     exit_code = EXIT_FAILED
     label = "failed"
+    # False where no retry can help (refused credentials, a parameter the server rejects); set per instance too
+    retryable = True
+    # attempts the raising client already made of the failed call: a task does not multiply them
+    client_attempts = 1
 
 
 class NotFoundError(VmferryError):

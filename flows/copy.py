@@ -3,12 +3,14 @@
 ``run_copy`` is the orchestration (called inside a flow); ``copy_vm_disks`` is the same as a flow of its own.
 Every resource taken is pushed on a compensation stack the moment it exists, so any failure - refused
 targets, a port range exhausted, qemu-nbd that will not start, an agent that refuses, dies or hangs - stops
-every qemu-nbd started and releases every port. The agent removes its snapshot; when the agent cannot be
-trusted to (unreachable, killed), the hub removes it through vSphere.
+every qemu-nbd started and releases every port of the job (``release_job_ports``); while it runs, its port
+leases are renewed. The agent removes its snapshot; when the agent cannot be trusted to (unreachable,
+killed), the hub removes it through vSphere.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from collections.abc import Callable
@@ -23,7 +25,7 @@ from blocks.agent import Agent
 from blocks.vcenter import VCenter
 from catalog import default_catalog
 from catalog.inventory import RecordedVM, find_vm
-from catalog.ports import release_port
+from catalog.ports import release_job_ports
 from clients.agent import AgentError, AgentJobFailed
 from common import names
 from common.contract import CbtCheckPolicy, JobRequest, JobStatus, Target
@@ -37,6 +39,7 @@ from tasks.nbd import check_target_file, lease_nbd_port, start_nbd_export, targe
 from tasks.vsphere import remove_job_snapshots
 from vmferry.compensation import quietly
 from vmferry.exports import export_url, stop_export
+from vmferry.leases import renewing_leases
 from vmferry.ledger import JobLedger
 from vmferry.settings import get_settings
 from vmferry.targets import DiskTarget, check_plan
@@ -112,11 +115,12 @@ def run_copy(
             undo.enter_context(holding(limit, get_settings().vcenter_snapshot_limit, logger))
         else:
             logger.warning("no vCenter block given: this copy does not count against a vCenter snapshot limit")
-        ports = []
-        for target in targets:
-            port = lease_nbd_port(job_id, target)
-            undo.callback(quietly(release_port, catalog, port, job_id))
-            ports.append(port)
+        # Unwound after every export is stopped: every lease of the job goes, on failure and on success, a lease
+        # taken by a lease attempt whose answer was lost (the task retried) too.
+        undo.callback(quietly(release_job_ports, catalog, job_id))
+        # however long the copy runs, its leases never expire under it (the renewer stops before the release)
+        undo.enter_context(renewing_leases(catalog, job_id, dt.timedelta(seconds=get_settings().port_lease_seconds)))
+        ports = [lease_nbd_port(job_id, target) for target in targets]
         # Every qemu-nbd at once: each takes a moment to answer, and started one after the other they add up.
         starting = [
             start_nbd_export.submit(job_id, vm.vm_context_id, target, port, log_dir)

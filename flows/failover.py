@@ -259,7 +259,10 @@ def _fail_over(
     )
     logger.info("placement of %s: %s", recorded.name, placement.reason)
     if mode == "live" and (vcenter is None or agent is None):
-        raise LiveFailoverRefused("a live failover powers the source off and syncs a last time: pass vcenter and agent")
+        raise LiveFailoverRefused(
+            f"a live failover powers VM {recorded.name!r} off and syncs a last time: pass vcenter and agent "
+            "(`vmferry failover VM --mode live` with the VCenter and Agent blocks). Nothing was changed"
+        )
     # Recorded before the first side effect, so cleanup and the reconciler find a failover killed at any point.
     with job("failover", recorded.vm_context_id) as job_id:
         failover_id = open_failover(recorded.vm_context_id, job_id, mode)
@@ -292,7 +295,7 @@ def _fail_over(
                         forget_volume_change_id(item.volume_id)
                         attach_to_destination(cloud, item, deployed.id)
                     actual = read_back_devices(cloud, deployed.id)
-                    check_attached(plan, actual)
+                    check_attached(plan, actual, recorded.name)
                     destination.may_run = True  # from the first attempt on: a start that failed may have started it
                     start_destination_vm(cloud, deployed.id)
                     # Recorded while the compensation still holds: a failover that runs but is still "in progress"

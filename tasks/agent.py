@@ -17,12 +17,19 @@ from catalog import default_catalog
 from catalog.resources import mark_snapshot_removed, record_snapshot
 from common.contract import JobRequest, JobStatus
 from orchestration.runs import describe_progress
+from vmferry.errors import retry_unless_permanent
 from vmferry.progress import CopyProgress, DiskCopyProgress, publish
 
 log = logging.getLogger(__name__)
 
 
-@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, task_run_name="agent-submit-{request.job_id}")
+@task(
+    retries=2,
+    retry_delay_seconds=2,
+    cache_policy=NO_CACHE,
+    retry_condition_fn=retry_unless_permanent,
+    task_run_name="agent-submit-{request.job_id}",
+)
 def submit_agent_job(agent: Agent, request: JobRequest) -> JobStatus:
     """Safe to retry: the agent is idempotent on job_id."""
     with agent.client() as client:
@@ -131,7 +138,7 @@ class SnapshotLedger:
             self.removed = True
 
 
-@task(retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
+@task(retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE, retry_condition_fn=retry_unless_permanent)
 def cancel_agent_job(agent: Agent, job_id: str) -> JobStatus:
     with agent.client() as client:
         return client.cancel(job_id)

@@ -121,7 +121,10 @@ def ensure_volume(
                 "untouched. Delete or rename it in CloudStack if it is not in use, then replicate again",
             )
         if len(existing) > 1:
-            raise VolumeRefused(f"{len(existing)} CloudStack volumes carry the tags of {name}; keep one")
+            raise VolumeRefused(
+                f"VM {vm.name!r} disk {disk.disk_id}: {len(existing)} CloudStack volumes are named {name} and carry "
+                "its owner tags; delete all but one in CloudStack, then replicate again"
+            )
         if existing:
             # created and tagged by an earlier run that died before recording it: what it holds is not known
             volume, state, creator = existing[0], UNKNOWN, None
@@ -186,7 +189,7 @@ def destination_limit(client: CloudStackClient, cloudstack: CloudStack) -> int:
     )
 
 
-@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, retry_condition_fn=retry_unless_permanent)
 def plan_hub_capacity(cloudstack: CloudStack, installation_id: str, vm: RecordedVM) -> dict[str, int]:
     """Each hub's capacity; refuses, before anything is created, a VM that no hub or no destination can take."""
     disks = len(vm.present_disks())
@@ -267,7 +270,13 @@ def attach_to_hub(cloudstack: CloudStack, hub_vm_id: str, volume: VolumeView, ca
     )
 
 
-@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, task_run_name="detach-from-hub-{volume_id}")
+@task(
+    retries=2,
+    retry_delay_seconds=2,
+    cache_policy=NO_CACHE,
+    retry_condition_fn=retry_unless_permanent,
+    task_run_name="detach-from-hub-{volume_id}",
+)
 def detach_from_hub(cloudstack: CloudStack, volume_id: str) -> VolumeView:
     """Take the volume off whichever hub holds it: between syncs volumes are detached (Ready)."""
     with cloudstack.client() as client:
@@ -282,7 +291,7 @@ def detach_from_hub(cloudstack: CloudStack, volume_id: str) -> VolumeView:
 # ---- the first run after the upgrade ---------------------------------------------------------------------------
 
 
-@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, retry_condition_fn=retry_unless_permanent)
 def upgrade_recorded_volumes(cloudstack: CloudStack, installation_id: str) -> list[str]:
     """Volumes recorded before volumes carried owner tags: the catalog's record is the proof, so tag them,
     and take them off the hub (they stay attached only while written now). Refuses a volume whose tags name

@@ -82,10 +82,8 @@ def check_destination(
         try:
             return choose_placement(client, vm, plan)
         except CloudStackAdminRequired as exc:
-            raise CloudStackAdminRequired(
-                exc.command,
-                f"{exc.errortext}; or set check_placement to false in the CloudStack block to let CloudStack "
-                "place the failover VM unchecked",
-                errorcode=exc.errorcode,
-                http_status=exc.http_status,
+            # our own refusal (the check cannot run with this key), not CloudStack's failure
+            raise FailoverRefused(
+                f"VM {vm.name!r}: the placement check cannot run: {exc.errortext}; or set check_placement to false "
+                "in the CloudStack block to let CloudStack place the failover VM unchecked. Nothing was created"
             ) from exc

@@ -43,7 +43,13 @@ def _find_vm(client: VSphereClient, handle: str) -> ObservedVM:
     return seen if seen.name == handle else client.find_vm(handle)
 
 
-@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, task_run_name="enable-cbt-{vm_name}")
+@task(
+    retries=2,
+    retry_delay_seconds=2,
+    cache_policy=NO_CACHE,
+    retry_condition_fn=retry_unless_permanent,
+    task_run_name="enable-cbt-{vm_name}",
+)
 def enable_change_tracking(vcenter: VCenter, vm_name: str) -> bool:
     """Safe to retry: a VM whose CBT is already on is left alone (False)."""
     with VSphereClient(vcenter.endpoint()) as client:
@@ -60,7 +66,7 @@ def mark_missing_vms(vcenter_id: str, seen_instance_uuids: list[str]) -> list[st
     return mark_vms_missing(default_catalog(), vcenter_id, set(seen_instance_uuids))
 
 
-@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, retry_condition_fn=retry_unless_permanent)
 def read_vm_folders(vcenter: VCenter) -> dict[str, str]:
     """Every VM's inventory folder path (``/DC0/vm/prod``), keyed on its moref."""
     with VSphereClient(vcenter.endpoint()) as client:

@@ -11,16 +11,16 @@ from catalog import default_catalog
 from catalog.failovers import FailoverView, context_after_rollback, finish_failover, get_failover, set_destination
 from catalog.inventory import RecordedVM
 from catalog.replication import VolumeView, forget_change_id, record_attachment, volumes_of_vm
-from clients.cloudstack import CloudStackError, VirtualMachine
+from clients.cloudstack import CloudStackError, CloudStackNotFound, VirtualMachine
 from common.names import destination_vm_name
 from common.vsphere import PowerChangeFailed, VSphereClient, VSphereError
 from tasks.cloudstack import VolumeRefused, destination_limit
-from vmferry.errors import retry_unless_permanent
+from vmferry.errors import VmferryError, retry_unless_permanent
 from vmferry.failover_plan import FailoverRefused, PlannedAttachment, plan_sizing
 from vmferry.network_plan import PlannedNic
 
 
-@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, retry_condition_fn=retry_unless_permanent)
 def deploy_destination_vm(
     cloudstack: CloudStack,
     vm: RecordedVM,
@@ -78,7 +78,7 @@ def deploy_destination_vm(
         )
 
 
-@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, retry_condition_fn=retry_unless_permanent)
 def remove_template_root(cloudstack: CloudStack, vm_id: str, keep_volume_ids: list[str]) -> list[str]:
     """Detach and delete the VM's template root volume (not one of ours), so our OS volume can be root."""
     removed = []
@@ -115,13 +115,13 @@ def attach_to_destination(cloudstack: CloudStack, item: PlannedAttachment, vm_id
         client.attach_volume(item.volume_id, vm_id, item.device_id)
 
 
-@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, retry_condition_fn=retry_unless_permanent)
 def read_back_devices(cloudstack: CloudStack, vm_id: str) -> dict[str, tuple[int | None, str]]:
     with cloudstack.client() as client:
         return {v.id: (v.device_id, v.type) for v in client.list_volumes(virtual_machine_id=vm_id)}
 
 
-@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, retry_condition_fn=retry_unless_permanent)
 def start_destination_vm(cloudstack: CloudStack, vm_id: str) -> VirtualMachine:
     with cloudstack.client() as client:
         current = client.get_vm(vm_id)
@@ -139,7 +139,7 @@ def _set_power(vcenter: VCenter, vm: RecordedVM, on: bool, fix: str) -> str:
     return f"powered {word}" if changed else f"already {word}"
 
 
-@task(retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE, retry_condition_fn=retry_unless_permanent)
 def power_off_source(vcenter: VCenter, vm: RecordedVM) -> str:
     """Power the source VM off for a live failover; refuses with vCenter's reason when it cannot."""
     fix = "a live failover needs the source stopped so the final sync is complete — stop it by hand or fix the cause"
@@ -170,21 +170,33 @@ def leave_volume_detached(cloudstack: CloudStack, volume_id: str) -> bool:
     return written_elsewhere
 
 
-@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, retry_condition_fn=retry_unless_permanent)
 def destination_data_volume_limit(cloudstack: CloudStack) -> int:
     with cloudstack.client() as client:
         return destination_limit(client, cloudstack)
 
 
+class DestinationVmUnknown(VmferryError):
+    """CloudStack did not say whether a destination VM exists (unreachable, refused our keys): exit 1, retry later."""
+
+
 def remove_destination_vm(cloudstack: CloudStack, vm_id: str, our_volume_ids: list[str]) -> bool:
     """Compensation and cleanup: stop the VM, take our volumes off it, destroy it (expunge).
 
-    True when there was a VM to destroy, so a cleanup reports only what it did."""
+    True when there was a VM to destroy, so a cleanup reports only what it did. Only CloudStack's own answer
+    that the VM does not exist means "already gone": an unreachable CloudStack or refused credentials say
+    nothing about the VM, so the cleanup fails (DestinationVmUnknown) and leaves the failover to a retry."""
     with cloudstack.client() as client:
         try:
             current = client.get_vm(vm_id)
-        except CloudStackError:
+        except CloudStackNotFound:
             return False  # already gone
+        except CloudStackError as exc:
+            raise DestinationVmUnknown(
+                f"could not tell whether destination VM {vm_id} still exists, so it was not removed and the "
+                f"failover stays recorded: {exc}. Run the cleanup again once CloudStack answers (check its "
+                "endpoint and the API keys of the CloudStack block)"
+            ) from exc
         if current.state in ("Destroyed", "Expunging"):
             return False
         if current.state == "Running":

@@ -16,7 +16,7 @@ from clients.qemu import image_info, scan_image
 from common import digests, names
 from common.contract import BlockDigests
 from common.names import export_name
-from vmferry.exports import start_export, stop_export
+from vmferry.exports import port_served, start_export, stop_export
 from vmferry.settings import get_settings
 from vmferry.targets import DiskTarget, check_target_size
 
@@ -24,12 +24,14 @@ from vmferry.targets import DiskTarget, check_target_size
 @task(retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE, task_run_name="lease-port-{target.disk_id}")
 def lease_nbd_port(job_id: str, target: DiskTarget) -> int:
     settings = get_settings()
+    catalog = default_catalog()
     lease = lease_port(
-        default_catalog(),
+        catalog,
         job_id,
         port_range=settings.port_range,
         ttl=dt.timedelta(seconds=settings.port_lease_seconds),
         purpose=f"nbd export of vm_disk {target.vm_disk_id} ({target.disk_id})",
+        in_use=port_served(catalog, settings.nbd_bind_address),
     )
     return lease.port
 

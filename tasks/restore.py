@@ -42,6 +42,4 @@ def extract_disk_files(
     """Each of ``paths`` of the disk's filesystem in ``partition`` into ``destination``; the files written."""
     ledger = JobLedger(default_catalog(), job_id)
     with open_image(repository.absolute(disk.file_path), ledger=ledger) as image:
-        return [
-            extract_file(image, partition, path, destination, overwrite=overwrite, ledger=ledger) for path in paths
-        ]
+        return [extract_file(image, partition, path, destination, overwrite=overwrite, ledger=ledger) for path in paths]

@@ -5,12 +5,14 @@ Prefect-free, so a flow's compensation stack can call ``stop_export`` even when 
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Callable
 from pathlib import Path
 
 from catalog.db import Catalog
-from catalog.exports import ExportView, mark_export_running, mark_export_stopped, record_export
+from catalog.exports import ExportView, live_exports, mark_export_running, mark_export_stopped, record_export
 from catalog.ports import release_port
-from clients.qemu import QemuError, start_qemu_nbd, stop_qemu_nbd
+from clients.qemu import QemuError, is_our_qemu_nbd, start_qemu_nbd, stop_qemu_nbd
 from common.nbd import NBDAddress
 
 
@@ -24,6 +26,25 @@ def export_url(export: ExportView, tls: bool | None = None) -> str:
 
         tls = get_settings().nbd_tls_dir is not None
     return NBDAddress(export=export.export_name, host=export.bind_address, port=export.port, tls=tls).url
+
+
+def port_served(catalog: Catalog, bind_address: str) -> Callable[[int], bool]:
+    """For the port allocator: True for a port an export recorded as live still serves (its qemu-nbd runs, pid
+    and command line checked) or that anything listens on at ``bind_address``. An expired lease is abandoned
+    only when nothing serves its port any more; reusing it would point an agent at the old export."""
+    live = {export.port: export for export in live_exports(catalog)}
+
+    def served(port: int) -> bool:
+        export = live.get(port)
+        if export is not None and export.pid is not None and is_our_qemu_nbd(export.pid, export.file_path, port):
+            return True
+        try:
+            with socket.create_connection((bind_address, port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    return served
 
 
 def start_export(

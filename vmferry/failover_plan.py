@@ -31,10 +31,14 @@ class PlannedAttachment(BaseModel):
     is_root: bool
 
 
-def data_device_ids(count: int, max_data_disks: int) -> list[int]:
+def data_device_ids(count: int, max_data_disks: int, vm_name: str = "?") -> list[int]:
     """``max_data_disks`` is CloudStack's maxdatavolumeslimit for the destination's hypervisor."""
     if count > max_data_disks:
-        raise FailoverRefused(f"{count} data disks, but a CloudStack VM takes at most {max_data_disks}")
+        raise FailoverRefused(
+            f"VM {vm_name!r} has {count} data disks, but a CloudStack VM of this destination takes at most "
+            f"{max_data_disks}; remove disks from the VM or raise maxdatavolumeslimit (updateHypervisorCapabilities). "
+            "Nothing was created"
+        )
     ids = [n for n in range(1, max_data_disks + 2) if n != CDROM_DEVICE_ID]
     return ids[:count]
 
@@ -46,7 +50,7 @@ def _source_order(disk: RecordedDisk) -> tuple[int, int, int, int]:
 def plan_attachments(vm: RecordedVM, volumes: dict[int, VolumeView], max_data_disks: int) -> list[PlannedAttachment]:
     disks = vm.present_disks()
     if not disks:
-        raise FailoverRefused(f"VM {vm.name!r} has no disks in the catalog")
+        raise FailoverRefused(f"VM {vm.name!r} has no disks in the catalog; discover it again, then replicate")
     missing = [d.disk_id for d in disks if d.id not in volumes]
     if missing:
         raise FailoverRefused(f"VM {vm.name!r}: disk(s) {missing} have no replicated volume yet; replicate first")
@@ -62,7 +66,7 @@ def plan_attachments(vm: RecordedVM, volumes: dict[int, VolumeView], max_data_di
         raise FailoverRefused(f"VM {vm.name!r} has no recorded OS disk; set one with set_boot_disk")
     (root,) = roots
     data = sorted((d for d in disks if d is not root), key=_source_order)
-    ordered = [(root, ROOT_DEVICE_ID), *zip(data, data_device_ids(len(data), max_data_disks), strict=True)]
+    ordered = [(root, ROOT_DEVICE_ID), *zip(data, data_device_ids(len(data), max_data_disks, vm.name), strict=True)]
     return [
         PlannedAttachment(
             vm_disk_id=disk.id,
@@ -76,7 +80,9 @@ def plan_attachments(vm: RecordedVM, volumes: dict[int, VolumeView], max_data_di
     ]
 
 
-def check_attached(plan: list[PlannedAttachment], actual: dict[str, tuple[int | None, str]]) -> None:
+def check_attached(
+    plan: list[PlannedAttachment], actual: dict[str, tuple[int | None, str]], vm_name: str = "?"
+) -> None:
     """``actual`` maps volume id -> (device id, type) as CloudStack lists the destination VM's volumes."""
     problems = []
     planned_ids = {p.volume_id for p in plan}
@@ -95,7 +101,11 @@ def check_attached(plan: list[PlannedAttachment], actual: dict[str, tuple[int | 
     if len(actual) != len(plan):
         problems.append(f"{len(actual)} volumes attached for {len(plan)} source disks")
     if problems:
-        raise FailoverRefused("device check failed: " + "; ".join(problems))
+        raise FailoverRefused(
+            f"VM {vm_name!r}: device check of the destination failed: " + "; ".join(problems) + ". The failover is "
+            "rolled back; check the volumes in CloudStack (a VM or an operator changed them meanwhile), then fail "
+            "over again"
+        )
 
 
 class DestinationSizing(BaseModel):

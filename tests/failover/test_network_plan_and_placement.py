@@ -90,7 +90,7 @@ def test_placement_picks_the_volumes_cluster_or_refuses_before_any_change(clouds
     user_block = cloudstack_block.model_copy(
         update={"api_key": cloudstack_sim.user_api_key, "secret_key": SecretStr(cloudstack_sim.user_secret_key)}
     )
-    with pytest.raises(CloudStackAdminRequired, match="set check_placement to false"):
+    with pytest.raises(FailoverRefused, match="set check_placement to false"):
         check_destination.fn(user_block, vm, [], together)
     unchecked = user_block.model_copy(update={"check_placement": False})
     assert check_destination.fn(unchecked, vm, [], together).cluster_id is None

@@ -1,0 +1,43 @@
+"""The command line's own refusals (a destructive step without --yes where nobody can be asked): exit 4, the
+words name the VM and the fix, and nothing was asked of vCenter or CloudStack."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from catalog.failovers import finish_failover, set_destination, start_failover
+from catalog.inventory import record_vm
+from catalog.jobs import create_job
+from tests import factories
+from vmferry.errors import EXIT_REFUSED
+
+
+@pytest.fixture
+def vmferry(configured_catalog):
+    import prefect  # noqa: F401  (Prefect binds its console handler on first import: not inside an invocation)
+
+    from vmferry.cli import app
+
+    record_vm(configured_catalog, factories.vm(factories.disk(2000), name="web01", uuid="u-web01"))
+    runner = CliRunner()
+    return lambda *args: runner.invoke(app, list(args))
+
+
+def test_a_live_failover_without_yes(vmferry):
+    # no block is named and none is saved: had the refusal not come first, choosing blocks would have failed
+    result = vmferry("failover", "web01", "--mode", "live")
+    assert result.exit_code == EXIT_REFUSED, result.output
+    assert "vmferry failover web01: refused: --mode live needs confirmation: pass --yes" in result.stderr
+
+
+def test_a_revert_without_yes(vmferry, configured_catalog):
+    vm = record_vm(configured_catalog, factories.vm(factories.disk(2000), name="web01", uuid="u-web01"))
+    failover_id = start_failover(
+        configured_catalog, vm.vm_context_id, create_job(configured_catalog, "failover"), "live"
+    )
+    set_destination(configured_catalog, failover_id, "cs-vm-1")
+    finish_failover(configured_catalog, failover_id, "active", "failed-over")
+    result = vmferry("revert", "web01")
+    assert result.exit_code == EXIT_REFUSED, result.output
+    assert "web01: refused: revert needs confirmation: pass --yes" in result.stderr
