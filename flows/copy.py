@@ -35,7 +35,7 @@ from orchestration.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
 from orchestration.limits import holding
 from orchestration.runs import one_job_per_vm
 from tasks.agent import follow_agent_job, submit_agent_job
-from tasks.nbd import check_target_file, lease_nbd_port, start_nbd_export, target_digests
+from tasks.nbd import check_target_file, lease_nbd_port, make_job_log_directory, start_nbd_export, target_digests
 from tasks.vsphere import remove_job_snapshots
 from vmferry.compensation import quietly
 from vmferry.exports import export_url, stop_export
@@ -106,9 +106,8 @@ def run_copy(
     with ExitStack() as undo:
         if log_dir is None:
             # the qemu-nbd logs belong to the job: recorded, and removed with it (by the reconciler after a kill)
-            ledger = JobLedger(catalog, job_id)
-            log_resource, log_dir = ledger.temp_directory("nbd-logs")
-            undo.callback(quietly(ledger.remove_directory, log_resource, log_dir))
+            log_resource, log_dir = make_job_log_directory(job_id, "nbd-logs")
+            undo.callback(quietly(JobLedger(catalog, job_id).remove_directory, log_resource, log_dir))
         # Taken before any port or qemu-nbd, so a copy waiting for vCenter holds nothing else meanwhile.
         if vcenter is not None:
             limit = vcenter_limit_name(vcenter.host, vcenter.port)

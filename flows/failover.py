@@ -29,7 +29,6 @@ from catalog.failovers import (
     get_failover,
     latest_failover,
 )
-from catalog.installation import installation_id
 from catalog.inventory import RecordedVM, find_vm
 from catalog.replication import volumes_of_vm
 from common import names
@@ -56,6 +55,7 @@ from tasks.failover import (
 )
 from tasks.records import (
     forget_volume_change_id,
+    get_installation_id,
     open_failover,
     record_failover_active,
     record_rollback,
@@ -275,7 +275,7 @@ def _fail_over(
                 replicate_vm(recorded.instance_uuid, cloud, load_block(Agent, agent), vcenter_block, kind="incremental")
                 recorded = find_vm(catalog, vm)
             # the volumes are taken detached: wait for a running sync of this VM to finish and detach them
-            with holding(vm_volumes_limit_name(installation_id(catalog), recorded.vm_context_id), 1, logger):
+            with holding(vm_volumes_limit_name(get_installation_id(), recorded.vm_context_id), 1, logger):
                 volumes = {v.vm_disk_id: v for v in volumes_of_vm(catalog, recorded.vm_context_id)}
                 plan = plan_attachments(recorded, volumes, data_volume_limit)
                 destination.ours = [item.volume_id for item in plan]

@@ -24,7 +24,6 @@ from blocks.cloudstack import CloudStack
 from blocks.vcenter import VCenter
 from catalog import default_catalog
 from catalog.failovers import READY_FOR_FAILOVER, latest_failover
-from catalog.installation import installation_id
 from catalog.inventory import RecordedDisk, RecordedVM
 from catalog.replication import UNKNOWN, VolumeView
 from common import names
@@ -32,7 +31,7 @@ from common.names import artifact_key, hub_limit_name, vm_volumes_limit_name
 from flows._job import job
 from flows.copy import run_copy
 from orchestration.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
-from orchestration.limits import first_free, holding, set_limit
+from orchestration.limits import first_free, holding
 from orchestration.outcome import PUBLISH_OUTCOME
 from orchestration.runs import one_job_per_vm, table_rows
 from tasks.cloudstack import (
@@ -44,7 +43,14 @@ from tasks.cloudstack import (
     upgrade_recorded_volumes,
 )
 from tasks.discovery import read_vcenter_inventory, record_vm_inventory
-from tasks.records import mark_volumes_content, record_volume_sync, retire_absent_disk_volumes, set_vm_context_state
+from tasks.limits import size_hub_limits
+from tasks.records import (
+    get_installation_id,
+    mark_volumes_content,
+    record_volume_sync,
+    retire_absent_disk_volumes,
+    set_vm_context_state,
+)
 from vmferry.compensation import quietly
 from vmferry.targets import DiskTarget
 
@@ -116,8 +122,7 @@ def replicate_vm(
     cloud = load_block(CloudStack, cloudstack)
     agent_block = load_block(Agent, agent)
     vcenter_block = load_block(VCenter, vcenter)
-    catalog = default_catalog()
-    installation = installation_id(catalog)
+    installation = get_installation_id()
     (observed,) = read_vcenter_inventory(vcenter_block, [vm])
     recorded = record_vm_inventory(observed)
     refuse_while_failed_over(recorded)
@@ -132,8 +137,7 @@ def replicate_vm(
         disks = recorded.present_disks()
         # refuses a VM no hub or no destination can take before anything is created
         capacities = plan_hub_capacity(cloud, installation, recorded)
-        for hub, capacity in capacities.items():
-            set_limit(hub_limit_name(hub), capacity, logger)
+        size_hub_limits(capacities)
         hubs = {hub_limit_name(hub): hub for hub, capacity in capacities.items() if capacity >= len(disks)}
         with holding(vm_volumes_limit_name(installation, recorded.vm_context_id), 1, logger):
             volumes = [ensure_volume(cloud, installation, recorded, disk, job_id) for disk in disks]

@@ -8,48 +8,33 @@ they exist, so a killed restore leaves nothing the reconciler does not remove.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from prefect import flow, task
+from prefect import flow
 from prefect.artifacts import create_table_artifact
-from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from blocks import load_block
 from blocks.repository import BackupRepository
 from catalog import default_catalog
 from catalog.inventory import get_vm
-from catalog.restore_points import PointDiskView, PointView, get_point
-from clients.qemu import convert_image
+from catalog.restore_points import PointView, get_point
 from common.names import artifact_key
 from flows._job import job
 from orchestration.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
 from orchestration.outcome import PUBLISH_OUTCOME
-from tasks.restore import extract_disk_files, list_disk_files
-from vmferry.errors import Refused
+from tasks.restore import RestoredDisk, RestoreError, extract_disk_files, list_disk_files, restore_disk_file
 from vmferry.filelevel import (
     FileEntry,
     FileRestoreError,
     PartitionInfo,
 )
-from vmferry.ledger import JobLedger
 from vmferry.repository import Repository
 
 T = TypeVar("T")
-
-
-class RestoreError(Refused):
-    """A restore was refused; the message names the point, the disk and the reason."""
-
-
-class RestoredDisk(BaseModel):
-    disk_id: str
-    vm_disk_id: int
-    path: Path
 
 
 def _restorable_point(point_id: int, repository: Repository) -> PointView:
@@ -78,40 +63,6 @@ def writable_directory(directory: Path) -> Path:
             f"cannot write into {directory} ({reason}): restore into a directory this hub can write"
         ) from exc
     return directory
-
-
-def _create_exclusively(path: Path) -> None:
-    """Create ``path`` empty, failing when anything (a file, a link) is there: only then is it ours to write."""
-    try:
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
-    except FileExistsError as exc:
-        raise RestoreError(
-            f"{path} already exists (a link or file this restore did not create); nothing was written: remove it, "
-            "or run the reconciler if an interrupted restore left it"
-        ) from exc
-
-
-@task(cache_policy=NO_CACHE, task_run_name="restore-{disk.disk_id}")
-def restore_disk_file(
-    repository: Repository, disk: PointDiskView, destination: Path, image_format: str, overwrite: bool, job_id: str
-) -> RestoredDisk:
-    if destination.exists() and not overwrite:
-        raise RestoreError(f"{destination} exists; pass overwrite=True to replace it")
-    ledger = JobLedger(default_catalog(), job_id)
-    partial = destination.with_name(destination.name + ".partial")
-    resource = ledger.planned_file(partial)
-    _create_exclusively(partial)
-    try:
-        convert_image(repository.absolute(disk.file_path), partial, output_format=image_format)
-        os.chmod(partial, 0o600)
-        os.replace(partial, destination)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    finally:
-        if not partial.exists():
-            ledger.removed(resource)
-    return RestoredDisk(disk_id=disk.disk_id, vm_disk_id=disk.vm_disk_id, path=destination)
 
 
 def _run_as_job(point_id: int, repository: Repository, work: Callable[[PointView, str], T]) -> T:

@@ -2,29 +2,18 @@
 
 from __future__ import annotations
 
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import flow, get_run_logger
 
 from blocks import load_block
 from blocks.repository import BackupRepository
 from catalog import default_catalog
 from catalog.inventory import find_vm
-from catalog.restore_points import PointView, committed_points, mark_point
+from catalog.restore_points import committed_points
 from common import names
 from orchestration.outcome import PUBLISH_OUTCOME
 from orchestration.runs import one_job_per_vm
-from vmferry.repository import Repository
+from tasks.retention import prune_point
 from vmferry.retention import RetentionPolicy, points_to_keep
-
-
-@task(retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE, task_run_name="prune-point-{point.id}")
-def prune_point(repository: Repository, point: PointView) -> None:
-    """Mark the point pruned first (no longer restorable), then remove its files: safe to retry."""
-    mark_point(default_catalog(), point.id, "pruning")
-    directory = repository.point_dir(point.vm_context_id, point.id)
-    if directory.exists():
-        repository.remove_point(point.vm_context_id, point.id)
-    mark_point(default_catalog(), point.id, "pruned")
 
 
 @flow(name="prune-restore-points", flow_run_name=names.PRUNE_RUN, **PUBLISH_OUTCOME)

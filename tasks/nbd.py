@@ -1,4 +1,4 @@
-"""Hub-side NBD tasks: lease a port, start a qemu-nbd export, stop it. Each safe to retry."""
+"""Hub-side NBD tasks: lease a port, make the exports' log directory, start a qemu-nbd export, stop it."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from common import digests, names
 from common.contract import BlockDigests
 from common.names import export_name
 from vmferry.exports import port_served, start_export, stop_export
+from vmferry.ledger import JobLedger
 from vmferry.settings import get_settings
 from vmferry.targets import DiskTarget, check_target_size
 
@@ -63,6 +64,15 @@ def target_digests(targets: list[DiskTarget]) -> dict[int, BlockDigests]:
         return {}
     with concurrent.futures.ThreadPoolExecutor(max_workers=len(targets), thread_name_prefix="digests") as pool:
         return dict(zip([t.device_key for t in targets], pool.map(one, targets), strict=True))
+
+
+@task(cache_policy=NO_CACHE, task_run_name="log-directory-{purpose}")
+def make_job_log_directory(job_id: str, purpose: str) -> tuple[int, Path]:
+    """A private directory for the job's logs, recorded in its ledger first: (its resource id, its path).
+
+    No retries: an attempt that failed after recording leaves a recorded directory the reconciler removes, and a
+    second attempt would make another."""
+    return JobLedger(default_catalog(), job_id).temp_directory(purpose)
 
 
 @task(cache_policy=NO_CACHE, task_run_name="start-nbd-{target.disk_id}")

@@ -26,6 +26,7 @@ from catalog.failovers import (
     set_context_state,
     start_failover,
 )
+from catalog.installation import installation_id
 from catalog.replication import (
     VolumeView,
     forget_change_id,
@@ -38,6 +39,12 @@ from vmferry.errors import retry_unless_permanent
 
 # like the job row's own tasks (tasks/jobs.py); a missing row is not retried
 record_task = task(retries=3, retry_delay_seconds=1, cache_policy=NO_CACHE, retry_condition_fn=retry_unless_permanent)
+
+
+@record_task
+def get_installation_id() -> str:
+    """This catalog's installation id, made on the first call (a retry reads the id the lost attempt made)."""
+    return installation_id(default_catalog())
 
 
 @record_task
