@@ -28,7 +28,7 @@ def test_a_live_failover_without_yes(vmferry):
     # no block is named and none is saved: had the refusal not come first, choosing blocks would have failed
     result = vmferry("failover", "web01", "--mode", "live")
     assert result.exit_code == EXIT_REFUSED, result.output
-    assert "vmferry failover web01: refused: --mode live needs confirmation: pass --yes" in result.stderr
+    assert "vmferry failover web01: refused: --mode live for VM 'web01' needs confirmation: pass --yes" in result.stderr
 
 
 def test_a_revert_without_yes(vmferry, configured_catalog):
@@ -40,4 +40,4 @@ def test_a_revert_without_yes(vmferry, configured_catalog):
     finish_failover(configured_catalog, failover_id, "active", "failed-over")
     result = vmferry("revert", "web01")
     assert result.exit_code == EXIT_REFUSED, result.output
-    assert "web01: refused: revert needs confirmation: pass --yes" in result.stderr
+    assert "web01: refused: revert of VM 'web01' needs confirmation: pass --yes" in result.stderr

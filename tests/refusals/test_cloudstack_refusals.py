@@ -84,6 +84,18 @@ def test_storage_no_destination_vm_can_use(case, cloudstack_sim, web01):
     assert_refusal(caught.value, "'web01'", "disk-200", fix, "Nothing was created")
 
 
+def test_a_volume_on_a_pool_that_is_not_listed(cloudstack_sim, web01):
+    cloud = cloudstack_sim.cloud
+    zone = next(iter(cloud.zones.values()))
+    gone = cloud.add_pool(zone, "nfs-old", "ZONE")
+    volume_id = ready_volume_on(cloudstack_sim, gone, "os")
+    with cloudstack_sim._lock:
+        del cloud.pools[gone.id]  # removed from the pool list; the volume still names it as its storage
+    with client_for(cloudstack_sim) as client, pytest.raises(FailoverRefused) as caught:
+        choose_placement(client, web01, [_planned(volume_id, 0, root=True)])
+    assert_refusal(caught.value, "'web01'", "disk-2000", volume_id, gone.id, "set check_placement to false")
+
+
 def test_a_placement_check_this_key_cannot_make(cloudstack_sim, cloudstack_block, web01):
     primary = cloudstack_sim.cloud.pools[cloudstack_sim.info().primary_pool_id]
     plan = [_planned(ready_volume_on(cloudstack_sim, primary, "os"), 0, root=True)]
