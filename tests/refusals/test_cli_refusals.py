@@ -1,7 +1,11 @@
-"""The command line's own refusals (a destructive step without --yes where nobody can be asked): exit 4, the
-words name the VM and the fix, and nothing was asked of vCenter or CloudStack."""
+"""The command line's own refusals (a destructive step without --yes where nobody can be asked, a --lab that is
+not running): exit 4, the words name the VM (or the lab) and the fix, and nothing was asked of vCenter or
+CloudStack."""
 
 from __future__ import annotations
+
+import json
+import socket
 
 import pytest
 from typer.testing import CliRunner
@@ -41,3 +45,15 @@ def test_a_revert_without_yes(vmferry, configured_catalog):
     result = vmferry("revert", "web01")
     assert result.exit_code == EXIT_REFUSED, result.output
     assert "web01: refused: revert of VM 'web01' needs confirmation: pass --yes" in result.stderr
+
+
+def test_a_lab_whose_vcenter_does_not_answer(vmferry, tmp_path, monkeypatch):
+    with socket.socket() as probe:  # a port nothing listens on once closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    (tmp_path / "lab.json").write_text(json.dumps({"vcenter": {"host": "127.0.0.1", "port": port}}))
+    monkeypatch.setenv("VMFERRY_LAB_DIR", str(tmp_path))
+    result = vmferry("discover", "web01", "--lab")
+    assert result.exit_code == EXIT_REFUSED, result.output
+    assert f"refused: --lab: the lab's vCenter at 127.0.0.1:{port} does not answer" in result.stderr
+    assert "start the lab again with `vmferry lab up`" in result.stderr and "Traceback" not in result.output
