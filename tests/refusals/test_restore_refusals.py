@@ -76,3 +76,24 @@ def test_a_partial_file_this_restore_did_not_create(web01, configured_catalog, r
     assert_refusal(caught.value, "disk-2000.raw.partial already exists", "remove it")
     assert victim.read_bytes() == b"someone else's" and (out / "disk-2000.raw.partial").is_symlink()
     assert not (out / "disk-2000.raw").exists()
+
+
+def test_a_point_of_another_repository(web01, configured_catalog, tmp_path):
+    point_id = _point(configured_catalog, web01, committed=True)
+    elsewhere = BackupRepository(name="elsewhere", path=str(tmp_path / "elsewhere"))
+    with pytest.raises(RestoreError) as caught:
+        restore_vm(point_id, str(tmp_path / "out"), elsewhere)
+    assert_refusal(caught.value, "'web01'", "is in repository 'main', not 'elsewhere'", "that repository")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_file_already_at_the_destination(web01, configured_catalog, repository, tmp_path):
+    point_id = _point(configured_catalog, web01, committed=True)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "disk-2000.raw").write_bytes(b"kept")
+    with pytest.raises(RestoreError) as caught:
+        restore_vm(point_id, str(out), repository)
+    assert_refusal(caught.value, "disk-2000.raw exists", "pass overwrite=True")
+    assert (out / "disk-2000.raw").read_bytes() == b"kept"
+    assert sorted(p.name for p in out.iterdir()) == ["disk-2000.raw"]  # no partial file was left either
