@@ -57,3 +57,19 @@ def test_a_lab_whose_vcenter_does_not_answer(vmferry, tmp_path, monkeypatch):
     assert result.exit_code == EXIT_REFUSED, result.output
     assert f"refused: --lab: the lab's vCenter at 127.0.0.1:{port} does not answer" in result.stderr
     assert "start the lab again with `vmferry lab up`" in result.stderr and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("missing", ["agent", "cloudstack"])
+def test_a_lab_without_what_the_command_needs(missing, vmferry, lab, agent_process, tmp_path, monkeypatch):
+    # the lab's vCenter answers (the session's vcsim); the lab.json lacks the agent, or has no CloudStack simulator
+    state: dict = {"vcenter": lab.vcenter.to_dict(), "manifest": str(lab.seed_dir / "manifest.json")}
+    if missing == "cloudstack":
+        state["agent"] = {"url": agent_process.url, "token": agent_process.token}
+    (tmp_path / "lab.json").write_text(json.dumps(state))
+    monkeypatch.setenv("VMFERRY_LAB_DIR", str(tmp_path))
+    result = vmferry("replicate", "pgtest1", "--lab")
+    assert result.exit_code == EXIT_REFUSED, result.output
+    fix = "(it starts one)" if missing == "agent" else "no CloudStack simulator: run `vmferry lab up` again"
+    assert "refused: --lab: the running lab has no" in result.stderr and fix in result.stderr, result.stderr
+    assert "Traceback" not in result.output
+    assert vmferry("status", "--json").stdout.count('"kind"') == 0  # no job was opened
