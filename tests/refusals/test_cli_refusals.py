@@ -5,7 +5,12 @@ CloudStack."""
 from __future__ import annotations
 
 import json
+import os
+import pty
+import select
 import socket
+import sys
+import time
 
 import pytest
 from typer.testing import CliRunner
@@ -73,3 +78,32 @@ def test_a_lab_without_what_the_command_needs(missing, vmferry, lab, agent_proce
     assert "refused: --lab: the running lab has no" in result.stderr and fix in result.stderr, result.stderr
     assert "Traceback" not in result.output
     assert vmferry("status", "--json").stdout.count('"kind"') == 0  # no job was opened
+
+
+def test_a_live_failover_not_confirmed_on_a_terminal(vmferry):
+    # a real terminal (a pty) that answers "n": the question is asked, and the answer is a refusal
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the command, its stdin and stdout the terminal
+        os.execv(sys.executable, [sys.executable, "-m", "vmferry.cli", "failover", "web01", "--mode", "live"])
+    seen = b""
+    answered = False
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if not select.select([fd], [], [], 1)[0]:
+            continue
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+        if not answered and b"[y/N]" in seen:
+            os.write(fd, b"n\n")
+            answered = True
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    text = seen.decode(errors="replace")
+    assert answered and os.waitstatus_to_exitcode(status) == EXIT_REFUSED, text
+    assert "Power web01 off in vCenter" in text
+    assert "refused: --mode live for VM 'web01' not confirmed: nothing was changed" in text, text
