@@ -89,6 +89,17 @@ def refuse_while_failed_over(recorded: RecordedVM) -> None:
     )
 
 
+def refuse_incomplete_incremental(recorded: RecordedVM, volumes: list[VolumeView], kind: str) -> None:
+    """Only changed blocks onto a volume not known to hold the disk would leave it silently wrong: refused before
+    any volume is attached (a new volume is empty, an adopted or interrupted one unknown)."""
+    incomplete = [v.volume_id for v in volumes if not v.complete]
+    if kind == "incremental" and incomplete:
+        raise ReplicationRefused(
+            f"VM {recorded.name!r} has volumes whose content is not complete (never synced, or a sync was "
+            f"interrupted): {', '.join(incomplete)}; run an initial (or auto) replication first"
+        )
+
+
 @flow(
     name="replicate-vm",
     flow_run_name=names.REPLICATE_RUN,
@@ -141,6 +152,7 @@ def replicate_vm(
         hubs = {hub_limit_name(hub): hub for hub, capacity in capacities.items() if capacity >= len(disks)}
         with holding(vm_volumes_limit_name(installation, recorded.vm_context_id), 1, logger):
             volumes = [ensure_volume(cloud, installation, recorded, disk, job_id) for disk in disks]
+            refuse_incomplete_incremental(recorded, volumes, kind)
             with first_free(list(hubs), len(disks), logger) as limit_name:
                 copy_kind, result_disks = _sync_through_hub(
                     cloud, hubs[limit_name], recorded, disks, volumes, job_id, kind,
@@ -177,11 +189,6 @@ def _sync_through_hub(
             undo.callback(quietly(detach_from_hub, cloud, volume.volume_id))
             attached.append(attach_to_hub(cloud, hub_vm_id, volume, disk.capacity_bytes))
         complete = all(v.complete for v in attached)
-        if kind == "incremental" and not complete:
-            raise ReplicationRefused(
-                f"VM {recorded.name!r} has volumes whose content is not complete (never synced, or a sync was "
-                "interrupted); run an initial (or auto) replication first"
-            )
         copy_kind = "incremental" if kind == "incremental" or (kind == "auto" and complete) else "full"
         logger.info(
             "replicating %s: %s copy into %d volumes on hub %s", recorded.name, copy_kind, len(attached), hub_vm_id

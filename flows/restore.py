@@ -39,12 +39,16 @@ T = TypeVar("T")
 
 def _restorable_point(point_id: int, repository: Repository) -> PointView:
     point = get_point(default_catalog(), point_id)
+    vm = get_vm(default_catalog(), point.vm_context_id).name
     if point.state != "committed":
-        raise RestoreError(f"restore point {point_id} is {point.state}, not committed: it cannot be restored")
+        raise RestoreError(
+            f"restore point {point_id} of VM {vm!r} is {point.state}, not committed: it cannot be restored; pick a "
+            f"committed point (vmferry points {vm} lists them)"
+        )
     if point.repository != repository.name:
         # Paths inside a repository repeat from one to the next: another repository may hold a different file there.
         raise RestoreError(
-            f"restore point {point_id} is in repository {point.repository!r}, not {repository.name!r}: "
+            f"restore point {point_id} of VM {vm!r} is in repository {point.repository!r}, not {repository.name!r}: "
             "pass the BackupRepository block of that repository"
         )
     return point

@@ -43,7 +43,9 @@ def choose_placement(client: CloudStackClient, vm: RecordedVM, plan: list[Planne
         pool = pools.get(pool_id)
         if pool is None:
             raise FailoverRefused(
-                f"VM {vm.name!r}: volume {volume.id} is on storage pool {pool_id}, which is not listed"
+                f"VM {vm.name!r}: disk {item.disk_id} (volume {volume.id}) is on storage pool {pool_id}, which "
+                "listStoragePools does not list (removed?); move the volume to a listed pool, or "
+                "set check_placement to false in the CloudStack block. Nothing was created"
             )
         if pool.scope == "HOST":
             raise FailoverRefused(

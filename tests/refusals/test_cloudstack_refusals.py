@@ -27,6 +27,7 @@ from tasks.cloudstack import (
     ensure_volume,
     owner_tags,
     plan_hub_capacity,
+    upgrade_recorded_volumes,
     volume_name,
 )
 from tasks.destination import check_destination, check_networks, choose_placement
@@ -84,6 +85,18 @@ def test_storage_no_destination_vm_can_use(case, cloudstack_sim, web01):
     assert_refusal(caught.value, "'web01'", "disk-200", fix, "Nothing was created")
 
 
+def test_a_volume_on_a_pool_that_is_not_listed(cloudstack_sim, web01):
+    cloud = cloudstack_sim.cloud
+    zone = next(iter(cloud.zones.values()))
+    gone = cloud.add_pool(zone, "nfs-old", "ZONE")
+    volume_id = ready_volume_on(cloudstack_sim, gone, "os")
+    with cloudstack_sim._lock:
+        del cloud.pools[gone.id]  # removed from the pool list; the volume still names it as its storage
+    with client_for(cloudstack_sim) as client, pytest.raises(FailoverRefused) as caught:
+        choose_placement(client, web01, [_planned(volume_id, 0, root=True)])
+    assert_refusal(caught.value, "'web01'", "disk-2000", volume_id, gone.id, "set check_placement to false")
+
+
 def test_a_placement_check_this_key_cannot_make(cloudstack_sim, cloudstack_block, web01):
     primary = cloudstack_sim.cloud.pools[cloudstack_sim.info().primary_pool_id]
     plan = [_planned(ready_volume_on(cloudstack_sim, primary, "os"), 0, root=True)]
@@ -138,7 +151,7 @@ def test_a_volume_replication_must_not_write(case, cloudstack_sim, cloudstack_bl
     disk = web01.present_disks()[0]
     install = installation_id(configured_catalog)
     job = create_job(configured_catalog, "replication")
-    name = volume_name(install, web01, disk)
+    name = volume_name(install, web01.vm_context_id, disk.disk_id, disk.id)
     info = cloudstack_sim.info()
     if case in ("retired", "resized"):
         recorded = record_volume(
@@ -163,7 +176,9 @@ def test_a_volume_replication_must_not_write(case, cloudstack_sim, cloudstack_bl
             for _ in range(copies):
                 volume = client.create_volume(name, 1, info.zone_id, info.custom_disk_offering_id)
                 if case == "twice":
-                    client.create_tags("Volume", [volume.id], owner_tags(install, web01, disk.id, disk.generation))
+                    client.create_tags(
+                        "Volume", [volume.id], owner_tags(install, web01.instance_uuid, disk.id, disk.generation)
+                    )
         kind, fix = (
             (VolumeOwnershipError, "Delete or rename it in CloudStack")
             if case == "stranger"
@@ -172,6 +187,25 @@ def test_a_volume_replication_must_not_write(case, cloudstack_sim, cloudstack_bl
     with pytest.raises(kind) as caught:
         ensure_volume.fn(cloudstack_block, install, web01, disk, job)
     assert_refusal(caught.value, "'web01'", disk.disk_id, fix)
+
+
+def test_a_recorded_volume_another_installation_tagged(cloudstack_sim, cloudstack_block, configured_catalog, web01):
+    disk = web01.present_disks()[0]
+    primary = cloudstack_sim.cloud.pools[cloudstack_sim.info().primary_pool_id]
+    volume_id = ready_volume_on(cloudstack_sim, primary, disk.disk_id)
+    theirs = owner_tags("another-installation", web01.instance_uuid, disk.id, disk.generation)
+    with cloudstack_block.client() as client:
+        client.create_tags("Volume", [volume_id], theirs)
+    recorded = record_volume(
+        configured_catalog, vm_disk_id=disk.id, volume_id=volume_id, zone_id="z", size_bytes=GiB, disk_generation=1,
+    )  # fmt: skip
+    with configured_catalog.session() as session:  # as recorded before volumes carried owner tags
+        session.execute(update(ReplicatedVolume).where(ReplicatedVolume.id == recorded.id).values(owner_tagged=False))
+    with pytest.raises(VolumeOwnershipError) as caught:
+        upgrade_recorded_volumes.fn(cloudstack_block, installation_id(configured_catalog))
+    assert_refusal(caught.value, volume_id, f"catalog disk {disk.id}", "two installations claim it", "catalog row")
+    with cloudstack_block.client() as client:
+        assert client.get_volume(volume_id).tag_map.items() >= theirs.items()  # their tags were left alone
 
 
 def test_a_data_volume_limit_nobody_can_tell(cloudstack_sim):
@@ -188,6 +222,8 @@ def test_a_vm_no_destination_or_no_hub_takes(case, cloudstack_sim, cloudstack_bl
             cloudstack_sim.cloud.set_max_data_volumes("KVM", 1)
         fix = "raise maxdatavolumeslimit"
     else:
+        with cloudstack_sim._lock:  # KVM's row says 32; an operator's limit of 6 keeps this test's hub small
+            cloudstack_sim.cloud.set_max_data_volumes("KVM", 6)
         with cloudstack_block.client() as client:  # the hub's own data disks leave room for 2 of our 3
             for index in range(4):
                 volume = client.create_volume(f"hub-scratch-{index}", 1, info.zone_id, info.custom_disk_offering_id)

@@ -8,10 +8,11 @@ import pytest
 from catalog.failovers import finish_failover, set_destination, start_failover
 from catalog.inventory import RecordedVM, record_vm
 from catalog.jobs import create_job
+from catalog.replication import COMPLETE, EMPTY, UNKNOWN, record_volume, volumes_of_vm
 from flows.cleanup import CleanupRefused, cleanup_failover
 from flows.failover import LiveFailoverRefused, refuse_unless_ready
 from flows.live_failover import LiveFailoverStateRefused, active_live_failover, revert_failover
-from flows.replicate import refuse_while_failed_over
+from flows.replicate import refuse_incomplete_incremental, refuse_while_failed_over
 from tasks.cloudstack import ReplicationRefused
 from tests import factories
 from tests.refusals.conftest import assert_refusal
@@ -63,6 +64,25 @@ def test_replicating_while_failed_over(mode, state, fix, web01, configured_catal
     with pytest.raises(ReplicationRefused) as caught:
         refuse_while_failed_over(web01)
     assert_refusal(caught.value, "'web01'", "cs-vm-1", fix)
+
+
+@pytest.mark.parametrize("state", [EMPTY, UNKNOWN])
+def test_an_incremental_replication_onto_volumes_not_complete(state, configured_catalog):
+    disks = [factories.disk(2000), factories.disk(2001, unit=1)]
+    vm = record_vm(configured_catalog, factories.vm(*disks, name="web01", uuid="u-web01"))
+    for n, disk in enumerate(vm.present_disks()):
+        record_volume(
+            configured_catalog, vm_disk_id=disk.id, volume_id=f"vol-{n}", zone_id="z", size_bytes=2**30,
+            disk_generation=disk.generation, content_state=COMPLETE if n == 0 else state,
+        )  # fmt: skip
+    volumes = volumes_of_vm(configured_catalog, vm.vm_context_id)
+    for kind in ("initial", "auto"):  # these copy in full whatever is not complete
+        refuse_incomplete_incremental(vm, volumes, kind)
+    refuse_incomplete_incremental(vm, [v for v in volumes if v.volume_id == "vol-0"], "incremental")
+    with pytest.raises(ReplicationRefused) as caught:
+        refuse_incomplete_incremental(vm, volumes, "incremental")
+    assert_refusal(caught.value, "'web01'", "not complete", "vol-1", "run an initial (or auto) replication first")
+    assert "vol-0" not in str(caught.value)
 
 
 def test_commit_or_revert_after_a_commit(web01, configured_catalog):

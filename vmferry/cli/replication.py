@@ -148,7 +148,8 @@ def failover(
 
         recorded_vm(vm)  # unknown VM: exit 3 before anything in CloudStack is touched
         if live:
-            confirm(yes, f"Power {vm} off in vCenter and run it in CloudStack from now on?", "--mode live")
+            question = f"Power {vm} off in vCenter and run it in CloudStack from now on?"
+            confirm(yes, question, f"--mode live for VM {vm!r}")
         parameters: dict[str, Any] = {"vm": vm, "mode": mode.value, **networking}
         parameters |= {"confirm_live": True} if live else {}
         # only what differs from the flow's defaults, so a deployment's own defaults stay in force
@@ -269,7 +270,8 @@ def revert(
         from flows.live_failover import revert_failover
 
         recorded_vm(vm)
-        confirm(yes, f"Destroy {vm}'s CloudStack VM (discarding what it wrote) and power the source on?", "revert")
+        question = f"Destroy {vm}'s CloudStack VM (discarding what it wrote) and power the source on?"
+        confirm(yes, question, f"revert of VM {vm!r}")
 
         def run() -> Any:
             blocks.require("cloudstack", "vcenter")
