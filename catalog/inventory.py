@@ -31,7 +31,7 @@ DiskChange = Literal["new", "unchanged", "updated", "resized", "returned", "repl
 
 
 class RecordedDisk(BaseModel):
-    id: int
+    vm_disk_id: int
     disk_id: str
     device_key: int
     controller_key: int
@@ -243,6 +243,7 @@ def _recorded(session: Session, context_id: int, changes: dict[int, DiskChange])
             view(
                 RecordedDisk,
                 d,
+                vm_disk_id=d.id,
                 is_boot=d.present and d.disk_id == context.boot_disk_id,
                 change=changes.get(d.id, "unchanged"),
             )

@@ -19,7 +19,7 @@ def disk_table(vm: RecordedVM) -> list[dict[str, object]]:
     """One row per disk, in the columns operators ask for first."""
     return [
         {
-            "catalog id": disk.id,
+            "catalog id": disk.vm_disk_id,
             "disk id": disk.disk_id,
             "label": disk.label or "",
             "bus": f"{disk.bus}{disk.bus_number}:{disk.unit_number}",

@@ -37,7 +37,7 @@ def prepare_os_volume(
         logger.info("guest preparation of %s skipped: turned off for this VM (prepare_guest=false)", recorded.name)
         return None
     volume = volumes[root.vm_disk_id]
-    capacity = next(d.capacity_bytes for d in recorded.present_disks() if d.id == root.vm_disk_id)
+    capacity = next(d.capacity_bytes for d in recorded.present_disks() if d.vm_disk_id == root.vm_disk_id)
     # virt-v2v writes blocks the source's CBT never hears of, and an interrupted run leaves them unknown: from
     # here on the next sync of this volume compares every block instead of trusting changed areas.
     forget_volume_change_id(volume.volume_id)

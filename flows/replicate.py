@@ -195,7 +195,7 @@ def _sync_through_hub(
         )
         targets = [
             DiskTarget(
-                vm_disk_id=disk.id,
+                vm_disk_id=disk.vm_disk_id,
                 disk_id=disk.disk_id,
                 device_key=disk.device_key,
                 capacity_bytes=disk.capacity_bytes,
@@ -225,7 +225,7 @@ def _sync_through_hub(
             result_disks.append(
                 ReplicatedDisk(
                     disk_id=disk.disk_id,
-                    vm_disk_id=disk.id,
+                    vm_disk_id=disk.vm_disk_id,
                     volume_id=volume.volume_id,
                     device_path=volume.device_path or "",
                     bytes_written=progress.bytes_written,

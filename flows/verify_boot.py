@@ -55,8 +55,8 @@ class BootVerdict(BaseModel):
 
 def boot_order(point: PointView, vm: RecordedVM) -> list[PointDiskView]:
     """The point's disks with the VM's boot disk first, the rest in the VM's disk order."""
-    boot_ids = {d.id for d in vm.disks if d.is_boot}
-    order = {d.id: index for index, d in enumerate(vm.disks)}
+    boot_ids = {d.vm_disk_id for d in vm.disks if d.is_boot}
+    order = {d.vm_disk_id: index for index, d in enumerate(vm.disks)}
     disks = sorted(point.disks, key=lambda d: (d.vm_disk_id not in boot_ids, order.get(d.vm_disk_id, len(order))))
     if not disks or disks[0].vm_disk_id not in boot_ids:
         raise ValueError(

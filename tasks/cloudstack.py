@@ -94,7 +94,7 @@ def ensure_volume(
 ) -> VolumeView:
     """The disk's volume: the recorded one, else one an interrupted run created and tagged for exactly this
     disk, else a new one (created empty by ``job_id``)."""
-    recorded = volume_for_disk(default_catalog(), disk.id)
+    recorded = volume_for_disk(default_catalog(), disk.vm_disk_id)
     if recorded is not None and recorded.retired_at is not None:
         raise VolumeOwnershipError(
             f"VM {vm.name!r} disk {disk.disk_id} is back, but its volume {recorded.volume_id} was retired when the "
@@ -108,8 +108,8 @@ def ensure_volume(
                 "it; resize the volume in CloudStack (or delete it and its catalog row) before replicating again",
             )
         return recorded
-    name = volume_name(installation_id, vm.vm_context_id, disk.disk_id, disk.id)
-    wanted = owner_tags(installation_id, vm.instance_uuid, disk.id, disk.generation)
+    name = volume_name(installation_id, vm.vm_context_id, disk.disk_id, disk.vm_disk_id)
+    wanted = owner_tags(installation_id, vm.instance_uuid, disk.vm_disk_id, disk.generation)
     with cloudstack.client() as client:
         existing = [v for v in client.list_volumes(name=name) if v.name == name]
         strangers = [v for v in existing if not proves(v, wanted)]
@@ -133,7 +133,7 @@ def ensure_volume(
             state, creator = EMPTY, job_id
     return record_volume(
         default_catalog(),
-        vm_disk_id=disk.id,
+        vm_disk_id=disk.vm_disk_id,
         volume_id=volume.id,
         zone_id=cloudstack.zone_id,
         size_bytes=volume.size,

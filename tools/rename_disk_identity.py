@@ -6,7 +6,7 @@
 The vocabulary:
 
 - ``vm_disk_id`` (int): the catalog's stable id of a disk, the ``vm_disks`` row. ``RecordedDisk.id`` was a
-  second spelling of it; renaming that one needs types, so it is left to a follow-up (see the report).
+  second spelling of it; it was renamed ``vm_disk_id`` separately, with mypy finding the accesses.
 - ``disk_id`` (str): the catalog's name of the disk within its VM, ``disk-<device key>`` (``vm_disks.disk_id``).
 - ``device_key`` (int): vSphere's device key. The agent contract's models called it ``disk_key``; in Python it
   is ``device_key`` now, and the JSON keeps ``disk_key`` through a pydantic alias: the wire

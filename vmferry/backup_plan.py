@@ -40,7 +40,7 @@ def _chain_problem(vm: RecordedVM, previous: PointView | None, repository: Repos
         return "no previous restore point in this repository"
     earlier = {d.vm_disk_id: d for d in previous.disks}
     for disk in vm.present_disks():
-        before = earlier.get(disk.id)
+        before = earlier.get(disk.vm_disk_id)
         if before is None:
             return f"disk {disk.disk_id} is not in restore point {previous.id} (new or replaced disk)"
         if before.disk_generation != disk.generation or before.capacity_bytes != disk.capacity_bytes:
@@ -66,7 +66,7 @@ def plan_backup(
             parent_id=None,
             disks=[
                 PlannedDiskBackup(
-                    vm_disk_id=d.id,
+                    vm_disk_id=d.vm_disk_id,
                     disk_id=d.disk_id,
                     device_key=d.device_key,
                     capacity_bytes=d.capacity_bytes,
@@ -83,14 +83,14 @@ def plan_backup(
         parent_id=previous.id,
         disks=[
             PlannedDiskBackup(
-                vm_disk_id=d.id,
+                vm_disk_id=d.vm_disk_id,
                 disk_id=d.disk_id,
                 device_key=d.device_key,
                 capacity_bytes=d.capacity_bytes,
                 generation=d.generation,
-                backing_point_disk_id=earlier[d.id].id,
-                backing_relative_path=earlier[d.id].file_path,
-                previous_change_id=earlier[d.id].change_id,
+                backing_point_disk_id=earlier[d.vm_disk_id].id,
+                backing_relative_path=earlier[d.vm_disk_id].file_path,
+                previous_change_id=earlier[d.vm_disk_id].change_id,
             )
             for d in vm.present_disks()
         ],

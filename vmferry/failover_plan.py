@@ -51,11 +51,11 @@ def plan_attachments(vm: RecordedVM, volumes: dict[int, VolumeView], max_data_di
     disks = vm.present_disks()
     if not disks:
         raise FailoverRefused(f"VM {vm.name!r} has no disks in the catalog; discover it again, then replicate")
-    missing = [d.disk_id for d in disks if d.id not in volumes]
+    missing = [d.disk_id for d in disks if d.vm_disk_id not in volumes]
     if missing:
         raise FailoverRefused(f"VM {vm.name!r}: disk(s) {missing} have no replicated volume yet; replicate first")
     # a volume whose last copy was interrupted holds a mix of old and new blocks: never boot from it
-    incomplete = [d.disk_id for d in disks if not volumes[d.id].complete]
+    incomplete = [d.disk_id for d in disks if not volumes[d.vm_disk_id].complete]
     if incomplete:
         raise FailoverRefused(
             f"VM {vm.name!r}: the volume(s) of disk(s) {incomplete} hold no complete copy (never synced, or the last "
@@ -69,10 +69,10 @@ def plan_attachments(vm: RecordedVM, volumes: dict[int, VolumeView], max_data_di
     ordered = [(root, ROOT_DEVICE_ID), *zip(data, data_device_ids(len(data), max_data_disks, vm.name), strict=True)]
     return [
         PlannedAttachment(
-            vm_disk_id=disk.id,
+            vm_disk_id=disk.vm_disk_id,
             disk_id=disk.disk_id,
-            volume_id=volumes[disk.id].volume_id,
-            replicated_volume_id=volumes[disk.id].id,
+            volume_id=volumes[disk.vm_disk_id].volume_id,
+            replicated_volume_id=volumes[disk.vm_disk_id].id,
             device_id=device_id,
             is_root=device_id == ROOT_DEVICE_ID,
         )

@@ -42,7 +42,7 @@ def vm_protection(catalog: Catalog, vm: RecordedVM, now: dt.datetime | None = No
     points = committed_points(catalog, vm.vm_context_id)
     newest = max(points, key=lambda p: (p.committed_at or p.created_at, p.id), default=None)
     newest_at = (newest.committed_at or newest.created_at) if newest else None
-    present = {d.id for d in vm.present_disks()}
+    present = {d.vm_disk_id for d in vm.present_disks()}
     volumes = [v for v in volumes_of_vm(catalog, vm.vm_context_id) if v.vm_disk_id in present]
     synced = [v.last_synced_at for v in volumes if v.last_synced_at is not None]
     last_sync = min(synced) if synced and len(synced) == len(present) else None

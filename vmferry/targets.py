@@ -28,7 +28,7 @@ class DiskTarget(BaseModel):
 
 def check_plan(vm: RecordedVM, targets: list[DiskTarget]) -> None:
     """Every present disk of the VM has exactly one target, no key or file twice, no target for another disk."""
-    present = {disk.id: disk for disk in vm.present_disks()}
+    present = {disk.vm_disk_id: disk for disk in vm.present_disks()}
     ids = [t.vm_disk_id for t in targets]
     twice = sorted({t.disk_id for t in targets if ids.count(t.vm_disk_id) > 1})
     if twice:
@@ -52,7 +52,7 @@ def check_plan(vm: RecordedVM, targets: list[DiskTarget]) -> None:
         disk = present[target.vm_disk_id]
         if (target.disk_id, target.device_key) != (disk.disk_id, disk.device_key):
             raise PreflightError(
-                f"VM {vm.name!r}: target for catalog disk {disk.id} says {target.disk_id}/{target.device_key}, "
+                f"VM {vm.name!r}: target for catalog disk {disk.vm_disk_id} says {target.disk_id}/{target.device_key}, "
                 f"the catalog says {disk.disk_id}/{disk.device_key}"
             )
         if target.capacity_bytes < disk.capacity_bytes:

@@ -17,7 +17,7 @@ PGTEST1 = vm(disk(2000, unit=0, label="OS"), disk(2001, unit=1, label="data"))
 
 
 def ids_by_disk(recorded) -> dict[str, int]:
-    return {d.disk_id: d.id for d in recorded.disks}
+    return {d.disk_id: d.vm_disk_id for d in recorded.disks}
 
 
 def test_same_disks_keep_their_ids_across_jobs(catalog):
@@ -46,8 +46,8 @@ def test_removed_disk_is_marked_absent_and_a_new_disk_gets_a_new_row(catalog):
     second = record_vm(catalog, without_data)
     by_id = {d.disk_id: d for d in second.disks}
     assert by_id["disk-2001"].present is False and by_id["disk-2001"].change == "removed"
-    assert by_id["disk-2000"].id == ids_by_disk(first)["disk-2000"]
-    assert by_id["disk-2002"].change == "new" and by_id["disk-2002"].id not in ids_by_disk(first).values()
+    assert by_id["disk-2000"].vm_disk_id == ids_by_disk(first)["disk-2000"]
+    assert by_id["disk-2002"].change == "new" and by_id["disk-2002"].vm_disk_id not in ids_by_disk(first).values()
     assert [d.disk_id for d in second.present_disks()] == ["disk-2000", "disk-2002"]
 
 
@@ -58,9 +58,9 @@ def test_recycled_key_on_another_disk_is_not_the_old_row(catalog):
     replaced = vm(disk(2000, unit=0, label="OS"), disk(2001, unit=1, file_name="[datastore1] vm/another.vmdk"))
     third = record_vm(catalog, replaced)
     current = {d.disk_id: d for d in third.disks}
-    assert current["disk-2001"].id != old_id
+    assert current["disk-2001"].vm_disk_id != old_id
     assert current["disk-2001"].present and current["disk-2001"].change == "new"
-    retired = next(d for d in third.disks if d.id == old_id)
+    retired = next(d for d in third.disks if d.vm_disk_id == old_id)
     assert retired.disk_id == f"disk-2001~{old_id}" and not retired.present
 
 
@@ -83,9 +83,9 @@ def test_a_new_disk_with_the_same_key_file_name_and_size_is_told_apart_by_its_ba
     replaced = record_vm(catalog, vm(disk(2000, backing_uuid="6000C29b-0000-0000-0000-000000000002"), name="real"))
     old_id = ids_by_disk(first)["disk-2000"]
     current = {d.disk_id: d for d in replaced.disks}
-    assert current["disk-2000"].id != old_id and current["disk-2000"].change == "new"
+    assert current["disk-2000"].vm_disk_id != old_id and current["disk-2000"].change == "new"
     assert current["disk-2000"].generation == 1 and current["disk-2000"].file_name == seen.disks[0].file_name
-    retired = next(d for d in replaced.disks if d.id == old_id)
+    retired = next(d for d in replaced.disks if d.vm_disk_id == old_id)
     assert retired.disk_id == f"disk-2000~{old_id}" and not retired.present
 
 
@@ -102,7 +102,7 @@ def test_a_grown_disk_keeps_its_row_with_a_new_generation(catalog):
     grown = vm(disk(2000, capacity_mib=128, backing_uuid="u-1"), disk(2001, unit=1, backing_uuid="u-2"))
     second = record_vm(catalog, grown)
     by_id = {d.disk_id: d for d in second.disks}
-    assert by_id["disk-2000"].id == ids_by_disk(first)["disk-2000"]
+    assert by_id["disk-2000"].vm_disk_id == ids_by_disk(first)["disk-2000"]
     assert by_id["disk-2000"].generation == 2 and by_id["disk-2000"].change == "resized"
     assert by_id["disk-2001"].generation == 1
 
@@ -112,8 +112,8 @@ def test_without_a_backing_uuid_a_size_change_means_another_disk(catalog):
     regrown = vm(disk(2000, unit=0, label="OS"), disk(2001, unit=1, label="data", capacity_mib=96))
     second = record_vm(catalog, regrown)
     current = {d.disk_id: d for d in second.disks}
-    assert current["disk-2001"].id != ids_by_disk(first)["disk-2001"]
-    assert current["disk-2000"].id == ids_by_disk(first)["disk-2000"]
+    assert current["disk-2001"].vm_disk_id != ids_by_disk(first)["disk-2001"]
+    assert current["disk-2000"].vm_disk_id == ids_by_disk(first)["disk-2000"]
 
 
 def test_boot_disk_from_boot_options_else_first_disk_else_operator(catalog):

@@ -60,7 +60,7 @@ VIEWS = [
     (PointView, models.RestorePoint, {"disks"}),
     (PointDiskView, models.RestorePointDisk, {"disk_id", "device_key"}),
     (RecordedVM, models.VmContext, {"vm_context_id", "disks", "nics"}),
-    (RecordedDisk, models.VmDisk, {"is_boot", "change"}),
+    (RecordedDisk, models.VmDisk, {"vm_disk_id", "is_boot", "change"}),
     (RecordedNic, models.VmNic, set()),
 ]
 
@@ -90,10 +90,10 @@ def test_views_read_from_a_real_catalog(catalog) -> None:
     )  # fmt: skip
     assert isinstance(job.created_at, dt.datetime) and job.created_at.tzinfo is not None
     record_export(
-        catalog, vm_disk_id=recorded.disks[0].id, job_id=job_id, export_name="vm1-disk-2000",
+        catalog, vm_disk_id=recorded.disks[0].vm_disk_id, job_id=job_id, export_name="vm1-disk-2000",
         bind_address="127.0.0.1", port=10809, file_path="/repo/x.qcow2",
     )  # fmt: skip
     (export,) = exports_for_job(catalog, job_id)
     assert (export.vm_disk_id, export.export_name, export.port, export.state, export.pid) == (
-        recorded.disks[0].id, "vm1-disk-2000", 10809, "starting", None
+        recorded.disks[0].vm_disk_id, "vm1-disk-2000", 10809, "starting", None
     )  # fmt: skip

@@ -41,11 +41,11 @@ def qcow2_targets(vm, directory: Path, *, backing: dict[int, Path] | None = None
     targets = []
     for disk in vm.present_disks():
         path = directory / f"{disk.disk_id}.qcow2"
-        base = (backing or {}).get(disk.id)
+        base = (backing or {}).get(disk.vm_disk_id)
         create_qcow2(path, disk.capacity_bytes, backing_file=base)
         targets.append(
             DiskTarget(
-                vm_disk_id=disk.id,
+                vm_disk_id=disk.vm_disk_id,
                 disk_id=disk.disk_id,
                 device_key=disk.device_key,
                 capacity_bytes=disk.capacity_bytes,

@@ -70,7 +70,7 @@ def test_a_hot_added_disk_is_backed_up_replicated_and_failed_over_in_its_place(
     vm = find_vm(configured_catalog, vm_name)
     new_row = next(d for d in vm.present_disks() if d.device_key == new_key)
     assert [d.device_id for d in result.devices] == [0, 1, 2]
-    assert result.devices[-1].vm_disk_id == new_row.id  # the new disk after the others, in recorded order
+    assert result.devices[-1].vm_disk_id == new_row.vm_disk_id  # the new disk after the others, in recorded order
     for device in result.devices:
         sha, capacity = expected[device.vm_disk_id]
         assert volume_sha(cloudstack_sim, device.volume_id, capacity) == sha

@@ -37,7 +37,7 @@ def source_shas(lab, vm_name: str, catalog) -> dict[int, tuple[str, int]]:
     out = {}
     for disk in vm.present_disks():
         data = read_disk_bytes(lab.vcenter, vm_name, disk.device_key)
-        out[disk.id] = (hashlib.sha256(data).hexdigest(), len(data))
+        out[disk.vm_disk_id] = (hashlib.sha256(data).hexdigest(), len(data))
     return out
 
 

@@ -65,7 +65,7 @@ def _kill_between_root_and_data_attach(arguments: dict, catalog, cloudstack_bloc
     process = subprocess.Popen([sys.executable, "-m", "tests.failover.run_failover", json.dumps(arguments)], env=env)
     try:
         volumes = volumes_of_vm(catalog, vm.vm_context_id)
-        boot = next(d.id for d in vm.present_disks() if d.is_boot)
+        boot = next(d.vm_disk_id for d in vm.present_disks() if d.is_boot)
         (root,) = [v for v in volumes if v.vm_disk_id == boot]
         data = [v for v in volumes if v.vm_disk_id != boot]
         deadline = time.monotonic() + 180

@@ -51,7 +51,7 @@ def test_rediscovery_keeps_every_row_id(lab_vcenter_block, configured_catalog):
     second = by_name(discover(lab_vcenter_block))
     assert set(first) >= {"pgtest1", "db3"}
     for name, vm in first.items():
-        assert [(d.disk_id, d.id) for d in second[name].disks] == [(d.disk_id, d.id) for d in vm.disks]
+        assert [(d.disk_id, d.vm_disk_id) for d in second[name].disks] == [(d.disk_id, d.vm_disk_id) for d in vm.disks]
         assert second[name].vm_context_id == vm.vm_context_id
         assert {d.change for d in second[name].disks} <= {"unchanged"}
     jobs = list_jobs(configured_catalog)
@@ -70,14 +70,14 @@ def test_added_and_removed_disks_show_up(lab, lab_vcenter_block, configured_cata
     with session(lab.vcenter) as si:
         new_key = add_disk(si, scratch_vm, 2 * 2**20)
     added = {d.disk_id: d for d in discover(lab_vcenter_block, [scratch_vm])[0].disks}
-    assert added[os_disk.disk_id].id == os_disk.id
+    assert added[os_disk.disk_id].vm_disk_id == os_disk.vm_disk_id
     assert added[f"disk-{new_key}"].change == "new" and added[f"disk-{new_key}"].present
 
     with session(lab.vcenter) as si:
         remove_disk(si, scratch_vm, new_key)
     removed = {d.disk_id: d for d in discover(lab_vcenter_block, [scratch_vm])[0].disks}
     assert removed[f"disk-{new_key}"].present is False and removed[f"disk-{new_key}"].change == "removed"
-    assert removed[os_disk.disk_id].present and removed[os_disk.disk_id].id == os_disk.id
+    assert removed[os_disk.disk_id].present and removed[os_disk.disk_id].vm_disk_id == os_disk.vm_disk_id
 
     # vcsim recycles the removed key for the next new disk: that is another disk and gets another row
     with session(lab.vcenter) as si:
@@ -85,9 +85,9 @@ def test_added_and_removed_disks_show_up(lab, lab_vcenter_block, configured_cata
     assert recycled_key == new_key
     after = discover(lab_vcenter_block, [scratch_vm])[0]
     current = next(d for d in after.disks if d.disk_id == f"disk-{new_key}")
-    retired = next(d for d in after.disks if d.id == added[f"disk-{new_key}"].id)
-    assert current.id != retired.id and current.present and current.capacity_bytes == 3 * 2**20
-    assert retired.disk_id == f"disk-{new_key}~{retired.id}" and not retired.present
+    retired = next(d for d in after.disks if d.vm_disk_id == added[f"disk-{new_key}"].vm_disk_id)
+    assert current.vm_disk_id != retired.vm_disk_id and current.present and current.capacity_bytes == 3 * 2**20
+    assert retired.disk_id == f"disk-{new_key}~{retired.vm_disk_id}" and not retired.present
 
 
 def test_a_wrong_thumbprint_is_refused_before_login(lab):

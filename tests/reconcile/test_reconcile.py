@@ -227,7 +227,7 @@ def test_a_foreign_volume_on_the_hub_is_detached(cloudstack_sim, cloudstack_bloc
         )
         record_volume(
             configured_catalog,
-            vm_disk_id=disk.id,
+            vm_disk_id=disk.vm_disk_id,
             volume_id=ours.id,
             zone_id=cloudstack_block.zone_id,
             size_bytes=ours.size,
@@ -283,12 +283,12 @@ def test_an_unrecorded_volume_is_kept_for_a_running_sync_by_its_tags_never_by_it
             return made.id
 
     tagged = volume(
-        "renamed-by-an-operator", owner_tags(installation, recorded.instance_uuid, first.id, first.generation)
+        "renamed-by-an-operator", owner_tags(installation, recorded.instance_uuid, first.vm_disk_id, first.generation)
     )
-    named_only = volume(volume_name(installation, recorded.vm_context_id, second.disk_id, second.id), None)
+    named_only = volume(volume_name(installation, recorded.vm_context_id, second.disk_id, second.vm_disk_id), None)
     other_site = volume(
-        volume_name(installation, recorded.vm_context_id, second.disk_id, second.id),
-        owner_tags("another-installation", recorded.instance_uuid, second.id, second.generation),
+        volume_name(installation, recorded.vm_context_id, second.disk_id, second.vm_disk_id),
+        owner_tags("another-installation", recorded.instance_uuid, second.vm_disk_id, second.generation),
     )
     try:
         report = reconcile(cloudstack=cloudstack_block)

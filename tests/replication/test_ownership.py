@@ -88,7 +88,7 @@ def test_a_volume_matching_only_by_name_is_refused_and_left_untouched(
     discover(lab_vcenter_block, [name])
     vm = find_vm(configured_catalog, name)
     disk = vm.present_disks()[0]
-    squatted = volume_name(installation_id(configured_catalog), vm.vm_context_id, disk.disk_id, disk.id)
+    squatted = volume_name(installation_id(configured_catalog), vm.vm_context_id, disk.disk_id, disk.vm_disk_id)
     info = cloudstack_sim.info()
     with cloudstack_block.client() as client:
         impostor = client.create_volume(squatted, 1, info.zone_id, info.custom_disk_offering_id)

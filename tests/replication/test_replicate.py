@@ -62,7 +62,7 @@ def test_initial_replication(
     result = replicate_vm(vm_name, cloudstack_block, agent_block, lab_vcenter_block)
     assert result.kind == "full"
     vm = find_vm(configured_catalog, vm_name)
-    assert sorted(d.vm_disk_id for d in result.disks) == sorted(d.id for d in vm.present_disks())
+    assert sorted(d.vm_disk_id for d in result.disks) == sorted(d.vm_disk_id for d in vm.present_disks())
     assert len({d.volume_id for d in result.disks}) == len(result.disks)
     assert_volumes_equal_sources(cloudstack_sim, lab, vm_name, result)
     # the catalog ties each volume and each export to its own disk row

@@ -58,7 +58,7 @@ def disks_table(vm: RecordedVM) -> Table:
         ("catalog id", "disk id", "label", "controller", "bus:unit", "capacity", "boot", "file"),
         (
             (
-                disk.id,
+                disk.vm_disk_id,
                 disk.disk_id,
                 disk.label or "",
                 disk.controller_key,
