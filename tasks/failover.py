@@ -192,11 +192,15 @@ def remove_destination_vm(cloudstack: CloudStack, vm_id: str, our_volume_ids: li
         except CloudStackNotFound:
             return False  # already gone
         except CloudStackError as exc:
-            raise DestinationVmUnknown(
+            unknown = DestinationVmUnknown(
                 f"could not tell whether destination VM {vm_id} still exists, so it was not removed and the "
                 f"failover stays recorded: {exc}. Run the cleanup again once CloudStack answers (check its "
                 "endpoint and the API keys of the CloudStack block)"
-            ) from exc
+            )
+            # the client's attempts and verdict carry over: the task retries only what its client did not
+            unknown.client_attempts = exc.client_attempts
+            unknown.retryable = exc.retryable
+            raise unknown from exc
         if current.state in ("Destroyed", "Expunging"):
             return False
         if current.state == "Running":
@@ -247,7 +251,9 @@ def roll_back_interrupted_failover(cloudstack: CloudStack, failover: FailoverVie
 # The helpers above as tasks, for the steps of cleanup and revert: retried, and visible in the flow run. Each
 # looks at what CloudStack has first, so a retry does not repeat what an earlier attempt did. Compensations,
 # tasks and the reconciler call the helpers themselves (a compensation must work while the flow is cancelled).
-cloudstack_step = task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+cloudstack_step = task(
+    retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, retry_condition_fn=retry_unless_permanent
+)
 destroy_destination_vm = cloudstack_step(remove_destination_vm)
 detach_vm_volumes = cloudstack_step(leave_volumes_detached)
 find_volumes_held_elsewhere = cloudstack_step(volumes_held_elsewhere)

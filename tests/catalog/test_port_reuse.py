@@ -43,7 +43,8 @@ def test_an_expired_lease_whose_qemu_nbd_runs_is_not_reused(configured_catalog, 
     # a crashed job's export: leased, recorded, its qemu-nbd still serving, its lease run out
     lease_port(configured_catalog, crashed, port_range=PortRange(port, port), ttl=HOUR)
     export = record_export(
-        configured_catalog, vm_disk_id=disk.id, job_id=crashed, export_name=f"vm{vm.vm_context_id}-{disk.disk_id}",
+        configured_catalog, vm_disk_id=disk.vm_disk_id, job_id=crashed,
+        export_name=f"vm{vm.vm_context_id}-{disk.disk_id}",
         bind_address="127.0.0.1", port=port, file_path=str(image),
     )  # fmt: skip
     server = start_qemu_nbd(image, export_name=export.export_name, bind_address="127.0.0.1", port=port)
@@ -52,7 +53,8 @@ def test_an_expired_lease_whose_qemu_nbd_runs_is_not_reused(configured_catalog, 
         with configured_catalog.session() as session:
             session.execute(update(PortLease).values(expires_at=utcnow() - dt.timedelta(seconds=1)))
         target = DiskTarget(
-            vm_disk_id=disk.id, disk_id=disk.disk_id, device_key=disk.device_key, capacity_bytes=disk.capacity_bytes,
+            vm_disk_id=disk.vm_disk_id, disk_id=disk.disk_id, device_key=disk.device_key,
+            capacity_bytes=disk.capacity_bytes,
             file_path=tmp_path / "new-target.qcow2", target_is_zero=True,
         )  # fmt: skip
         with pytest.raises(PortRangeExhausted, match="still served"):

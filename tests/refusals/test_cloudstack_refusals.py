@@ -138,7 +138,8 @@ def test_a_volume_another_vm_holds_is_not_taken_to_the_hub(cloudstack_sim, cloud
         volume = new_volume(client, cloudstack_sim)
         client.attach_volume(volume.id, holder.id)
     recorded = record_volume(
-        configured_catalog, vm_disk_id=disk.id, volume_id=volume.id, zone_id="z", size_bytes=GiB, disk_generation=1,
+        configured_catalog, vm_disk_id=disk.vm_disk_id, volume_id=volume.id, zone_id="z", size_bytes=GiB,
+        disk_generation=1,
         content_state=COMPLETE,
     )  # fmt: skip
     with pytest.raises(VolumeRefused) as caught:
@@ -151,11 +152,11 @@ def test_a_volume_replication_must_not_write(case, cloudstack_sim, cloudstack_bl
     disk = web01.present_disks()[0]
     install = installation_id(configured_catalog)
     job = create_job(configured_catalog, "replication")
-    name = volume_name(install, web01.vm_context_id, disk.disk_id, disk.id)
+    name = volume_name(install, web01.vm_context_id, disk.disk_id, disk.vm_disk_id)
     info = cloudstack_sim.info()
     if case in ("retired", "resized"):
         recorded = record_volume(
-            configured_catalog, vm_disk_id=disk.id, volume_id="vol-recorded", zone_id="z", disk_generation=1,
+            configured_catalog, vm_disk_id=disk.vm_disk_id, volume_id="vol-recorded", zone_id="z", disk_generation=1,
             size_bytes=disk.capacity_bytes // 2 if case == "resized" else disk.capacity_bytes,
         )  # fmt: skip
         if case == "retired":
@@ -177,7 +178,9 @@ def test_a_volume_replication_must_not_write(case, cloudstack_sim, cloudstack_bl
                 volume = client.create_volume(name, 1, info.zone_id, info.custom_disk_offering_id)
                 if case == "twice":
                     client.create_tags(
-                        "Volume", [volume.id], owner_tags(install, web01.instance_uuid, disk.id, disk.generation)
+                        "Volume",
+                        [volume.id],
+                        owner_tags(install, web01.instance_uuid, disk.vm_disk_id, disk.generation),
                     )
         kind, fix = (
             (VolumeOwnershipError, "Delete or rename it in CloudStack")
@@ -193,17 +196,20 @@ def test_a_recorded_volume_another_installation_tagged(cloudstack_sim, cloudstac
     disk = web01.present_disks()[0]
     primary = cloudstack_sim.cloud.pools[cloudstack_sim.info().primary_pool_id]
     volume_id = ready_volume_on(cloudstack_sim, primary, disk.disk_id)
-    theirs = owner_tags("another-installation", web01.instance_uuid, disk.id, disk.generation)
+    theirs = owner_tags("another-installation", web01.instance_uuid, disk.vm_disk_id, disk.generation)
     with cloudstack_block.client() as client:
         client.create_tags("Volume", [volume_id], theirs)
     recorded = record_volume(
-        configured_catalog, vm_disk_id=disk.id, volume_id=volume_id, zone_id="z", size_bytes=GiB, disk_generation=1,
+        configured_catalog, vm_disk_id=disk.vm_disk_id, volume_id=volume_id, zone_id="z", size_bytes=GiB,
+        disk_generation=1,
     )  # fmt: skip
     with configured_catalog.session() as session:  # as recorded before volumes carried owner tags
         session.execute(update(ReplicatedVolume).where(ReplicatedVolume.id == recorded.id).values(owner_tagged=False))
     with pytest.raises(VolumeOwnershipError) as caught:
         upgrade_recorded_volumes.fn(cloudstack_block, installation_id(configured_catalog))
-    assert_refusal(caught.value, volume_id, f"catalog disk {disk.id}", "two installations claim it", "catalog row")
+    assert_refusal(
+        caught.value, volume_id, f"catalog disk {disk.vm_disk_id}", "two installations claim it", "catalog row"
+    )
     with cloudstack_block.client() as client:
         assert client.get_volume(volume_id).tag_map.items() >= theirs.items()  # their tags were left alone
 
@@ -241,7 +247,7 @@ def _replicated(cloudstack_sim, catalog, vm: RecordedVM) -> list[str]:
     for disk in vm.present_disks():
         volume_id = ready_volume_on(cloudstack_sim, primary, disk.disk_id)
         record_volume(
-            catalog, vm_disk_id=disk.id, volume_id=volume_id, zone_id="z", size_bytes=GiB, disk_generation=1,
+            catalog, vm_disk_id=disk.vm_disk_id, volume_id=volume_id, zone_id="z", size_bytes=GiB, disk_generation=1,
             content_state=COMPLETE,
         )  # fmt: skip
         volume_ids.append(volume_id)

@@ -15,7 +15,8 @@ from vmferry.repository import Repository
 
 def _disk(row: int, *, boot: bool = False) -> RecordedDisk:
     return RecordedDisk(
-        id=row, disk_id=f"disk-{2000 + row}", device_key=2000 + row, controller_key=1000, bus="scsi", bus_number=0,
+        vm_disk_id=row, disk_id=f"disk-{2000 + row}", device_key=2000 + row, controller_key=1000, bus="scsi",
+        bus_number=0,
         unit_number=row, capacity_bytes=2**20, label=None, file_name=f"[ds] web01/web01_{row}.vmdk", present=True,
         generation=1, is_boot=boot, change="unchanged",
     )  # fmt: skip
@@ -30,7 +31,8 @@ def _vm(disks: list[RecordedDisk], nics: list[RecordedNic] | None = None) -> Rec
 
 def _volume(disk: RecordedDisk, content: str = COMPLETE) -> VolumeView:
     return VolumeView(
-        id=disk.id, vm_disk_id=disk.id, volume_id=f"vol-{disk.id}", zone_id="z", size_bytes=disk.capacity_bytes,
+        id=disk.vm_disk_id, vm_disk_id=disk.vm_disk_id, volume_id=f"vol-{disk.vm_disk_id}", zone_id="z",
+        size_bytes=disk.capacity_bytes,
         disk_generation=1, state="detached", attached_vm_id=None, device_id=None, device_path=None,
         last_change_id=None, last_synced_at=None, content_state=content,
     )  # fmt: skip
@@ -39,7 +41,7 @@ def _volume(disk: RecordedDisk, content: str = COMPLETE) -> VolumeView:
 def test_more_data_disks_than_the_destination_takes():
     disks = [_disk(0, boot=True), *(_disk(n) for n in range(1, 4))]
     with pytest.raises(FailoverRefused) as caught:
-        plan_attachments(_vm(disks), {d.id: _volume(d) for d in disks}, max_data_disks=2)
+        plan_attachments(_vm(disks), {d.vm_disk_id: _volume(d) for d in disks}, max_data_disks=2)
     assert_refusal(caught.value, "'web01'", "3 data disks", "at most 2", "raise maxdatavolumeslimit")
 
 
@@ -67,13 +69,13 @@ def test_a_volume_without_a_complete_copy():
 def test_no_recorded_os_disk():
     disks = [_disk(0), _disk(1)]
     with pytest.raises(FailoverRefused) as caught:
-        plan_attachments(_vm(disks), {d.id: _volume(d) for d in disks}, max_data_disks=6)
+        plan_attachments(_vm(disks), {d.vm_disk_id: _volume(d) for d in disks}, max_data_disks=6)
     assert_refusal(caught.value, "'web01'", "no recorded OS disk", "set_boot_disk")
 
 
 def test_devices_that_are_not_where_the_plan_put_them():
     disks = [_disk(0, boot=True), _disk(1)]
-    plan = plan_attachments(_vm(disks), {d.id: _volume(d) for d in disks}, max_data_disks=6)
+    plan = plan_attachments(_vm(disks), {d.vm_disk_id: _volume(d) for d in disks}, max_data_disks=6)
     with pytest.raises(FailoverRefused) as caught:
         check_attached(plan, {"vol-0": (0, "ROOT"), "vol-1": (2, "DATADISK")}, "web01")
     assert_refusal(caught.value, "'web01'", "disk-2001 (volume vol-1) is on device 2, planned 1", "fail over again")

@@ -38,10 +38,14 @@ def _point(catalog, vm: RecordedVM, *, committed: bool) -> int:
     (disk,) = vm.present_disks()
     add_point_disks(
         catalog, point_id,
-        [PlannedDisk(vm_disk_id=disk.id, disk_generation=1, file_path="p/disk-2000.qcow2", capacity_bytes=2**20)],
+        [
+            PlannedDisk(
+                vm_disk_id=disk.vm_disk_id, disk_generation=1, file_path="p/disk-2000.qcow2", capacity_bytes=2**20
+            )
+        ],
     )  # fmt: skip
     if committed:
-        outcome = DiskOutcome(vm_disk_id=disk.id, bytes_written=0, change_id=None, checksum="0" * 64)
+        outcome = DiskOutcome(vm_disk_id=disk.vm_disk_id, bytes_written=0, change_id=None, checksum="0" * 64)
         commit_point(catalog, point_id, [outcome])
     return point_id
 

@@ -72,7 +72,7 @@ def test_an_incremental_replication_onto_volumes_not_complete(state, configured_
     vm = record_vm(configured_catalog, factories.vm(*disks, name="web01", uuid="u-web01"))
     for n, disk in enumerate(vm.present_disks()):
         record_volume(
-            configured_catalog, vm_disk_id=disk.id, volume_id=f"vol-{n}", zone_id="z", size_bytes=2**30,
+            configured_catalog, vm_disk_id=disk.vm_disk_id, volume_id=f"vol-{n}", zone_id="z", size_bytes=2**30,
             disk_generation=disk.generation, content_state=COMPLETE if n == 0 else state,
         )  # fmt: skip
     volumes = volumes_of_vm(configured_catalog, vm.vm_context_id)
