@@ -77,10 +77,11 @@ def test_qemu_nbd_fails_to_start(
     previous = backup_vm(two_disk_vm, repository_block, agent_block, lab_vcenter_block)
     # ports no other test uses, so no TIME_WAIT of an earlier export is in the way of the squatter
     monkeypatch.setenv("VMFERRY_NBD_PORT_RANGE", "21260-21261")
+    # Somebody else's socket bound to a port the catalog thinks is free, not listening yet: the allocator's probe
+    # finds nothing serving it (a listener would be skipped), and qemu-nbd's own bind then fails. Without
+    # SO_REUSEADDR, so qemu-nbd's bind (which sets it) cannot share the port.
     squatter = socket.socket()
-    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    squatter.bind(("127.0.0.1", 21261))  # somebody else's listener on a port the catalog thinks is free
-    squatter.listen()
+    squatter.bind(("127.0.0.1", 21261))
     try:
         with pytest.raises(QemuError, match="qemu-nbd"):
             backup_vm(two_disk_vm, repository_block, agent_block, lab_vcenter_block)
