@@ -73,7 +73,9 @@ def up(
         endpoints = _endpoints(state)
         endpoints["agent"] = f"{agent['url']} ({'reused' if agent_reused else 'started'}, pid {agent['pid']})"
         if deployable:
-            endpoints |= lab_up_deployable(state, LAB_REPOSITORY_NAME, get_settings().data_dir / "repository")
+            saved = lab_up_deployable(state, LAB_REPOSITORY_NAME, get_settings().data_dir / "repository")
+            # the agent line above says whether this command started it; here it is always already running
+            endpoints |= {key: value for key, value in saved.items() if key != "agent"}
         if as_json:
             emit_json({**endpoints, "reused": reused})
             return
