@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 import flows.restore
+import tasks.restore
 from blocks.repository import BackupRepository
 
 
@@ -39,11 +40,11 @@ if __name__ == "__main__":
             arguments["destination"], repository,
         )  # fmt: skip
     else:
-        convert = flows.restore.convert_image
+        convert = tasks.restore.convert_image  # the restore task converts each disk
 
         def convert_then_stall(*args: Any, **kwargs: Any) -> None:
             convert(*args, **kwargs)
             _stall()
 
-        flows.restore.convert_image = convert_then_stall  # type: ignore[assignment]
+        tasks.restore.convert_image = convert_then_stall  # type: ignore[assignment]
         flows.restore.restore_vm(arguments["point_id"], arguments["destination"], repository)
