@@ -36,7 +36,13 @@ fi
 
 case "$mode" in
   # The lab has no internet: Prefect's telemetry would only log failures.
-  demo) PREFECT_SERVER_ANALYTICS_ENABLED=false exec .venv/bin/python -m infra.lab.demo ;;
+  # On a fresh machine the ephemeral Prefect server's first start (every migration of a new database, while
+  # Python compiles Prefect) took longer than Prefect's default 20 s wait, and the demo died before it began.
+  demo)
+    PREFECT_SERVER_ANALYTICS_ENABLED=false \
+      PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="${PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS:-180}" \
+      exec .venv/bin/python -m infra.lab.demo
+    ;;
   test)
     .venv/bin/ruff check .
     # The layers of docs/architecture.md ("Dependency rules"); the contracts are in pyproject.toml.

@@ -11,6 +11,13 @@ own follower of the agent job), ``output`` (tables), and one module per command 
 inside the commands that run them: Prefect takes seconds to load, and ``--help`` or a usage error should not.
 """
 
+import os
+
+# Commands run their flow in this process; without PREFECT_API_URL Prefect starts an ephemeral server whose
+# first start on a new machine (a new database, every migration) outlasts Prefect's default 20 s wait.
+# Set before anything imports Prefect, which reads its settings once.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+
 from vmferry.cli import backups, inventory, lab, reconcile, replication  # noqa: F401 - they register their commands
 from vmferry.cli.app import app
 
