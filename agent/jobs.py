@@ -32,6 +32,7 @@ from common.contract import CbtCheckReport, DiskProgress, JobRequest, JobStatus,
 from common.names import job_snapshot_description, job_snapshot_name
 from common.nbd import NBDClient, NBDError
 from common.vsphere import (
+    ALLOCATED_AREAS,
     CbtUnavailable,
     SnapshotDisk,
     VSphereClient,
@@ -304,7 +305,7 @@ class JobManager:
                         key=str(key),
                         mode="compare" if mode in ("compare", "digest-compare") else "full",
                         changed_areas=areas,
-                        target_is_zero=target.target_is_zero if mode == "full" else False,
+                        target_is_zero=target.target_is_zero if mode in ("full", "allocated-areas") else False,
                         progress=self._progress(job, key),
                         target_digests=(
                             self._target_digests(target, job.target_sizes[key]) if mode == "digest-compare" else None
@@ -372,7 +373,11 @@ class JobManager:
         compare = "digest-compare" if target.block_digests is not None else "compare"
         if job.request.kind == "full":
             # Digests say what the target holds now: comparing against them writes what a full copy would.
-            return ("digest-compare" if target.block_digests is not None else "full"), None
+            if target.block_digests is not None:
+                return "digest-compare", None
+            if target.target_is_zero and disk.change_id:
+                return self._plan_allocated(job, vm, moref, disk, target, source)
+            return "full", None
         if target.previous_change_id and disk.change_id:
             try:
                 areas = vm.changed_areas(moref, disk.device_key, target.previous_change_id, disk.capacity_bytes)
@@ -382,8 +387,29 @@ class JobManager:
                 return "changed-areas", areas
         return compare, None
 
+    def _plan_allocated(
+        self, job: _Job, vm: VSphereSnapshots, moref: str, disk: SnapshotDisk, target: Target, source: Source
+    ) -> tuple[str, list[tuple[int, int]] | None]:
+        """A full copy into a target that reads as zeros needs only the areas vSphere reports in use (change id
+        "*"): the rest of the source reads as zeros too. Sample-checked like changed areas; where vSphere cannot
+        tell (not VMFS, CBT unusable) or the sample disagrees, the whole disk is read."""
+        try:
+            areas = vm.changed_areas(moref, disk.device_key, ALLOCATED_AREAS, disk.capacity_bytes)
+        except CbtUnavailable:
+            return "full", None
+        if self._cbt_sample_agrees(job, vm.name, disk, target, source, areas, since=ALLOCATED_AREAS):
+            return "allocated-areas", areas
+        return "full", None
+
     def _cbt_sample_agrees(
-        self, job: _Job, vm_name: str, disk: SnapshotDisk, target: Target, source: Source, areas: list[tuple[int, int]]
+        self,
+        job: _Job,
+        vm_name: str,
+        disk: SnapshotDisk,
+        target: Target,
+        source: Source,
+        areas: list[tuple[int, int]],
+        since: str | None = None,
     ) -> bool:
         """The sampled CBT check; False means: read the whole disk (policy "full"). Raises under policy "fail"."""
         policy = job.request.cbt_check
@@ -408,12 +434,17 @@ class JobManager:
         if not verdict.mismatched:
             return True
         if policy.on_mismatch == "fail":
+            claim = (
+                "not in use, but they hold data"
+                if since == ALLOCATED_AREAS
+                else f"unchanged since change id {since or target.previous_change_id!r}, but they differ from the "
+                "previous copy"
+            )
             raise CbtMismatch(
                 f"VM {vm_name!r} disk {disk.device_key} ({disk.file_name}): CBT calls the blocks at offsets "
-                f"{report.mismatched_offsets} unchanged since change id {target.previous_change_id!r}, but they differ "
-                "from the previous copy; CBT cannot be trusted for this disk. Nothing was written. Reset CBT on the "
-                "VM (disable, snapshot create/remove, enable) and take a full backup, or set the CBT check policy to "
-                "'full' to read such disks whole"
+                f"{report.mismatched_offsets} {claim}; CBT cannot be trusted for this disk. Nothing was written. "
+                "Reset CBT on the VM (disable, snapshot create/remove, enable) and take a full backup, or set the CBT "
+                "check policy to 'full' to read such disks whole"
             )
         return False
 

@@ -138,7 +138,7 @@ class DiskProgress(BaseModel):
 
     device_key: int = Field(alias="disk_key", description="The vSphere device key (JSON: disk_key)")
     state: DiskState = "pending"
-    mode: Literal["full", "changed-areas", "compare", "digest-compare"] | None = None
+    mode: Literal["full", "allocated-areas", "changed-areas", "compare", "digest-compare"] | None = None
     bytes_total: int = 0
     bytes_done: int = 0
     bytes_written: int = 0

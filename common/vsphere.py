@@ -490,6 +490,11 @@ class VSphereClient:
 # --- snapshots, snapshot disk layout, changed block tracking, datastore file URLs -------------------------
 
 
+# QueryChangedDiskAreas' change id for "every area in use" (allocated; on VMFS, thin disks report only what
+# was ever written), rather than the areas changed since a snapshot.
+ALLOCATED_AREAS = "*"
+
+
 class CbtUnavailable(VSphereError):
     """Changed block tracking cannot answer for this disk: the caller must fall back to a full read."""
 

@@ -13,7 +13,7 @@ from clients.agent import AgentJobFailed
 from common.contract import DiskProgress
 from common.vsphere import VSphereClient
 from flows.backup import backup_vm
-from infra.lab.mutate import make_cbt_omit_changes, reset_change_tracking, write_disk_bytes
+from infra.lab.mutate import make_cbt_omit_changes, read_disk_bytes, reset_change_tracking, write_disk_bytes
 from infra.lab.vcenter import session
 from tests.copy.helpers import assert_nothing_left, source_facts, target_facts
 
@@ -139,4 +139,53 @@ def test_the_sampled_check_catches_a_cbt_answer_that_omits_a_change(
     assert wrong.cbt_check.mismatched_offsets == [MiB]
     assert point.disk(changed.disk_id).bytes_written == 2 * CBT_BLOCK
     assert progress[full.disks[0].device_key].mode == "changed-areas"  # the other disk still trusted CBT
+    assert_nothing_left(configured_catalog, lab, vm_name, [])
+
+
+def blocks_in_use(data: bytes) -> int:
+    """Bytes in the 64 KiB blocks that hold anything but zeros: what vSphere reports in use for such a disk."""
+    return sum(CBT_BLOCK for at in range(0, len(data), CBT_BLOCK) if data[at : at + CBT_BLOCK].strip(b"\0"))
+
+
+def test_a_full_backup_with_cbt_reads_only_the_areas_in_use(
+    make_scratch_vm,
+    lab,
+    agent_block,
+    lab_vcenter_block,
+    repository_block,
+    configured_catalog,
+    tmp_path,
+    monkeypatch,
+):
+    vm_name = cbt_vm(make_scratch_vm, lab_vcenter_block, disks=2, size_mib=8)
+    monkeypatch.setenv("VMFERRY_CBT_CHECK_SAMPLE_BLOCKS", "128")  # 8 MiB disks: every block not in use is checked
+    with VSphereClient(lab_vcenter_block.endpoint()) as client:
+        data_disk_key = max(d.device_key for d in client.find_vm(vm_name).disks)
+    write_disk_bytes(lab.vcenter, vm_name, data_disk_key, 6 * MiB, os.urandom(3 * CBT_BLOCK))
+    full = backup_vm(vm_name, repository_block, agent_block, lab_vcenter_block, kind="full")
+    assert_point_is_source(lab, vm_name, full, repository_block, tmp_path)
+    progress = agent_disks(agent_block, full.job_id)
+    for disk in full.disks:
+        seen = progress[disk.device_key]
+        in_use = blocks_in_use(read_disk_bytes(lab.vcenter, vm_name, disk.device_key))
+        assert seen.mode == "allocated-areas"
+        assert 0 < copy_bytes_read(seen) == in_use < 8 * MiB  # the zeros were never read
+        assert seen.cbt_check is not None and seen.cbt_check.action == "none"
+
+    # vcsim now leaves the first area in use out of its answer: the check reads that block, finds data where the
+    # answer said none, and with policy "fail" the full fails naming the disk; nothing is committed.
+    with session(lab.vcenter) as si:
+        make_cbt_omit_changes(si, vm_name, True)
+    with pytest.raises(AgentJobFailed, match=r"CBT calls the blocks at offsets \[0\] not in use, but they hold data"):
+        backup_vm(vm_name, repository_block, agent_block, lab_vcenter_block, kind="full")
+    context = find_vm(configured_catalog, vm_name).vm_context_id
+    assert [p.id for p in committed_points(configured_catalog, context)] == [full.id]
+
+    # Policy "full": such disks are read whole, and the point holds the right bytes.
+    monkeypatch.setenv("VMFERRY_CBT_CHECK_ON_MISMATCH", "full")
+    again = backup_vm(vm_name, repository_block, agent_block, lab_vcenter_block, kind="full")
+    assert_point_is_source(lab, vm_name, again, repository_block, tmp_path)
+    progress = agent_disks(agent_block, again.job_id)
+    assert {seen.mode for seen in progress.values()} == {"full"}
+    assert all(copy_bytes_read(seen) == 8 * MiB for seen in progress.values())
     assert_nothing_left(configured_catalog, lab, vm_name, [])
