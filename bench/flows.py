@@ -362,8 +362,8 @@ def main(argv: list[str] | None = None) -> int:
         "--hub-profile",
         type=Path,
         default=None,
-        help="one extra full backup (round 1, not in the medians) under cProfile: this process's flow thread, "
-        "stats to this file, the top functions printed",
+        help="one extra full backup and one extra no-change sync (round 1, not in the medians) under cProfile: "
+        "this process's flow thread, stats to FILE and FILE.nochange, the top functions printed",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     parser.add_argument("--dir", type=Path, default=None, help="parent of the temporary directory")
@@ -438,7 +438,7 @@ def print_profile(path: Path, top: int = 12) -> None:
         print(f"      {count / max(total, 1):6.1%}  {leaf}")
 
 
-def hub_profiled(out: Path, call: Callable[[], Any], top: int = 25) -> None:
+def hub_profiled(out: Path, call: Callable[[], Any], top: int = 25, kind: str = "full") -> None:
     """Run ``call`` under cProfile (the calling thread: the flow and the tasks it calls directly) and print
     where its wall time went, by cumulative time, our code and the Prefect calls it waits in."""
     import cProfile
@@ -451,7 +451,7 @@ def hub_profiled(out: Path, call: Callable[[], Any], top: int = 25) -> None:
         call()
     finally:
         profile.disable()
-    print(f"  full+prof   {time.monotonic() - started:6.2f} s (cProfile on; not in the medians); stats in {out}")
+    print(f"  {kind}+prof {time.monotonic() - started:6.2f} s (cProfile on; not in the medians); stats in {out}")
     profile.dump_stats(out)
     stats = pstats.Stats(str(out))
     stats.sort_stats("cumulative").print_stats(top)
@@ -573,6 +573,9 @@ def run_bench(args: argparse.Namespace, workdir: Path) -> int:
             if not args.no_replication:
                 record(measure("sync", recorder, lambda: replicate_vm(spec.name, cloud, agent_block, vcenter), changed))
                 record(measure("nochange", recorder, lambda: replicate_vm(spec.name, cloud, agent_block, vcenter)))
+                if args.hub_profile is not None and round_ == 0:
+                    nochange = lambda: replicate_vm(spec.name, cloud, agent_block, vcenter)  # noqa: E731
+                    hub_profiled(args.hub_profile.with_suffix(".nochange"), nochange, kind="nochange")
         summarise(runs)
     return 0
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import httpx
 
+from clients.tls import shared_ssl_context
 from common.contract import API_PREFIX, JobRequest, JobStatus
 from vmferry.errors import REMOTE_ATTEMPTS, VmferryError
 
@@ -48,7 +49,7 @@ class AgentClient:
             base_url=self.base_url + API_PREFIX,
             headers={"Authorization": f"Bearer {token}"},
             timeout=httpx.Timeout(timeout, connect=5.0),
-            verify=verify,
+            verify=shared_ssl_context(verify),
         )
 
     def __enter__(self) -> AgentClient:

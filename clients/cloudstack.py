@@ -35,6 +35,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
+from clients.tls import shared_ssl_context
 from vmferry.errors import REMOTE_ATTEMPTS, VmferryError
 
 SAFE_READ_PREFIXES = ("list", "query")
@@ -298,7 +299,9 @@ class CloudStackClient:
         self.job_timeout = job_timeout
         self._api_key = api_key
         self._secret_key = secret_key
-        self._http = httpx.Client(timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)), verify=verify)
+        self._http = httpx.Client(
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)), verify=shared_ssl_context(verify)
+        )
 
     def __enter__(self) -> CloudStackClient:
         return self
