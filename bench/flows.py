@@ -136,7 +136,7 @@ def instrument(recorder: Recorder, agent_pid: int, vcsim_pid: int) -> None:
         setattr(module, name, timed)
 
     for module in (flows.backup, flows.replicate):
-        wrap(module, "read_vcenter_inventory", "inventory")
+        wrap(module, "read_vcenter_inventory", "vcenter read")
         wrap(module, "record_vm_inventory", "inventory")
         wrap(module, "open_job", "catalog")
         wrap(module, "close_job", "catalog")
@@ -296,7 +296,7 @@ class Run:
         return self.hub_cpu + self.agent_cpu + self.vcsim_cpu
 
 
-PHASES = ("inventory", "catalog", "targets", "volumes", "exports", "hub digests", "agent copy", "checksums", "commit")
+PHASES = ("vcenter read", "inventory", "catalog", "targets", "volumes", "exports", "hub digests", "agent copy", "checksums", "commit")
 
 
 def measure(kind: str, recorder: Recorder, call: Callable[[], Any], changed: int = 0) -> Run:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import time
 
 import pytest
 from pyVmomi import vim, vmodl
@@ -33,6 +34,22 @@ BLOCK = 64 * 1024
 def client(lab_vcenter_block):
     with VSphereClient(lab_vcenter_block.endpoint(), page_size=2) as connected:
         yield connected
+
+
+def test_cbt_sees_a_write_to_a_disk_whose_hashes_the_lab_kept(lab, client, make_scratch_vm):
+    """The lab does not read a quiet extent again at every snapshot (same inode, size and ctime: it keeps the
+    block hashes); a write after that still shows, at the block it changed."""
+    name = make_scratch_vm(disks=1, size_mib=8)
+    assert client.enable_change_tracking(name)
+    vm = VSphereSnapshots(client, client.find_vm(name).instance_uuid)
+    time.sleep(2.5)  # longer than the lab's quiet time: this snapshot's hashes are kept
+    first = vm.create_snapshot("first", "", quiesce=False)
+    (disk,) = vm.snapshot_disks(first)
+    second = vm.create_snapshot("second", "", quiesce=False)
+    assert vm.changed_areas(second, disk.device_key, disk.change_id, disk.capacity_bytes) == []
+    write_disk_bytes(lab.vcenter, name, disk.device_key, 5 * MiB + 100, os.urandom(10))
+    third = vm.create_snapshot("third", "", quiesce=False)
+    assert vm.changed_areas(third, disk.device_key, disk.change_id, disk.capacity_bytes) == [(5 * MiB, BLOCK)]
 
 
 def test_cbt_answers_like_vsphere(lab, client, make_scratch_vm):
