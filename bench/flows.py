@@ -296,7 +296,18 @@ class Run:
         return self.hub_cpu + self.agent_cpu + self.vcsim_cpu
 
 
-PHASES = ("vcenter read", "inventory", "catalog", "targets", "volumes", "exports", "hub digests", "agent copy", "checksums", "commit")
+PHASES = (
+    "vcenter read",
+    "inventory",
+    "catalog",
+    "targets",
+    "volumes",
+    "exports",
+    "hub digests",
+    "agent copy",
+    "checksums",
+    "commit",
+)
 
 
 def measure(kind: str, recorder: Recorder, call: Callable[[], Any], changed: int = 0) -> Run:
