@@ -196,10 +196,16 @@ def alert_cbt_mismatches(vm: RecordedVM, status: JobStatus, labels: dict[int, st
         if report is None or not report.mismatched_offsets:
             continue
         label = labels.get(disk.device_key, f"{vm.name} disk {disk.device_key}")
+        claim = (
+            "hold data, though CBT did not report them in use"
+            if status.kind == "full"
+            else "differ from the previous copy, though CBT called them unchanged"
+        )
         log.error(
-            "CBT of %s was wrong: blocks at %s called unchanged differ from the previous copy (%s)",
+            "CBT of %s was wrong: blocks at %s %s (%s)",
             label,
             report.mismatched_offsets,
+            claim,
             "point failed" if report.action == "failed" else "disk read whole instead",
         )
         emit_event(

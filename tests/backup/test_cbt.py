@@ -156,6 +156,7 @@ def test_a_full_backup_with_cbt_reads_only_the_areas_in_use(
     configured_catalog,
     tmp_path,
     monkeypatch,
+    caplog,
 ):
     vm_name = cbt_vm(make_scratch_vm, lab_vcenter_block, disks=2, size_mib=8)
     monkeypatch.setenv("VMFERRY_CBT_CHECK_SAMPLE_BLOCKS", "128")  # 8 MiB disks: every block not in use is checked
@@ -176,8 +177,10 @@ def test_a_full_backup_with_cbt_reads_only_the_areas_in_use(
     # answer said none, and with policy "fail" the full fails naming the disk; nothing is committed.
     with session(lab.vcenter) as si:
         make_cbt_omit_changes(si, vm_name, True)
+    caplog.set_level(logging.ERROR, logger="flows.copy")
     with pytest.raises(AgentJobFailed, match=r"CBT calls the blocks at offsets \[0\] not in use, but they hold data"):
         backup_vm(vm_name, repository_block, agent_block, lab_vcenter_block, kind="full")
+    assert "was wrong: blocks at [0] hold data, though CBT did not report them in use (point failed)" in caplog.text
     context = find_vm(configured_catalog, vm_name).vm_context_id
     assert [p.id for p in committed_points(configured_catalog, context)] == [full.id]
 
