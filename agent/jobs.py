@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import random
 import threading
 from collections.abc import Callable
@@ -285,8 +286,8 @@ class JobManager:
             TokenBucket(request.bandwidth_limit_bytes_per_second) if request.bandwidth_limit_bytes_per_second else None
         )
         with ExitStack() as closing:
-            copy_jobs = []
-            for key, target in targets.items():
+            sources: dict[int, Source] = {}
+            for key in targets:
                 disk = frozen[key]
                 source = (
                     self._open_vddk_disk(client, vm, moref, disk)
@@ -294,9 +295,21 @@ class JobManager:
                     else self._open_disk(client, datacenter, cookie, vm.name, disk)
                 )
                 closing.callback(source.close)
-                if bucket is not None:
-                    source = ThrottledSource(source, bucket)
-                mode, areas = self._plan(job, vm, moref, disk, target, source)
+                sources[key] = ThrottledSource(source, bucket) if bucket is not None else source
+            # Every disk planned at once: a plan is a few vSphere calls and the sampled check's round trips to
+            # the source and the target (64 per disk), which one after the other made most of a job that had
+            # nothing to copy.
+            with concurrent.futures.ThreadPoolExecutor(max_workers=len(targets), thread_name_prefix="plan") as pool:
+                planning = {
+                    key: pool.submit(self._plan, job, vm, moref, frozen[key], target, sources[key])
+                    for key, target in targets.items()
+                }
+                concurrent.futures.wait(planning.values())
+            plans = {key: future.result() for key, future in planning.items()}
+            copy_jobs = []
+            for key, target in targets.items():
+                disk, source = frozen[key], sources[key]
+                mode, areas = plans[key]
                 self._update(job, lambda s, k=key, m=mode: setattr(self._disk_in(s, k), "mode", m))
                 copy_jobs.append(
                     CopyJob(
