@@ -304,7 +304,6 @@ class JobManager:
                     key: pool.submit(self._plan, job, vm, moref, frozen[key], target, sources[key])
                     for key, target in targets.items()
                 }
-                concurrent.futures.wait(planning.values())
             plans = {key: future.result() for key, future in planning.items()}
             copy_jobs = []
             for key, target in targets.items():
@@ -396,7 +395,7 @@ class JobManager:
                 areas = vm.changed_areas(moref, disk.device_key, target.previous_change_id, disk.capacity_bytes)
             except CbtUnavailable:
                 return compare, None  # a new CBT epoch or no CBT at all: read everything, write what differs
-            if self._cbt_sample_agrees(job, vm.name, disk, target, source, areas):
+            if self._cbt_sample_agrees(job, vm.name, disk, target, source, areas, since=target.previous_change_id):
                 return "changed-areas", areas
         return compare, None
 
@@ -422,9 +421,10 @@ class JobManager:
         target: Target,
         source: Source,
         areas: list[tuple[int, int]],
-        since: str | None = None,
+        since: str,
     ) -> bool:
-        """The sampled CBT check; False means: read the whole disk (policy "full"). Raises under policy "fail"."""
+        """The sampled CBT check of ``areas``, vSphere's answer for change id ``since``; False means: read the
+        whole disk (policy "full"). Raises under policy "fail"."""
         policy = job.request.cbt_check
         if policy.sample_blocks == 0:
             return True
@@ -450,8 +450,7 @@ class JobManager:
             claim = (
                 "not in use, but they hold data"
                 if since == ALLOCATED_AREAS
-                else f"unchanged since change id {since or target.previous_change_id!r}, but they differ from the "
-                "previous copy"
+                else f"unchanged since change id {since!r}, but they differ from the previous copy"
             )
             raise CbtMismatch(
                 f"VM {vm_name!r} disk {disk.device_key} ({disk.file_name}): CBT calls the blocks at offsets "

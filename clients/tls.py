@@ -31,6 +31,7 @@ def shared_ssl_context(verify: bool | str) -> ssl.SSLContext:
 
 @functools.lru_cache(maxsize=32)
 def _built(verify: bool | str, cert_file: str | None, cert_dir: str | None, changed: int | None) -> ssl.SSLContext:
+    # cert_file, cert_dir and changed only key the cache: httpx reads the variables itself, the file is re-read.
     if isinstance(verify, str):
         if os.path.isdir(verify):
             return ssl.create_default_context(capath=verify)
