@@ -127,10 +127,12 @@ class AgentClient:
 
         Each status request waits up to `long_poll` seconds on the agent, which answers the moment the job
         finishes (no fixed poll interval to lose at the end); progress is shown after every answer. An agent
-        that answers at once although its job is still running does not know long polls: it is polled every
-        `poll_interval` seconds instead.
+        that answers at once although its job is still running and no disk of it finished since its last answer
+        does not know long polls: it is polled every `poll_interval` seconds instead. (An agent that knows them
+        also answers early when a disk finishes, so the hub can start on that disk's target.)
         """
         deadline = time.monotonic() + timeout
+        disks_done = 0
         while True:
             asked = time.monotonic()
             # A long poll stays well inside one request's timeout, or a slow answer would look like a dead agent.
@@ -145,5 +147,7 @@ class AgentClient:
             now = time.monotonic()
             if now > deadline:
                 raise AgentError(f"agent job {job_id} did not finish within {timeout:.0f} s (still {status.state})")
-            if now - asked < wait / 2:
+            finished_disks = sum(disk.state == "done" for disk in status.disks)
+            if now - asked < wait / 2 and finished_disks == disks_done:
                 time.sleep(poll_interval)
+            disks_done = finished_disks

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.server
 import os
 import signal
 import threading
@@ -16,7 +17,7 @@ from catalog.jobs import list_jobs
 from clients.agent import AgentError, AgentJobFailed, AgentUnreachable
 from clients.qemu import create_qcow2, start_qemu_nbd, stop_qemu_nbd
 from common import digests
-from common.contract import BlockDigests, JobRequest, Target
+from common.contract import BlockDigests, JobRequest, JobStatus, Target
 from flows.copy import copy_vm_disks
 from flows.discover import discover
 from infra.lab.agent import start_agent
@@ -318,6 +319,61 @@ def test_job_end_is_answered_at_once_to_a_long_poll(lab, discovered, agent_proce
     finally:
         for server in servers:
             stop_qemu_nbd(server.pid, server.file_path)
+
+
+def test_a_disk_finishing_early_does_not_make_the_hub_poll(lab, discovered, agent_process, tmp_path):
+    """An agent answers a long poll early when one disk of several is done: the hub asks again at once, and
+    keeps its poll interval for an agent that answers early with nothing new (an interval of 30 s here would
+    make the wait outlast the job by far)."""
+    vm = discovered["pgtest1"]
+    first_port = int(os.environ.get("VMFERRY_TEST_NBD_PORT_RANGE", "21100-21199").split("-")[0]) + 70
+    servers, targets = _served_targets(vm, tmp_path, range(first_port, first_port + 10))
+    try:
+        request = JobRequest(job_id="early-disk", vm=vm.instance_uuid, kind="full", targets=targets)
+        answers = []
+        with Agent(url=agent_process.url, token=agent_process.token).client() as client:
+            client.submit(request)
+            started = time.monotonic()
+            status = client.wait("early-disk", timeout=120, poll_interval=30, long_poll=25, on_progress=answers.append)
+            assert time.monotonic() - started < 25
+        assert status.state == "succeeded" and len(targets) > 1
+        assert len(answers) > 1  # at least one answer came early, for a disk, before the job ended
+    finally:
+        for server in servers:
+            stop_qemu_nbd(server.pid, server.file_path)
+
+
+class _NoLongPollAgent(http.server.BaseHTTPRequestHandler):
+    """An agent of an older contract: answers every status request at once, running for the first three."""
+
+    asked = 0
+
+    def do_GET(self) -> None:
+        type(self).asked += 1
+        state = "running" if type(self).asked <= 3 else "succeeded"
+        body = JobStatus(job_id="old", vm="vm", kind="full", state=state).model_dump_json().encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_an_agent_that_ignores_long_polls_is_polled_at_the_interval():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NoLongPollAgent)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with Agent(url=f"http://127.0.0.1:{server.server_port}", token="t").client() as client:
+            started = time.monotonic()
+            status = client.wait("old", timeout=30, poll_interval=0.3, long_poll=5)
+            elapsed = time.monotonic() - started
+    finally:
+        server.shutdown()
+    assert status.state == "succeeded" and _NoLongPollAgent.asked == 4
+    assert 0.9 <= elapsed < 5  # three early "running" answers, each followed by the poll interval, not a flood
 
 
 def test_jobs_are_idempotent_and_cancellable(lab, discovered, agent_process, tmp_path):
