@@ -135,6 +135,22 @@ def instrument(recorder: Recorder, agent_pid: int, vcsim_pid: int) -> None:
         timed.fn = fn  # type: ignore[attr-defined]
         setattr(module, name, timed)
 
+    def wrap_task_function(module: Any, name: str, phase: str) -> None:
+        original = getattr(module, name)
+        function = original.fn
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.monotonic()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                with recorder.lock:
+                    recorder.spans[phase].append((started, time.monotonic()))
+
+        copy = original.with_options()
+        copy.fn = timed
+        setattr(module, name, copy)
+
     for module in (flows.backup, flows.replicate):
         wrap(module, "read_vcenter_inventory", "vcenter read")
         wrap(module, "record_vm_inventory", "inventory")
@@ -150,7 +166,8 @@ def instrument(recorder: Recorder, agent_pid: int, vcsim_pid: int) -> None:
     wrap(flows.copy, "target_digests", "hub digests", after=lambda d: _count_digests(recorder, d))
     wrap(tasks.backup, "content_sha256", "checksums")  # inside the checksum tasks, which may run in parallel
     wrap(flows.backup, "commit_restore_point", "commit")
-    wrap(flows.replicate, "attach_to_hub", "volumes")
+    # submitted, not called: the time inside each task's function is what is recorded
+    wrap_task_function(flows.replicate, "attach_to_hub", "volumes")
 
 
 def _count_digests(recorder: Recorder, digests: Any) -> None:

@@ -320,6 +320,14 @@ def stop_qemu_nbd(pid: int, file_path: Path | str, *, grace: float = 10.0) -> bo
             os.kill(pid, sig)
         except ProcessLookupError:
             break
+        child = _children.get(pid)
+        if child is not None:  # our own child: woken the moment it exits, not at the next poll
+            try:
+                child.wait(wait)
+            except subprocess.TimeoutExpired:
+                continue
+            _children.pop(pid, None)
+            return True
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             if _gone(pid):

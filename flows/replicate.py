@@ -33,7 +33,7 @@ from flows.copy import run_copy
 from orchestration.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
 from orchestration.limits import first_free, holding
 from orchestration.outcome import PUBLISH_OUTCOME
-from orchestration.runs import one_job_per_vm, table_rows
+from orchestration.runs import all_results, one_job_per_vm, table_rows
 from tasks.cloudstack import (
     ReplicationRefused,
     attach_to_hub,
@@ -184,10 +184,16 @@ def _sync_through_hub(
     """Attach -> copy -> detach. Volumes are on the hub only while written; a failure detaches them too."""
     logger = get_run_logger()
     with ExitStack() as undo:
-        attached = []
-        for volume, disk in zip(volumes, disks, strict=True):
+        for volume in volumes:
             undo.callback(quietly(detach_from_hub, cloud, volume.volume_id))
-            attached.append(attach_to_hub(cloud, hub_vm_id, volume, disk.capacity_bytes))
+        # All asked at once: CloudStack runs the attaches of one VM one after the other in its own queue, and a
+        # sync then waits for the slowest answer, not for the sum of the round trips.
+        attached: list[VolumeView] = all_results(
+            [
+                attach_to_hub.submit(cloud, hub_vm_id, volume, disk.capacity_bytes)
+                for volume, disk in zip(volumes, disks, strict=True)
+            ]
+        )
         complete = all(v.complete for v in attached)
         copy_kind = "incremental" if kind == "incremental" or (kind == "auto" and complete) else "full"
         logger.info(
@@ -233,6 +239,5 @@ def _sync_through_hub(
                 )
             )
         undo.pop_all()
-    for volume in attached:
-        detach_from_hub(cloud, volume.volume_id)
+    all_results([detach_from_hub.submit(cloud, volume.volume_id) for volume in attached])
     return copy_kind, result_disks

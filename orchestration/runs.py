@@ -152,3 +152,18 @@ def table_rows(items: list[Any], headings: dict[str, str] | None = None) -> list
     """Pydantic models as artifact table rows with headings in words (``vm_disk_id`` -> ``catalog disk id``)."""
     names = {"vm_disk_id": "catalog disk id", **(headings or {})}
     return [{names.get(k, k.replace("_", " ")): v for k, v in item.model_dump().items()} for item in items]
+
+
+def all_results(futures: list[Any]) -> list[Any]:
+    """Every future's result, in order; the first failure is raised only once every future has ended, so the
+    caller's compensation never runs beside a task still at work."""
+    results: list[Any] = []
+    failure: BaseException | None = None
+    for future in futures:
+        try:
+            results.append(future.result())
+        except BaseException as exc:
+            failure = failure or exc
+    if failure is not None:
+        raise failure
+    return results
