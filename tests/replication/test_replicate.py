@@ -113,9 +113,11 @@ def test_incremental_sync_and_rerun_reuse_everything(
 def test_a_failed_attach_writes_nothing_and_a_retry_completes(
     lab, cloudstack_sim, cloudstack_block, agent_block, lab_vcenter_block, configured_catalog
 ):
-    for attempt in range(3):  # the attach task retries twice: fail the second volume's attach every time
+    # The volumes are attached at once and each attach task retries twice: every attach but the first fails,
+    # so one volume is on the hub and two never get there, whichever order CloudStack sees them in.
+    for nth in range(2, 8):
         cloudstack_sim.inject_fault(
-            "attachVolume", nth=2 + attempt, kind="job-failure", errortext="storage pool is in maintenance"
+            "attachVolume", nth=nth, kind="job-failure", errortext="storage pool is in maintenance"
         )
     with pytest.raises(CloudStackError, match="storage pool is in maintenance"):
         replicate_vm("db3", cloudstack_block, agent_block, lab_vcenter_block)
