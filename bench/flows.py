@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import os
 import random
 import shutil
@@ -139,6 +140,7 @@ def instrument(recorder: Recorder, agent_pid: int, vcsim_pid: int) -> None:
         original = getattr(module, name)
         function = original.fn
 
+        @functools.wraps(function)  # Prefect binds the arguments by the signature (task run names use them)
         def timed(*args: Any, **kwargs: Any) -> Any:
             started = time.monotonic()
             try:

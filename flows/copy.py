@@ -33,7 +33,7 @@ from common.names import disk_event_resource, job_snapshot_name, vcenter_limit_n
 from flows._job import job
 from orchestration.hooks import ON_CANCELLATION, ON_CRASHED, ON_RUNNING
 from orchestration.limits import holding
-from orchestration.runs import one_job_per_vm
+from orchestration.runs import all_results, one_job_per_vm
 from tasks.agent import follow_agent_job, submit_agent_job
 from tasks.nbd import check_target_file, lease_nbd_port, make_job_log_directory, start_nbd_export, target_digests
 from tasks.vsphere import remove_job_snapshots
@@ -93,8 +93,8 @@ def run_copy(
     """
     logger = get_run_logger()
     check_plan(vm, targets)
-    for target in targets:
-        check_target_file(vm.name, target)
+    # each a qemu-img run: asked at once
+    all_results([check_target_file.submit(vm.name, target) for target in targets])
     catalog = default_catalog()
     by_key = {t.device_key: t for t in targets}
     # A target holding data is hashed here, locally, so the agent compares against digests instead of reading
