@@ -125,18 +125,9 @@ def run_copy(
             start_nbd_export.submit(job_id, vm.vm_context_id, target, port, log_dir)
             for target, port in zip(targets, ports, strict=True)
         ]
-        exports = {}
-        failure: BaseException | None = None
-        for target, future in zip(targets, starting, strict=True):
-            try:
-                export = future.result()
-            except BaseException as exc:  # the others may have started: each must be on the stack to be stopped
-                failure = failure or exc
-                continue
-            undo.callback(quietly(stop_export, catalog, export))
-            exports[target.device_key] = export
-        if failure is not None:
-            raise failure
+        # the others may have started when one fails: each must be on the stack to be stopped
+        started = all_results(starting, on_result=lambda export: undo.callback(quietly(stop_export, catalog, export)))
+        exports = {target.device_key: export for target, export in zip(targets, started, strict=True)}
         agent_targets = []
         for target in targets:
             export = exports[target.device_key]

@@ -154,16 +154,21 @@ def table_rows(items: list[Any], headings: dict[str, str] | None = None) -> list
     return [{names.get(k, k.replace("_", " ")): v for k, v in item.model_dump().items()} for item in items]
 
 
-def all_results(futures: list[Any]) -> list[Any]:
+def all_results(futures: list[Any], on_result: Callable[[Any], object] | None = None) -> list[Any]:
     """Every future's result, in order; the first failure is raised only once every future has ended, so the
-    caller's compensation never runs beside a task still at work."""
+    caller's compensation never runs beside a task still at work. ``on_result`` gets each result as it comes,
+    also when another future failed (to push what it made on a compensation stack)."""
     results: list[Any] = []
     failure: BaseException | None = None
     for future in futures:
         try:
-            results.append(future.result())
+            result = future.result()
         except BaseException as exc:
             failure = failure or exc
+            continue
+        if on_result is not None:
+            on_result(result)
+        results.append(result)
     if failure is not None:
         raise failure
     return results

@@ -363,6 +363,7 @@ class _NoLongPollAgent(http.server.BaseHTTPRequestHandler):
 
 
 def test_an_agent_that_ignores_long_polls_is_polled_at_the_interval():
+    _NoLongPollAgent.asked = 0
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NoLongPollAgent)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
